@@ -254,18 +254,20 @@ BEGIN
     RETURN v_out;
 END $$;
 
--- Claims up to p_qty tasks from pgmq queue p_mq for one executor pool.
+-- Claims up to p_qty tasks for one executor pool from pgmq queues p_mqs, in order
+-- (the pool's region-pinned variant first, then the shared queue).
 -- Records the attempt (node, region, pool), sets the message's visibility
 -- timeout to min(step timeout, lease) + margin, and returns the handler input
 -- {run, step, deps}. A message whose previous claim expired means that
 -- executor was lost: its attempt is recorded abandoned and the task runs again
 -- with attempt + 1 (or fails the step when attempts are exhausted).
-CREATE FUNCTION swf.claim_tasks(p_mq text, p_qty int, p_node_id text, p_region text,
+CREATE FUNCTION swf.claim_tasks(p_mqs text[], p_qty int, p_node_id text, p_region text,
                                 p_pool text, p_lease_ms int, p_margin_ms int, p_epoch bigint)
 RETURNS TABLE (run_id uuid, step_id text, attempt int, handler text, timeout_ms int,
                input jsonb, msg_id bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
+    p_mq text;
     m record;
     s swf.steps%ROWTYPE;
     v_run_status text;
@@ -273,6 +275,8 @@ DECLARE
     v_deps jsonb;
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
+    FOREACH p_mq IN ARRAY p_mqs LOOP
+    EXIT WHEN p_qty <= 0;
     FOR m IN SELECT * FROM pgmq.read(p_mq, 60, p_qty) LOOP
         -- SKIP LOCKED: a step locked by a concurrent completion or cancel is
         -- left for a later claim rather than waited for (no lock-order cycle).
@@ -329,7 +333,9 @@ BEGIN
         timeout_ms := s.timeout_ms;
         input := jsonb_build_object('run', v_run_input, 'step', s.input, 'deps', v_deps);
         msg_id := m.msg_id;
+        p_qty := p_qty - 1;
         RETURN NEXT;
+    END LOOP;
     END LOOP;
 END $$;
 
@@ -535,23 +541,23 @@ END $$;
 ------------------------------------------------------------------------------
 
 CREATE PROCEDURE swf.submit_runs(INOUT p_runs jsonb, INOUT p_epoch bigint,
-                                 INOUT p_lsn pg_lsn DEFAULT NULL)
+                                 INOUT p_lsn text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
     p_runs := swf.start_runs(p_runs, p_epoch);
     p_epoch := (SELECT epoch FROM swf.cluster_state);
     COMMIT;
-    p_lsn := pg_current_wal_insert_lsn();
+    p_lsn := pg_current_wal_insert_lsn()::text;
 END $$;
 
 CREATE PROCEDURE swf.cancel(INOUT p_run_id uuid, INOUT p_epoch bigint,
-                            INOUT p_status text DEFAULT NULL, INOUT p_lsn pg_lsn DEFAULT NULL)
+                            INOUT p_status text DEFAULT NULL, INOUT p_lsn text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
     p_status := swf.cancel_run(p_run_id, p_epoch);
     p_epoch := (SELECT epoch FROM swf.cluster_state);
     COMMIT;
-    p_lsn := pg_current_wal_insert_lsn();
+    p_lsn := pg_current_wal_insert_lsn()::text;
 END $$;
 
 ------------------------------------------------------------------------------

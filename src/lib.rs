@@ -1,1 +1,48 @@
-//! singularity-workflow
+//! singularity-workflow: a geo-distributed workflow control plane on
+//! PostgreSQL + pgmq.
+//!
+//! Crate map, top to bottom (an upper layer may call a lower one, never the
+//! reverse):
+//!
+//! - [`cli`]: the `swf` command line (parsing and printing; `main.rs` only calls it).
+//! - [`dev`]: `swf dev`, the embedded local cluster (real PostgreSQL servers).
+//! - [`bench`]: `swf bench`, the end-to-end load benchmark.
+//! - [`api`]: HTTP routes, headers and error bodies (axum on hyper).
+//! - [`node`]: assembles a node's subsystems from its config; supervision, shutdown.
+//! - [`client`]: the client role: submit, status, lineage, list, cancel.
+//! - [`executor`]: the executor role: worker pools, claims, handlers, completions.
+//! - [`handlers`]: the handler and decomposer registry, built-in handlers.
+//! - [`router`]: where each read and write goes; consistency tokens; epochs.
+//! - [`store`]: ALL SQL: pools, migrations, engine functions, pgmq, nodes.
+//! - [`workflow`]: workflow specs, DAG validation, pgmq queue naming (pure).
+//! - [`token`]: consistency tokens and LSNs (pure).
+//! - [`config`]: the node TOML file, environment overrides, validation (pure).
+//! - [`batch`]: the micro-batcher behind submits and completions.
+//! - [`pgserver`]: starts and stops PostgreSQL server processes (dev, tests).
+//! - [`telemetry`]: logging and the Prometheus recorder.
+//!
+//! Invariants:
+//! - Only `store` issues SQL. Engine transitions are PL/pgSQL functions in
+//!   `migrations/`, one round trip each.
+//! - A 2xx on submit means the run is committed on the primary.
+//! - A completion is accepted only for the step's current attempt; the
+//!   database decides, not the executor.
+//! - No lock is held across an await on the network in the hot path.
+//! - PostgreSQL servers started by this process never outlive it.
+
+pub mod api;
+pub mod batch;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod executor;
+pub mod handlers;
+pub mod node;
+pub mod pgserver;
+pub mod router;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+pub mod workflow;

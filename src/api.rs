@@ -1,0 +1,475 @@
+//! HTTP API (axum on hyper): the routes, headers and error bodies of
+//! DESIGN section 6.
+//!
+//! Every `/v1` response carries `swf-served-by` and `swf-region`; reads add
+//! `swf-read-source`, writes `swf-consistency-token`. Errors are
+//! `{"error": {"code", "message"}}`. Request bodies are read up to the
+//! configured limit and refused with 413 past it. Worker nodes answer `/v1`
+//! with 403 `client_role_disabled`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::client::{Client, ClientError};
+use crate::executor::Executor;
+use crate::router::{ReadSource, Router};
+use crate::store::Store;
+use crate::token::Token;
+use crate::workflow::WorkflowSpec;
+
+pub const H_SERVED_BY: &str = "swf-served-by";
+pub const H_REGION: &str = "swf-region";
+pub const H_READ_SOURCE: &str = "swf-read-source";
+pub const H_TOKEN: &str = "swf-consistency-token";
+
+/// Facts about the serving node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub node_type: String,
+    pub roles: Vec<String>,
+    pub region: String,
+    pub public_url: String,
+    pub regions: Vec<String>,
+    pub version: String,
+}
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct ApiState {
+    pub info: Arc<NodeInfo>,
+    pub client: Option<Client>,
+    pub executor: Option<Arc<Executor>>,
+    pub router: Arc<Router>,
+    pub max_body_bytes: usize,
+}
+
+/// An API error: stable code, HTTP status, message safe for clients.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        use ClientError::*;
+        let (status, code) = match &e {
+            InvalidWorkflow(_) => (StatusCode::BAD_REQUEST, "invalid_workflow"),
+            UnknownHandler(_) => (StatusCode::BAD_REQUEST, "unknown_handler"),
+            UnknownRegion(_) => (StatusCode::BAD_REQUEST, "unknown_region"),
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
+            WriteUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "write_unavailable"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "region_unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::warn!(code, error = %e, "request failed");
+        }
+        let message = match &e {
+            Internal(_) => "internal error; see the node's log".to_string(),
+            other => other.to_string(),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Builds the axum router for one node.
+pub fn router(state: ApiState) -> axum::Router {
+    let v1 = axum::Router::new()
+        .route("/v1/workflows", post(submit).get(list))
+        .route("/v1/workflows/{run_id}", get(status))
+        .route("/v1/workflows/{run_id}/lineage", get(lineage))
+        .route("/v1/workflows/{run_id}/cancel", post(cancel))
+        .route("/v1/regions", get(regions))
+        .route_layer(middleware::from_fn_with_state(state.clone(), v1_guard));
+    axum::Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/health/info", get(info))
+        .route("/metrics", get(metrics_text))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Adds the node headers to every /v1 response, records request latency.
+async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let is_v1 = req.uri().path().starts_with("/v1");
+    let start = Instant::now();
+    let mut resp = next.run(req).await;
+    metrics::histogram!("swf_http_request_duration_seconds",
+        "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
+    .record(start.elapsed().as_secs_f64());
+    if is_v1 {
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&st.info.node_id) {
+            h.insert(HeaderName::from_static(H_SERVED_BY), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&st.info.region) {
+            h.insert(HeaderName::from_static(H_REGION), v);
+        }
+    }
+    resp
+}
+
+/// Refuses /v1 on nodes without the client role and handles `swf-region`.
+async fn v1_guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    if st.client.is_none() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "client_role_disabled",
+            format!(
+                "node {} is a {} node: its client role is disabled (enable_client = false)",
+                st.info.node_id, st.info.node_type
+            ),
+        )
+        .into_response();
+    }
+    if let Some(want) = req.headers().get(H_REGION) {
+        let want = want.to_str().unwrap_or("").to_string();
+        if want != st.info.region {
+            return if st.info.regions.iter().any(|r| r == &want) {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "region_unavailable",
+                    format!(
+                        "no healthy client node of region `{want}` is reachable from this node"
+                    ),
+                )
+                .into_response()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_region",
+                    format!("unknown region `{want}` in header swf-region"),
+                )
+                .into_response()
+            };
+        }
+    }
+    next.run(req).await
+}
+
+fn client(st: &ApiState) -> Result<&Client, ApiError> {
+    st.client.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "client_role_disabled",
+            "client role disabled",
+        )
+    })
+}
+
+fn parse_run_id(s: &str) -> Result<Uuid, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::not_found(format!("run `{s}` not found: not a valid run id (a UUID)"))
+    })
+}
+
+fn read_token(h: &HeaderMap) -> Result<Option<Token>, ApiError> {
+    match h.get(H_TOKEN) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "malformed swf-consistency-token header",
+                )
+            }),
+    }
+}
+
+fn with_read_source(mut resp: Response, src: ReadSource) -> Response {
+    resp.headers_mut().insert(
+        HeaderName::from_static(H_READ_SOURCE),
+        HeaderValue::from_static(src.as_str()),
+    );
+    resp
+}
+
+fn with_token(mut resp: Response, token: &Token) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&token.to_string()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(H_TOKEN), v);
+    }
+    resp
+}
+
+async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
+    let c = client(&st)?;
+    let limit = st.max_body_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_large(limit));
+        }
+    }
+    let bytes = to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large(limit))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let spec: WorkflowSpec = serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_workflow",
+            format!("workflow does not match the schema: {e}"),
+        )
+    })?;
+    let out = c.submit(spec).await?;
+    let (code, status) = if out.created {
+        (StatusCode::CREATED, "running".to_string())
+    } else {
+        // An idempotent retry: report the run as it is now.
+        let (doc, _) = c.status(out.run_id, Some(&out.token)).await?;
+        (
+            StatusCode::OK,
+            doc["status"].as_str().unwrap_or("running").to_string(),
+        )
+    };
+    let body =
+        json!({"run_id": out.run_id, "status": status, "consistency_token": out.token.to_string()});
+    Ok(with_token((code, Json(body)).into_response(), &out.token))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body exceeds the limit of {limit} bytes (limits.max_body_bytes)"),
+    )
+}
+
+async fn status(State(st): State<ApiState>, Path(id): Path<String>, h: HeaderMap) -> ApiResult {
+    let run_id = parse_run_id(&id)?;
+    let token = read_token(&h)?;
+    let (doc, src) = client(&st)?.status(run_id, token.as_ref()).await?;
+    Ok(with_read_source(Json(doc).into_response(), src))
+}
+
+async fn lineage(State(st): State<ApiState>, Path(id): Path<String>, h: HeaderMap) -> ApiResult {
+    let run_id = parse_run_id(&id)?;
+    let token = read_token(&h)?;
+    let (doc, src) = client(&st)?.lineage(run_id, token.as_ref()).await?;
+    Ok(with_read_source(Json(doc).into_response(), src))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+async fn list(
+    State(st): State<ApiState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    h: HeaderMap,
+) -> ApiResult {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(s.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("limit must be an integer between 1 and 1000 (got `{s}`)"),
+            )
+        })?),
+    };
+    let token = read_token(&h)?;
+    let status = q.status.as_deref().filter(|s| !s.is_empty());
+    let after = q.after.as_deref().filter(|s| !s.is_empty());
+    let (page, src) = client(&st)?
+        .list(status, limit, after, token.as_ref())
+        .await?;
+    let body = json!({"runs": page.runs, "next": page.next});
+    Ok(with_read_source(Json(body).into_response(), src))
+}
+
+async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    let run_id = parse_run_id(&id)?;
+    let token = client(&st)?.cancel(run_id).await?;
+    let body =
+        json!({"run_id": run_id, "status": "cancelled", "consistency_token": token.to_string()});
+    Ok(with_token(Json(body).into_response(), &token))
+}
+
+/// Nodes not heard from for this long are unhealthy (3 missed heartbeats).
+pub fn healthy(last: chrono::DateTime<chrono::Utc>, interval_ms: u64) -> bool {
+    (chrono::Utc::now() - last).num_milliseconds() <= (3 * interval_ms) as i64
+}
+
+async fn regions(State(st): State<ApiState>) -> ApiResult {
+    let store: &Store = st.router.write_store();
+    let nodes = store
+        .nodes()
+        .await
+        .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+    let (epoch, _) = store
+        .role()
+        .await
+        .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+    let regions: Vec<Value> = st
+        .info
+        .regions
+        .iter()
+        .map(|r| {
+            let ns: Vec<Value> = nodes
+                .iter()
+                .filter(|n| &n.region == r)
+                .map(|n| {
+                    json!({"node_id": n.node_id, "node_type": n.node_type, "api_url": n.api_url,
+                           "last_heartbeat_at": n.last_heartbeat_at,
+                           "healthy": healthy(n.last_heartbeat_at, crate::node::HEARTBEAT_DEFAULT_MS)})
+                })
+                .collect();
+            let role = if r == st.router.write_region() { "primary" } else { "replica" };
+            json!({"name": r, "role": role, "lag_ms": 0, "nodes": ns})
+        })
+        .collect();
+    let body =
+        json!({"write_region": st.router.write_region(), "epoch": epoch, "regions": regions});
+    Ok(with_read_source(
+        Json(body).into_response(),
+        ReadSource::Primary,
+    ))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(st): State<ApiState>) -> Response {
+    let store = st.router.write_store();
+    let known = Store::known_schema_version();
+    match store.schema_version().await {
+        Ok(Some(v)) if v >= known => (StatusCode::OK, Json(json!({"status": "ready", "schema_version": v}))).into_response(),
+        Ok(v) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": format!("database schema version {v:?} is older than {known}: run `swf migrate`")})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn info(State(st): State<ApiState>) -> Json<Value> {
+    let pools = st.executor.as_ref().map(|e| e.status()).unwrap_or_default();
+    let write_reachable = st.router.write_store().ping().await.is_ok();
+    Json(json!({
+        "node_id": st.info.node_id,
+        "node_type": st.info.node_type,
+        "roles": st.info.roles,
+        "region": st.info.region,
+        "write_region": st.router.write_region(),
+        "epoch": st.router.epoch(),
+        "worker_pools": pools,
+        "database": {
+            "local": {"role": if st.router.region() == st.router.write_region() { "primary" } else { "replica" }, "lag_ms": 0},
+            "write": {"region": st.router.write_region(), "reachable": write_reachable},
+        },
+        "schema_version": Store::known_schema_version(),
+        "version": st.info.version,
+    }))
+}
+
+async fn metrics_text(State(st): State<ApiState>) -> Response {
+    let store = st.router.write_store();
+    if let Ok(depths) = store.queue_depths().await {
+        for (q, n) in depths {
+            metrics::gauge!("swf_queue_depth", "queue" => q).set(n as f64);
+        }
+    }
+    if let Ok(by) = store.runs_by_status().await {
+        for (s, n) in by {
+            metrics::gauge!("swf_runs", "status" => s).set(n as f64);
+        }
+    }
+    if let Some(ex) = &st.executor {
+        for p in ex.status() {
+            metrics::gauge!("swf_pool_busy", "pool" => p.name.clone()).set(p.busy as f64);
+            metrics::gauge!("swf_pool_size", "pool" => p.name).set(p.size as f64);
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::prometheus().render(),
+    )
+        .into_response()
+}
+
+async fn fallback(req: Request<Body>) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}

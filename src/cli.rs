@@ -1,0 +1,463 @@
+//! The `swf` command line: argument parsing, the HTTP calls of the client
+//! commands, and human or `--json` output. `main.rs` only calls [`main`].
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::{self, Config};
+use crate::handlers::Registry;
+use crate::node::Node;
+use crate::store::Store;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "swf",
+    version,
+    about = "singularity-workflow: a geo-distributed workflow control plane on PostgreSQL + pgmq"
+)]
+pub struct Cli {
+    /// Log format on stderr (filter with SWF_LOG or RUST_LOG, e.g. `info,swf=debug`).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an embedded local cluster: real PostgreSQL plus one hybrid node per region.
+    Dev(DevArgs),
+    /// Run one node from a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Apply the database migrations (idempotent; safe from several nodes at once).
+    Migrate {
+        #[arg(long, env = "SWF_DATABASE__URL")]
+        database_url: String,
+    },
+    /// Validate or rewrite node config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Submit a workflow JSON file (or - for stdin); prints run_id and token.
+    Submit {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Workflow JSON file, or - for standard input.
+        file: String,
+    },
+    /// Print a run's status.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+        /// Wait until the run is completed, failed or cancelled (exit 0 only when completed).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Print a run's lineage: its DAG and every attempt.
+    Lineage {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+    },
+    /// Print regions, primary, epoch, lag and nodes.
+    Regions {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// End-to-end load benchmark against a running cluster (or one it starts).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where PostgreSQL data, logs and cluster.json live.
+    #[arg(long, default_value = ".swf/dev")]
+    pub data_dir: PathBuf,
+    /// Comma-separated region names; the first holds the primary.
+    #[arg(long, value_delimiter = ',', default_value = "us-east")]
+    pub regions: Vec<String>,
+    /// API port of the first region's node (next regions use the next ports).
+    #[arg(long, default_value_t = 4000)]
+    pub base_port: u16,
+    /// One-way delay added to every cross-region link.
+    #[arg(long, default_value_t = 0)]
+    pub wan_latency_ms: u64,
+    /// Delete the data dir first and start over.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a node config; print node_type, roles, region, pools.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a legacy config rewritten to the current keys.
+    Migrate { file: PathBuf },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// Base URL of a node's API.
+    #[arg(long, env = "SWF_API_URL", default_value = "http://127.0.0.1:4000")]
+    pub api: String,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Entry point of the binary: returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Dev(a) => {
+            crate::dev::run(crate::dev::DevOptions {
+                data_dir: a.data_dir,
+                regions: a.regions,
+                base_port: a.base_port,
+                wan_latency_ms: a.wan_latency_ms,
+                fresh: a.fresh,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Serve { config } => {
+            let loaded = Config::load(&config)?;
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let node = Node::start(loaded.config, Registry::with_builtins()).await?;
+            node.run_until(crate::dev::shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Migrate { database_url } => {
+            let store = Store::connect_lazy(&database_url, 2)?;
+            store
+                .migrate()
+                .await
+                .with_context(|| format!("migrate {}", config::redact_url(&database_url)))?;
+            let v = store.schema_version().await?;
+            println!("database migrated (schema version {})", v.unwrap_or(0));
+            Ok(0)
+        }
+        Command::Config(ConfigCommand::Check { file, json }) => {
+            let loaded = Config::load(&file)?;
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config::check_report(&loaded.config))?
+                );
+            } else {
+                print!("{}", config::check_report_text(&loaded.config));
+            }
+            Ok(0)
+        }
+        Command::Config(ConfigCommand::Migrate { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            print!(
+                "{}",
+                config::migrate_legacy(&text, &file.display().to_string())?
+            );
+            Ok(0)
+        }
+        Command::Submit { api, file } => submit(&api, &file).await,
+        Command::Status {
+            api,
+            run_id,
+            wait,
+            timeout_secs,
+        } => status(&api, &run_id, wait, Duration::from_secs(timeout_secs)).await,
+        Command::Lineage { api, run_id } => {
+            let doc = get_json(&api.api, &format!("/v1/workflows/{run_id}/lineage")).await?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", render_lineage(&doc));
+            }
+            Ok(0)
+        }
+        Command::Regions { api } => {
+            let doc = get_json(&api.api, "/v1/regions").await?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", render_regions(&doc));
+            }
+            Ok(0)
+        }
+        Command::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client builds")
+}
+
+/// Turns an API answer into JSON, or an error that shows the API's code.
+async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| anyhow!("HTTP {status}: the answer is not JSON: {e}"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        let code = body["error"]["code"].as_str().unwrap_or("unknown");
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        Err(ApiFailure {
+            status: status.as_u16(),
+            code: code.to_string(),
+            message: msg.to_string(),
+        }
+        .into())
+    }
+}
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{code} (HTTP {status}): {message}")]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+async fn get_json(api: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", api.trim_end_matches('/'));
+    let resp = http()
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    answer(resp).await
+}
+
+async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {file}"))?
+    };
+    let mut body: Value =
+        serde_json::from_str(&text).with_context(|| format!("{file} is not valid JSON"))?;
+    // A key makes retries safe: a retried submit returns the same run.
+    if body.is_object() && body.get("idempotency_key").is_none() {
+        body["idempotency_key"] = json!(uuid::Uuid::new_v4().to_string());
+    }
+    let url = format!("{}/v1/workflows", api.api.trim_end_matches('/'));
+    let client = http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(100);
+    let doc = loop {
+        let attempt = client.post(&url).json(&body).send().await;
+        let retry_reason = match attempt {
+            Ok(resp) if resp.status().as_u16() == 503 => format!("HTTP 503 from {url}"),
+            Ok(resp) => break answer(resp).await?,
+            Err(e) if e.is_connect() || e.is_timeout() => e.to_string(),
+            Err(e) => return Err(e).with_context(|| format!("POST {url}")),
+        };
+        if Instant::now() + delay > deadline {
+            bail!("submit failed after retrying for 30 s: {retry_reason}");
+        }
+        tracing::info!("submit: {retry_reason}; retrying with the same idempotency key");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    };
+    if api.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("run_id: {}", doc["run_id"].as_str().unwrap_or(""));
+        println!("status: {}", doc["status"].as_str().unwrap_or(""));
+        println!(
+            "token:  {}",
+            doc["consistency_token"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+async fn status(api: &ApiArgs, run_id: &str, wait: bool, timeout: Duration) -> anyhow::Result<i32> {
+    let path = format!("/v1/workflows/{run_id}");
+    let deadline = Instant::now() + timeout;
+    let doc = loop {
+        let doc = get_json(&api.api, &path).await?;
+        let done = doc["status"].as_str().is_some_and(|s| s != "running");
+        if !wait || done {
+            break doc;
+        }
+        if Instant::now() >= deadline {
+            bail!("run {run_id} still running after {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if api.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render_status(&doc));
+    }
+    let code = if wait && doc["status"] != "completed" {
+        3
+    } else {
+        0
+    };
+    Ok(code)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Human rendering of a status document.
+pub fn render_status(doc: &Value) -> String {
+    let mut out = format!(
+        "run {}  {}\n  goal: {}\n  created: {}  completed: {}\n",
+        s(&doc["run_id"]),
+        s(&doc["status"]),
+        s(&doc["goal"]),
+        s(&doc["created_at"]),
+        s(&doc["completed_at"])
+    );
+    if !doc["error"].is_null() {
+        out += &format!("  error: {}\n", doc["error"]);
+    }
+    out += &format!(
+        "  {:<20} {:<10} {:<12} {:>8}  output\n",
+        "step", "status", "handler", "attempts"
+    );
+    for st in doc["steps"].as_array().into_iter().flatten() {
+        let mut output = s(&st["output"]);
+        if output.len() > 60 {
+            output = format!("{}…", output.chars().take(60).collect::<String>());
+        }
+        out += &format!(
+            "  {:<20} {:<10} {:<12} {:>8}  {}\n",
+            s(&st["id"]),
+            s(&st["status"]),
+            s(&st["handler"]),
+            s(&st["attempts"]),
+            output
+        );
+    }
+    if !doc["output"].is_null() {
+        out += &format!("  output: {}\n", doc["output"]);
+    }
+    out
+}
+
+/// Human rendering of a lineage document.
+pub fn render_lineage(doc: &Value) -> String {
+    let mut out = format!("run {}  {}\n  dag:\n", s(&doc["run_id"]), s(&doc["status"]));
+    for st in doc["dag"]["steps"].as_array().into_iter().flatten() {
+        let deps: Vec<String> = st["depends_on"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        out += &format!(
+            "    {}{}\n",
+            s(&st["id"]),
+            if deps.is_empty() {
+                String::new()
+            } else {
+                format!(" <- {}", deps.join(", "))
+            }
+        );
+    }
+    out += "  trace:\n";
+    out += &format!(
+        "    {:<16} {:>3}  {:<10} {:<16} {:<10} {:<10} {}\n",
+        "step", "try", "outcome", "node", "region", "pool", "started_at"
+    );
+    for a in doc["execution_trace"].as_array().into_iter().flatten() {
+        out += &format!(
+            "    {:<16} {:>3}  {:<10} {:<16} {:<10} {:<10} {}\n",
+            s(&a["step_id"]),
+            s(&a["attempt"]),
+            s(&a["outcome"]),
+            s(&a["node_id"]),
+            s(&a["region"]),
+            s(&a["worker_pool"]),
+            s(&a["started_at"])
+        );
+    }
+    out += &format!("  metrics: {}\n", doc["metrics"]);
+    out
+}
+
+/// Human rendering of `/v1/regions`.
+pub fn render_regions(doc: &Value) -> String {
+    let mut out = format!(
+        "write region: {}  epoch: {}\n",
+        s(&doc["write_region"]),
+        s(&doc["epoch"])
+    );
+    for r in doc["regions"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<12} {:<8} lag {} ms\n",
+            s(&r["name"]),
+            s(&r["role"]),
+            s(&r["lag_ms"])
+        );
+        for n in r["nodes"].as_array().into_iter().flatten() {
+            out += &format!(
+                "    {:<20} {:<7} {:<28} {}\n",
+                s(&n["node_id"]),
+                s(&n["node_type"]),
+                s(&n["api_url"]),
+                if n["healthy"] == true {
+                    "healthy"
+                } else {
+                    "UNHEALTHY"
+                }
+            );
+        }
+    }
+    out
+}

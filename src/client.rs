@@ -1,0 +1,291 @@
+//! The client role: submit, status, lineage, list and cancel.
+//!
+//! Submissions are validated here (pure), then stored through a
+//! micro-batcher so concurrent submits share round trips. Reads go where the
+//! router says. Errors are [`ClientError`]s, which the API maps to codes.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::batch::Batcher;
+use crate::handlers::Registry;
+use crate::router::{ReadSource, Router};
+use crate::store::{NewRun, RunSummary, StoreError, Submitted};
+use crate::token::Token;
+use crate::workflow::{self, Limits, ValidationError, WorkflowSpec};
+
+/// Client-side failures, each with a stable API code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    InvalidWorkflow(String),
+    #[error("{0}")]
+    UnknownHandler(String),
+    #[error("{0}")]
+    UnknownRegion(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("no writable primary: {0}")]
+    WriteUnavailable(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ClientError {
+    fn from_write(e: StoreError) -> Self {
+        match e {
+            StoreError::ReadOnly | StoreError::StaleEpoch(_) | StoreError::Unavailable(_) => {
+                ClientError::WriteUnavailable(e.to_string())
+            }
+            other => ClientError::Internal(other.to_string()),
+        }
+    }
+
+    fn from_read(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ClientError::Unavailable(e.to_string()),
+            other => ClientError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What a successful submit returns.
+#[derive(Debug, Clone)]
+pub struct SubmitOutcome {
+    pub run_id: Uuid,
+    /// False when the idempotency key matched an earlier run.
+    pub created: bool,
+    pub token: Token,
+}
+
+/// A page of runs plus the cursor of the next page.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    pub next: Option<String>,
+}
+
+type SubmitBatcher = Batcher<NewRun, (Submitted, Token), ClientError>;
+
+/// The client role of one node.
+#[derive(Clone)]
+pub struct Client {
+    router: Arc<Router>,
+    registry: Registry,
+    limits: Limits,
+    regions: Arc<Vec<String>>,
+    node_id: String,
+    submitter: SubmitBatcher,
+}
+
+const MAX_SUBMIT_BATCH: usize = 64;
+const SUBMIT_BATCHES_IN_FLIGHT: usize = 4;
+
+impl Client {
+    /// `regions` are the names steps may be pinned to.
+    pub fn new(
+        router: Arc<Router>,
+        registry: Registry,
+        limits: Limits,
+        regions: Vec<String>,
+        node_id: &str,
+    ) -> Client {
+        let r = router.clone();
+        let submitter = Batcher::spawn(
+            MAX_SUBMIT_BATCH,
+            SUBMIT_BATCHES_IN_FLIGHT,
+            move |runs: Vec<NewRun>| {
+                let r = r.clone();
+                async move {
+                    let (out, token) = r
+                        .write_store()
+                        .submit_runs(&runs, r.epoch())
+                        .await
+                        .map_err(ClientError::from_write)?;
+                    r.observe_epoch(token.epoch);
+                    Ok(out.into_iter().map(|s| (s, token)).collect())
+                }
+            },
+        );
+        Client {
+            router,
+            registry,
+            limits,
+            regions: Arc::new(regions),
+            node_id: node_id.to_string(),
+            submitter,
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Validates and stores a workflow. A 2xx-worthy answer means the run
+    /// is committed on the primary.
+    pub async fn submit(&self, mut spec: WorkflowSpec) -> Result<SubmitOutcome, ClientError> {
+        if spec.steps.is_empty() {
+            if let Some(name) = spec.decomposer.clone() {
+                let d = self.registry.decomposer(&name).ok_or_else(|| {
+                    ClientError::InvalidWorkflow(format!("unknown decomposer `{name}`"))
+                })?;
+                spec.steps = d.decompose(&spec.goal, spec.input.as_ref()).map_err(|e| {
+                    ClientError::InvalidWorkflow(format!("decomposer `{name}` failed: {e}"))
+                })?;
+            }
+        }
+        let steps = workflow::validate(
+            &spec,
+            &self.limits,
+            |h| self.registry.has_handler(h),
+            |r| self.regions.iter().any(|x| x == r),
+        )
+        .map_err(|e| match e {
+            ValidationError::Invalid(m) => ClientError::InvalidWorkflow(m),
+            e @ ValidationError::UnknownHandler { .. } => {
+                ClientError::UnknownHandler(e.to_string())
+            }
+            e @ ValidationError::UnknownRegion { .. } => ClientError::UnknownRegion(e.to_string()),
+        })?;
+        let run = NewRun {
+            run_id: Uuid::now_v7(),
+            goal: spec.goal,
+            input: spec.input,
+            idempotency_key: spec.idempotency_key,
+            decomposer: spec.decomposer,
+            submitted_by: self.node_id.clone(),
+            submitted_region: self.router.region().to_string(),
+            steps,
+        };
+        let (s, token) = self
+            .submitter
+            .call(run)
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))??;
+        Ok(SubmitOutcome {
+            run_id: s.run_id,
+            created: s.created,
+            token,
+        })
+    }
+
+    /// The status document of a run and where it was read from.
+    pub async fn status(
+        &self,
+        run_id: Uuid,
+        token: Option<&Token>,
+    ) -> Result<(Value, ReadSource), ClientError> {
+        let (store, source) = self.router.read_store(token);
+        let doc = store
+            .run_status(run_id)
+            .await
+            .map_err(ClientError::from_read)?;
+        doc.map(|d| (d, source))
+            .ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))
+    }
+
+    /// The lineage document of a run and where it was read from.
+    pub async fn lineage(
+        &self,
+        run_id: Uuid,
+        token: Option<&Token>,
+    ) -> Result<(Value, ReadSource), ClientError> {
+        let (store, source) = self.router.read_store(token);
+        let doc = store
+            .run_lineage(run_id)
+            .await
+            .map_err(ClientError::from_read)?;
+        doc.map(|d| (d, source))
+            .ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))
+    }
+
+    /// Lists runs newest first. `after` is the `next` cursor of a previous page.
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: Option<i64>,
+        after: Option<&str>,
+        token: Option<&Token>,
+    ) -> Result<(RunPage, ReadSource), ClientError> {
+        if let Some(s) = status {
+            if !["running", "completed", "failed", "cancelled"].contains(&s) {
+                return Err(ClientError::InvalidRequest(format!(
+                    "status must be one of running, completed, failed, cancelled (got `{s}`)"
+                )));
+            }
+        }
+        let limit = limit.unwrap_or(50);
+        if !(1..=1000).contains(&limit) {
+            return Err(ClientError::InvalidRequest(
+                "limit must be between 1 and 1000".into(),
+            ));
+        }
+        let cursor = after.map(decode_cursor).transpose()?;
+        let (store, source) = self.router.read_store(token);
+        let runs = store
+            .list_runs(status, limit, cursor)
+            .await
+            .map_err(ClientError::from_read)?;
+        let next = if runs.len() as i64 == limit {
+            runs.last().map(|r| encode_cursor(r.created_at, r.run_id))
+        } else {
+            None
+        };
+        Ok((RunPage { runs, next }, source))
+    }
+
+    /// Cancels a running run. Cancelling a cancelled run is a no-op; a run
+    /// that completed or failed cannot be cancelled.
+    pub async fn cancel(&self, run_id: Uuid) -> Result<Token, ClientError> {
+        let (status, token) = self
+            .router
+            .write_store()
+            .cancel_run(run_id, self.router.epoch())
+            .await
+            .map_err(ClientError::from_write)?;
+        self.router.observe_epoch(token.epoch);
+        match status.as_deref() {
+            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
+            Some("cancelled") => Ok(token),
+            Some(other) => Err(ClientError::InvalidState(format!(
+                "run {run_id} is already {other} and cannot be cancelled"
+            ))),
+        }
+    }
+}
+
+/// Cursor text: `<created_at micros>.<run_id>`.
+fn encode_cursor(t: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
+    format!("{}.{}", t.timestamp_micros(), id.simple())
+}
+
+fn decode_cursor(s: &str) -> Result<(chrono::DateTime<chrono::Utc>, Uuid), ClientError> {
+    let bad = || ClientError::InvalidRequest(format!("`after` cursor `{s}` is malformed"));
+    let (t, id) = s.split_once('.').ok_or_else(bad)?;
+    let micros: i64 = t.parse().map_err(|_| bad())?;
+    let t = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    Ok((t, id.parse().map_err(|_| bad())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip() {
+        let t = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(t, id)).unwrap(), (t, id));
+        for bad in ["", "x", "1.", ".abc", "1.nope"] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! A node: assembles the subsystems its config's roles ask for, supervises
+//! them and shuts them down.
+//!
+//! Every node runs the HTTP server (health, info and metrics are always
+//! served; `/v1` only with the client role) and a heartbeat. The client role
+//! adds the [`Client`]; the executor role adds the worker pools. Background
+//! tasks live in one `JoinSet`; one that exits before shutdown is a fatal,
+//! logged event that stops the node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiState, NodeInfo};
+use crate::client::Client;
+use crate::config::Config;
+use crate::executor::{Executor, ExecutorSettings, PoolSpec};
+use crate::handlers::Registry;
+use crate::router::Router;
+use crate::store::{Leases, NodeRow, Store};
+use crate::workflow::Limits;
+
+/// Default heartbeat interval; a node is unhealthy after 3 missed beats.
+pub const HEARTBEAT_DEFAULT_MS: u64 = 5_000;
+/// Retry backoff: base 1 s, doubling, capped at 60 s (DESIGN section 8).
+const BACKOFF_BASE_MS: i32 = 1_000;
+const BACKOFF_CAP_MS: i32 = 60_000;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A running node.
+pub struct Node {
+    info: Arc<NodeInfo>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    executor: Option<Arc<Executor>>,
+    store: Store,
+}
+
+impl Node {
+    /// Starts a node from its config. The database must be migrated to a
+    /// schema this binary knows.
+    pub async fn start(config: Config, registry: Registry) -> anyhow::Result<Node> {
+        // Install the recorder before anything records.
+        let _ = crate::telemetry::prometheus();
+        let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;
+        check_schema(&store).await?;
+        let router = Arc::new(Router::new(
+            store.clone(),
+            &config.region,
+            &config.write_region,
+        ));
+        if let Ok((epoch, _)) = store.role().await {
+            router.observe_epoch(epoch);
+        }
+        let mut regions = vec![config.region.clone()];
+        if config.write_region != config.region {
+            regions.push(config.write_region.clone());
+        }
+        let info = Arc::new(NodeInfo {
+            node_id: config.node_id.clone(),
+            node_type: config.node_type().as_str().to_string(),
+            roles: config.roles().iter().map(|r| r.to_string()).collect(),
+            region: config.region.clone(),
+            public_url: config.api.public_url.clone(),
+            regions: regions.clone(),
+            version: VERSION.to_string(),
+        });
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let client = config.enable_client.then(|| {
+            Client::new(
+                router.clone(),
+                registry.clone(),
+                Limits {
+                    max_steps: config.limits.max_steps,
+                    max_id_len: config.limits.max_id_len,
+                    max_goal_len: config.limits.max_goal_len,
+                    max_json_depth: config.limits.max_json_depth,
+                },
+                regions,
+                &config.node_id,
+            )
+        });
+        let executor = config.enable_executor.then(|| {
+            let settings = ExecutorSettings {
+                node_id: config.node_id.clone(),
+                region: config.region.clone(),
+                pools: config
+                    .worker_pools
+                    .iter()
+                    .map(|(name, p)| PoolSpec {
+                        name: name.clone(),
+                        queue: p.queue.clone(),
+                        size: p.size,
+                    })
+                    .collect(),
+                claim_batch: config.executor.claim_batch,
+                poll_interval: Duration::from_millis(config.executor.poll_interval_ms),
+                shutdown_grace: Duration::from_millis(config.executor.shutdown_grace_ms),
+                leases: Leases {
+                    lease_ms: clamp_i32(config.executor.lease_ms),
+                    margin_ms: clamp_i32(config.executor.visibility_margin_ms),
+                    backoff_base_ms: BACKOFF_BASE_MS,
+                    backoff_cap_ms: BACKOFF_CAP_MS,
+                },
+            };
+            Executor::start(
+                router.clone(),
+                registry.clone(),
+                settings,
+                shutdown.clone(),
+                &mut tasks,
+            )
+        });
+
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("listen on {} (api.listen)", config.api.listen))?;
+        let addr = listener.local_addr()?;
+        let public_url = if config.api.listen.port() == 0 {
+            format!("http://{addr}")
+        } else {
+            config.api.public_url.clone()
+        };
+        let info = Arc::new(NodeInfo {
+            public_url: public_url.clone(),
+            ..(*info).clone()
+        });
+        let app = api::router(ApiState {
+            info: info.clone(),
+            client,
+            executor: executor.clone(),
+            router: router.clone(),
+            max_body_bytes: config.limits.max_body_bytes,
+        });
+        {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await;
+                if let Err(e) = r {
+                    error!(error = %e, "HTTP server stopped");
+                }
+            });
+        }
+        {
+            let shutdown = shutdown.clone();
+            let store = store.clone();
+            let ex = executor.clone();
+            let info = info.clone();
+            let interval = Duration::from_millis(config.executor.heartbeat_interval_ms);
+            let started_at = chrono::Utc::now();
+            tasks.spawn(async move {
+                loop {
+                    let pools = ex
+                        .as_ref()
+                        .map(|e| serde_json::to_value(e.status()).unwrap_or_default())
+                        .unwrap_or_else(|| serde_json::json!([]));
+                    let row = NodeRow {
+                        node_id: info.node_id.clone(),
+                        node_type: info.node_type.clone(),
+                        roles: info.roles.clone(),
+                        region: info.region.clone(),
+                        api_url: Some(info.public_url.clone()),
+                        pools,
+                        version: info.version.clone(),
+                        started_at,
+                        last_heartbeat_at: chrono::Utc::now(),
+                    };
+                    if let Err(e) = store.heartbeat(&row).await {
+                        warn!(error = %e, "heartbeat");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            });
+        }
+        info!(node_id = %info.node_id, node_type = %info.node_type, region = %info.region,
+              addr = %addr, "node started");
+        Ok(Node {
+            info,
+            addr,
+            shutdown,
+            tasks,
+            executor,
+            store,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL of the API (`http://host:port`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.info.node_id
+    }
+
+    /// Runs until `stop` fires, then shuts down gracefully. A background task
+    /// that exits early is an error.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        let early = tokio::select! {
+            _ = &mut stop => None,
+            r = self.tasks.join_next() => Some(r),
+        };
+        self.shutdown().await;
+        if let Some(r) = early {
+            bail!(
+                "a background task of node {} exited unexpectedly: {r:?}",
+                self.info.node_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop claiming and serving, finish or release
+    /// in-flight tasks, close the pool.
+    pub async fn shutdown(&mut self) {
+        self.shutdown.cancel();
+        if let Some(ex) = &self.executor {
+            ex.drain().await;
+        }
+        while self.tasks.join_next().await.is_some() {}
+        self.store.close().await;
+        info!(node_id = %self.info.node_id, "node stopped");
+    }
+
+    /// Stops everything at once without telling the database, as a crash
+    /// would: claimed tasks stay claimed until their visibility timeout.
+    pub async fn kill(mut self) {
+        if let Some(ex) = &self.executor {
+            ex.kill();
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.store.close().await;
+    }
+}
+
+fn clamp_i32(v: u64) -> i32 {
+    v.min(i32::MAX as u64) as i32
+}
+
+/// Refuses to run against a database that is not migrated, or migrated by
+/// a newer binary whose schema this one does not know.
+async fn check_schema(store: &Store) -> anyhow::Result<()> {
+    let known = Store::known_schema_version();
+    match store.schema_version().await {
+        Ok(Some(v)) if v == known => Ok(()),
+        Ok(Some(v)) if v > known => bail!(
+            "database schema version {v} is newer than this binary knows ({known}); upgrade swf"
+        ),
+        Ok(_) => bail!(
+            "database {} is not migrated to schema version {known}: run `swf migrate --database-url ...`",
+            crate::config::redact_url(store.url())
+        ),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "connect to database {}",
+                crate::config::redact_url(store.url())
+            )
+        }),
+    }
+}

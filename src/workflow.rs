@@ -1,0 +1,514 @@
+//! Workflow specifications as clients submit them, their validation, and the
+//! deterministic mapping of queue and region names onto pgmq queue names.
+//!
+//! Validation is pure (no I/O) so it is unit-tested as a table and measured
+//! in `benches/`. Everything the engine stores has passed through
+//! [`validate`] first; the database's constraints are the second line.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Default queue of a step that names none.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Longest pgmq queue name (pgmq prefixes tables with `q_`/`a_` and partitions
+/// with `template_pgmq_q_`; PostgreSQL identifiers stop at 63 bytes).
+pub const MQ_MAX_LEN: usize = 47;
+
+/// A workflow as `POST /v1/workflows` receives it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    pub goal: String,
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    #[serde(default)]
+    pub input: Option<Value>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub decomposer: Option<String>,
+}
+
+/// One DAG vertex of a [`WorkflowSpec`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub id: String,
+    pub handler: String,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub input: Option<Value>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// Limits applied by [`validate`]; the node's `[limits]` config fills them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_steps: usize,
+    pub max_id_len: usize,
+    pub max_goal_len: usize,
+    pub max_json_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_steps: 1000,
+            max_id_len: 128,
+            max_goal_len: 1024,
+            max_json_depth: 32,
+        }
+    }
+}
+
+/// Why a workflow was refused. Each maps to one API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("step `{step}` uses unknown handler `{handler}`")]
+    UnknownHandler { step: String, handler: String },
+    #[error("step `{step}` is pinned to unknown region `{region}`")]
+    UnknownRegion { step: String, region: String },
+}
+
+/// A validated step, ready for the engine: defaults filled in and its pgmq
+/// queue resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub id: String,
+    pub handler: String,
+    pub queue: String,
+    pub region: Option<String>,
+    pub mq: String,
+    pub depends_on: Vec<String>,
+    pub input: Option<Value>,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+}
+
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+const MAX_ATTEMPTS_LIMIT: u32 = 100;
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Validates a spec: non-empty, unique well-formed ids, known dependencies,
+/// acyclic, known handlers and regions, sizes within `limits`. Returns the
+/// steps in submission order with defaults applied.
+pub fn validate(
+    spec: &WorkflowSpec,
+    limits: &Limits,
+    known_handler: impl Fn(&str) -> bool,
+    known_region: impl Fn(&str) -> bool,
+) -> Result<Vec<PlannedStep>, ValidationError> {
+    let invalid = |m: String| Err(ValidationError::Invalid(m));
+    if spec.goal.trim().is_empty() {
+        return invalid("`goal` must be a non-empty string".into());
+    }
+    if spec.goal.chars().count() > limits.max_goal_len {
+        return invalid(format!(
+            "`goal` is longer than {} characters",
+            limits.max_goal_len
+        ));
+    }
+    if spec.steps.is_empty() {
+        return invalid("`steps` must contain at least one step".into());
+    }
+    if spec.steps.len() > limits.max_steps {
+        return invalid(format!(
+            "workflow has {} steps; the limit is {} (limits.max_steps)",
+            spec.steps.len(),
+            limits.max_steps
+        ));
+    }
+    if let Some(key) = &spec.idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return invalid("`idempotency_key` must be 1 to 256 bytes".into());
+        }
+    }
+    check_depth("input", spec.input.as_ref(), limits.max_json_depth)?;
+
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(spec.steps.len());
+    for (i, step) in spec.steps.iter().enumerate() {
+        if !valid_step_id(&step.id, limits.max_id_len) {
+            return invalid(format!(
+                "step id `{}` is invalid: use 1 to {} characters of letters, digits, `_`, `-` or `.`",
+                truncate(&step.id),
+                limits.max_id_len
+            ));
+        }
+        if index.insert(step.id.as_str(), i).is_some() {
+            return invalid(format!("duplicate step id `{}`", step.id));
+        }
+    }
+
+    let mut planned = Vec::with_capacity(spec.steps.len());
+    for step in &spec.steps {
+        let mut seen = BTreeSet::new();
+        for dep in &step.depends_on {
+            if dep == &step.id {
+                return invalid(format!("step `{}` depends on itself", step.id));
+            }
+            if !index.contains_key(dep.as_str()) {
+                return invalid(format!(
+                    "step `{}` depends on unknown step `{}`",
+                    step.id,
+                    truncate(dep)
+                ));
+            }
+            if !seen.insert(dep.as_str()) {
+                return invalid(format!("step `{}` lists dependency `{dep}` twice", step.id));
+            }
+        }
+        if !known_handler(&step.handler) {
+            return Err(ValidationError::UnknownHandler {
+                step: step.id.clone(),
+                handler: truncate(&step.handler),
+            });
+        }
+        let queue = step.queue.clone().unwrap_or_else(|| DEFAULT_QUEUE.into());
+        if !valid_name(&queue) {
+            return invalid(format!(
+                "step `{}`: queue `{}` is invalid: use 1 to 64 characters of letters, digits, `_` or `-`",
+                step.id,
+                truncate(&queue)
+            ));
+        }
+        if let Some(region) = &step.region {
+            if !known_region(region) {
+                return Err(ValidationError::UnknownRegion {
+                    step: step.id.clone(),
+                    region: truncate(region),
+                });
+            }
+        }
+        let max_attempts = step.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return invalid(format!(
+                "step `{}`: max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}",
+                step.id
+            ));
+        }
+        let timeout_ms = step.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return invalid(format!(
+                "step `{}`: timeout_ms must be between 1 and {MAX_TIMEOUT_MS}",
+                step.id
+            ));
+        }
+        check_depth(
+            &format!("steps.{}.input", step.id),
+            step.input.as_ref(),
+            limits.max_json_depth,
+        )?;
+        planned.push(PlannedStep {
+            id: step.id.clone(),
+            handler: step.handler.clone(),
+            mq: mq_name(&queue, step.region.as_deref()),
+            queue,
+            region: step.region.clone(),
+            depends_on: step.depends_on.clone(),
+            input: step.input.clone(),
+            max_attempts,
+            timeout_ms,
+        });
+    }
+    if let Some(cycle_at) = find_cycle(&spec.steps, &index) {
+        return invalid(format!(
+            "the dependency graph has a cycle through step `{cycle_at}`"
+        ));
+    }
+    Ok(planned)
+}
+
+/// Kahn's algorithm; returns a step on a cycle if the graph is not a DAG.
+fn find_cycle<'a>(steps: &'a [StepSpec], index: &HashMap<&str, usize>) -> Option<&'a str> {
+    let mut indegree: Vec<usize> = steps.iter().map(|s| s.depends_on.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        for d in &s.depends_on {
+            dependents[index[d.as_str()]].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = ready.pop() {
+        done += 1;
+        for &j in &dependents[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    if done == steps.len() {
+        None
+    } else {
+        (0..steps.len())
+            .find(|&i| indegree[i] > 0)
+            .map(|i| steps[i].id.as_str())
+    }
+}
+
+fn check_depth(what: &str, v: Option<&Value>, max: usize) -> Result<(), ValidationError> {
+    match v {
+        Some(v) if json_depth(v) > max => Err(ValidationError::Invalid(format!(
+            "`{what}` is nested deeper than {max} levels (limits.max_json_depth)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Nesting depth of a JSON value (a scalar is 0), without recursion.
+pub fn json_depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn valid_step_id(id: &str, max_len: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max_len
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Queue, pool and region names: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= 64 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(64).collect::<String>())
+    }
+}
+
+/// The pgmq queue that holds tasks of `queue`, or of its variant pinned to
+/// `region`. Deterministic and collision-resistant: a name that is already a
+/// short lowercase identifier maps to itself; any other gets sanitised,
+/// shortened and suffixed with a hash of the original.
+pub fn mq_name(queue: &str, region: Option<&str>) -> String {
+    let raw = match region {
+        None => queue.to_string(),
+        Some(r) => format!("{queue}__at__{r}"),
+    };
+    let clean: String = raw
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .collect();
+    if clean == raw && clean.len() <= MQ_MAX_LEN {
+        return clean;
+    }
+    let hash = fnv1a(raw.as_bytes());
+    let keep: String = clean.chars().take(MQ_MAX_LEN - 9).collect();
+    format!("{keep}_{:08x}", (hash as u32) ^ ((hash >> 32) as u32))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: Value) -> WorkflowSpec {
+        serde_json::from_value(v).expect("spec parses")
+    }
+
+    fn check(v: Value) -> Result<Vec<PlannedStep>, ValidationError> {
+        validate(
+            &spec(v),
+            &Limits::default(),
+            |h| ["noop", "echo", "fail", "sleep"].contains(&h),
+            |r| ["us-east", "eu-west"].contains(&r),
+        )
+    }
+
+    #[test]
+    fn validation_table() {
+        let diamond = json!({"goal": "g", "steps": [
+            {"id": "a", "handler": "noop"},
+            {"id": "b", "handler": "echo", "depends_on": ["a"]},
+            {"id": "c", "handler": "echo", "depends_on": ["a"]},
+            {"id": "d", "handler": "echo", "depends_on": ["b", "c"]}]});
+        // (case, input, expected error substring or None for OK)
+        let cases: Vec<(&str, Value, Option<&str>)> = vec![
+            ("diamond", diamond, None),
+            (
+                "empty goal",
+                json!({"goal": " ", "steps": [{"id": "a", "handler": "noop"}]}),
+                Some("goal"),
+            ),
+            (
+                "no steps",
+                json!({"goal": "g", "steps": []}),
+                Some("at least one step"),
+            ),
+            (
+                "dup id",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop"}, {"id": "a", "handler": "noop"}]}),
+                Some("duplicate step id `a`"),
+            ),
+            (
+                "bad id",
+                json!({"goal": "g", "steps": [{"id": "a b", "handler": "noop"}]}),
+                Some("step id `a b` is invalid"),
+            ),
+            (
+                "unknown dep",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "depends_on": ["z"]}]}),
+                Some("unknown step `z`"),
+            ),
+            (
+                "self dep",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "depends_on": ["a"]}]}),
+                Some("depends on itself"),
+            ),
+            (
+                "cycle",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "depends_on": ["b"]}, {"id": "b", "handler": "noop", "depends_on": ["a"]}]}),
+                Some("cycle"),
+            ),
+            (
+                "unknown handler",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "nope"}]}),
+                Some("unknown handler `nope`"),
+            ),
+            (
+                "unknown region",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "region": "mars"}]}),
+                Some("unknown region `mars`"),
+            ),
+            (
+                "known region",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "region": "eu-west"}]}),
+                None,
+            ),
+            (
+                "bad queue",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "queue": "a/b"}]}),
+                Some("queue `a/b` is invalid"),
+            ),
+            (
+                "zero attempts",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "max_attempts": 0}]}),
+                Some("max_attempts"),
+            ),
+            (
+                "zero timeout",
+                json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "timeout_ms": 0}]}),
+                Some("timeout_ms"),
+            ),
+            (
+                "deep input",
+                json!({"goal": "g", "input": deep(40), "steps": [{"id": "a", "handler": "noop"}]}),
+                Some("nested deeper"),
+            ),
+        ];
+        for (name, input, want) in cases {
+            let got = check(input);
+            match (want, &got) {
+                (None, Ok(_)) => {}
+                (Some(w), Err(e)) => assert!(e.to_string().contains(w), "{name}: {e}"),
+                _ => panic!("{name}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    fn deep(n: usize) -> Value {
+        (0..n).fold(json!(1), |acc, _| json!([acc]))
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let steps = check(json!({"goal": "g", "steps": [{"id": "a", "handler": "noop"}]})).unwrap();
+        assert_eq!(steps[0].queue, "default");
+        assert_eq!(steps[0].mq, "default");
+        assert_eq!(steps[0].max_attempts, 3);
+        assert_eq!(steps[0].timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn too_many_steps() {
+        let steps: Vec<Value> = (0..5)
+            .map(|i| json!({"id": format!("s{i}"), "handler": "noop"}))
+            .collect();
+        let limits = Limits {
+            max_steps: 4,
+            ..Limits::default()
+        };
+        let err = validate(
+            &spec(json!({"goal": "g", "steps": steps})),
+            &limits,
+            |_| true,
+            |_| true,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limit is 4"));
+    }
+
+    #[test]
+    fn mq_names_are_valid_and_deterministic() {
+        let cases = [
+            ("default", None, "default"),
+            ("gpu_tasks", None, "gpu_tasks"),
+            ("default", Some("us-east"), ""),
+            ("Mixed-Case", None, ""),
+            (
+                "a_very_long_queue_name_that_goes_on_and_on_forever_more",
+                Some("ap-southeast-2"),
+                "",
+            ),
+        ];
+        let mut seen = BTreeSet::new();
+        for (q, r, exact) in cases {
+            let n = mq_name(q, r);
+            assert!(n.len() <= MQ_MAX_LEN, "{n}");
+            assert!(n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            assert_eq!(n, mq_name(q, r));
+            if !exact.is_empty() {
+                assert_eq!(n, exact);
+            }
+            assert!(seen.insert(n), "collision");
+        }
+        assert_ne!(mq_name("a-b", None), mq_name("a_b", None));
+    }
+}
