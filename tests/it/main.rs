@@ -1,1 +1,8 @@
+//! Integration tests: real PostgreSQL, real HTTP, real processes.
+//! One crate (one link, one PostgreSQL server); each test gets its own database.
 
+mod api;
+mod cli;
+mod engine;
+mod harness;
+mod roles;

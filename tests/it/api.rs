@@ -1,0 +1,258 @@
+//! Every route and error code of the HTTP API; bad input changes nothing.
+
+use serde_json::{json, Value};
+use singularity_workflow::handlers::Registry;
+
+use crate::harness::*;
+
+fn diamond(goal: &str) -> Value {
+    json!({"goal": goal, "input": {"n": 7}, "steps": [
+        {"id": "a", "handler": "noop", "input": {"x": 1}},
+        {"id": "b", "handler": "echo", "depends_on": ["a"]},
+        {"id": "c", "handler": "noop", "depends_on": ["a"], "input": "C"},
+        {"id": "d", "handler": "echo", "depends_on": ["b", "c"]}]})
+}
+
+async fn run_count(db: &str) -> i64 {
+    let pool = sql(db).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let m: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.steps")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n * 1_000_000 + m
+}
+
+#[tokio::test]
+async fn diamond_outputs_flow_through_deps() {
+    let db = fresh_db().await;
+    let node = start_node(node_config("n1", &db), Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let run_id = api.submit(&diamond("diamond")).await;
+    let doc = api.wait_terminal(&run_id, 30).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    let step = |id: &str| {
+        doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    // b echoes its whole input: run input, its own (null) input and a's output.
+    assert_eq!(
+        step("b")["output"],
+        json!({"run": {"n": 7}, "step": null, "deps": {"a": {"x": 1}}})
+    );
+    // d sees both b's and c's outputs.
+    assert_eq!(step("d")["output"]["deps"]["c"], json!("C"));
+    assert_eq!(step("d")["output"]["deps"]["b"], step("b")["output"]);
+    // The run's output is the object of its leaf outputs.
+    assert_eq!(doc["output"], json!({"d": step("d")["output"]}));
+    assert_eq!(doc["metrics"]["completed_steps"], 4);
+    let lineage = api.lineage(&run_id).await;
+    assert_eq!(lineage["dag"]["steps"].as_array().unwrap().len(), 4);
+    assert_eq!(lineage["execution_trace"].as_array().unwrap().len(), 4);
+    for a in lineage["execution_trace"].as_array().unwrap() {
+        assert_eq!(a["node_id"], "n1");
+        assert_eq!(a["region"], "us-east");
+        assert_eq!(a["worker_pool"], "default");
+        assert_eq!(a["outcome"], "completed");
+    }
+    assert_eq!(lineage["metrics"]["total_attempts"], 4);
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn routes_headers_and_error_codes() {
+    let db = fresh_db().await;
+    let mut cfg = node_config("api-node", &db);
+    cfg.limits.max_body_bytes = 4096;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+
+    // Health routes.
+    let h = api.get("/health").await;
+    assert_eq!((h.status, h.body.clone()), (200, json!({"status": "ok"})));
+    assert_eq!(api.get("/health/ready").await.status, 200);
+    let info = api.get("/health/info").await;
+    assert_eq!(info.body["node_type"], "hybrid");
+    assert_eq!(info.body["roles"], json!(["client", "executor"]));
+    assert_eq!(info.body["worker_pools"][0]["name"], "default");
+    assert_eq!(info.body["worker_pools"][0]["size"], 10);
+    assert_eq!(info.body["database"]["write"]["reachable"], true);
+
+    // Submit: 201, token in header and body, node headers.
+    let a = api.post("/v1/workflows", &diamond("routes")).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["status"], "running");
+    let token = a.body["consistency_token"].as_str().unwrap().to_string();
+    assert_eq!(a.header("swf-consistency-token"), Some(token.as_str()));
+    assert_eq!(a.header("swf-served-by"), Some("api-node"));
+    assert_eq!(a.header("swf-region"), Some("us-east"));
+    let run_id = a.body["run_id"].as_str().unwrap().to_string();
+
+    // Reads carry the read source.
+    let g = api
+        .send(
+            api.http
+                .get(format!("{}/v1/workflows/{run_id}", api.base))
+                .header("swf-consistency-token", &token),
+        )
+        .await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body["run_id"], run_id.as_str());
+    assert_eq!(g.header("swf-read-source"), Some("primary"));
+    let l = api.get(&format!("/v1/workflows/{run_id}/lineage")).await;
+    assert_eq!(l.status, 200);
+    assert!(l.header("swf-read-source").is_some());
+    api.wait_terminal(&run_id, 30).await;
+
+    // Metrics after some work.
+    let m = api.get("/metrics").await;
+    let text = m.body.as_str().unwrap_or("").to_string();
+    for name in [
+        "swf_http_request_duration_seconds",
+        "swf_tasks_claimed_total",
+        "swf_tasks_completed_total",
+        "swf_queue_depth",
+        "swf_runs",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}");
+    }
+
+    let before = run_count(&db).await;
+    // (body, expected status, expected code)
+    let bad: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "invalid_json"),
+        (json!({"goal": "g", "steps": []}).to_string(), 400, "invalid_workflow"),
+        (json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "depends_on": ["b"]}, {"id": "b", "handler": "noop", "depends_on": ["a"]}]}).to_string(), 400, "invalid_workflow"),
+        (json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "depends_on": ["zz"]}]}).to_string(), 400, "invalid_workflow"),
+        (json!({"goal": "g", "steps": [{"id": "a", "handler": "noop"}, {"id": "a", "handler": "noop"}]}).to_string(), 400, "invalid_workflow"),
+        (json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "bogus": 1}]}).to_string(), 400, "invalid_workflow"),
+        (json!({"goal": "g", "steps": [{"id": "a", "handler": "nope"}]}).to_string(), 400, "unknown_handler"),
+        (json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "region": "mars"}]}).to_string(), 400, "unknown_region"),
+        (json!({"goal": "g", "input": "x".repeat(5000), "steps": [{"id": "a", "handler": "noop"}]}).to_string(), 413, "payload_too_large"),
+    ];
+    for (body, status, code) in bad {
+        let a = api.post_raw("/v1/workflows", body.clone()).await;
+        assert_eq!((a.status, a.code()), (status, code), "{body}: {}", a.body);
+        assert!(a.body["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // Chunked body over the limit (no content-length) is refused too.
+    let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
+    let a = api
+        .post_raw("/v1/workflows", reqwest::Body::wrap_stream(chunks))
+        .await;
+    assert_eq!((a.status, a.code()), (413, "payload_too_large"));
+    assert_eq!(
+        run_count(&db).await,
+        before,
+        "bad input changed the database"
+    );
+
+    // Unknown and malformed run ids.
+    let unknown = uuid::Uuid::new_v4();
+    for path in [
+        format!("/v1/workflows/{unknown}"),
+        format!("/v1/workflows/{unknown}/lineage"),
+        "/v1/workflows/not-a-uuid".to_string(),
+    ] {
+        let a = api.get(&path).await;
+        assert_eq!((a.status, a.code()), (404, "not_found"), "{path}");
+    }
+    let a = api
+        .post(&format!("/v1/workflows/{unknown}/cancel"), &json!({}))
+        .await;
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    assert_eq!(api.get("/no/such/route").await.code(), "not_found");
+
+    // Region pinning without other regions.
+    let pinned = |r: &str| {
+        api.http
+            .get(format!("{}/v1/workflows/{run_id}", api.base))
+            .header("swf-region", r)
+    };
+    let a = api.send(pinned("mars")).await;
+    assert_eq!((a.status, a.code()), (400, "unknown_region"));
+    let a = api.send(pinned("us-east")).await;
+    assert_eq!(a.status, 200);
+
+    // Bad list parameters and a bad token.
+    for q in ["?status=weird", "?limit=0", "?limit=abc", "?after=garbage"] {
+        let a = api.get(&format!("/v1/workflows{q}")).await;
+        assert_eq!((a.status, a.code()), (400, "invalid_request"), "{q}");
+    }
+    let a = api
+        .send(
+            api.http
+                .get(format!("{}/v1/workflows/{run_id}", api.base))
+                .header("swf-consistency-token", "garbage"),
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (400, "invalid_request"));
+
+    // Regions (single region).
+    let r = api.get("/v1/regions").await;
+    assert_eq!(r.body["write_region"], "us-east");
+    assert_eq!(r.body["regions"][0]["role"], "primary");
+    assert_eq!(r.body["regions"][0]["nodes"][0]["node_id"], "api-node");
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn list_paginates_and_filters() {
+    let db = fresh_db().await;
+    let mut cfg = node_config("lister", &db);
+    cfg.enable_executor = false; // keep runs running
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(
+            api.submit(
+                &json!({"goal": format!("g{i}"), "steps": [{"id": "a", "handler": "noop"}]}),
+            )
+            .await,
+        );
+    }
+    let cancelled = ids[0].clone();
+    let c = api
+        .post(&format!("/v1/workflows/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.body["status"], "cancelled");
+    assert!(c.header("swf-consistency-token").is_some());
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = match &after {
+            Some(a) => format!("/v1/workflows?limit=3&after={a}"),
+            None => "/v1/workflows?limit=3".to_string(),
+        };
+        let page = api.get(&q).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for r in page.body["runs"].as_array().unwrap() {
+            seen.push(r["run_id"].as_str().unwrap().to_string());
+        }
+        match page.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    // Newest first, each run once.
+    let mut want = ids.clone();
+    want.reverse();
+    assert_eq!(seen, want);
+    let running = api.get("/v1/workflows?status=running&limit=100").await;
+    assert_eq!(running.body["runs"].as_array().unwrap().len(), 6);
+    let c = api.get("/v1/workflows?status=cancelled").await;
+    assert_eq!(c.body["runs"][0]["run_id"], cancelled.as_str());
+    node.kill().await;
+}

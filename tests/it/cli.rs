@@ -1,0 +1,242 @@
+//! The `swf` binary as a user runs it: client commands against a node,
+//! config commands, and `swf dev` started and stopped with Ctrl-C.
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use singularity_workflow::handlers::Registry;
+
+use crate::harness::*;
+
+fn swf() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swf"))
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run swf");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn submit_status_lineage_commands() {
+    let db = fresh_db().await;
+    let node = start_node(node_config("cli-node", &db), Registry::with_builtins()).await;
+    let url = node.url();
+    let dir = tempdir();
+    let wf = dir.join("wf.json");
+    std::fs::write(
+        &wf,
+        json!({"goal": "cli", "steps": [{"id": "a", "handler": "noop", "input": 5},
+                                        {"id": "b", "handler": "echo", "depends_on": ["a"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let wf = wf.clone();
+        move || run(swf().args(["submit", "--api", &url, "--json"]).arg(&wf))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let run_id = doc["run_id"].as_str().unwrap().to_string();
+    assert!(doc["consistency_token"].as_str().unwrap().contains('-'));
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (url, id) = (url.clone(), run_id.clone());
+        move || run(swf().args(["status", "--api", &url, &id, "--wait"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("completed"), "{out}");
+    assert!(out.contains("echo"), "{out}");
+
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let (url, id) = (url.clone(), run_id.clone());
+        move || run(swf().args(["lineage", "--api", &url, &id, "--json"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let l: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(l["execution_trace"].as_array().unwrap().len(), 2);
+
+    // Errors name the API's code and exit non-zero.
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run(swf().args([
+                "status",
+                "--api",
+                &url,
+                "00000000-0000-0000-0000-000000000000",
+            ]))
+        }
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("not_found"), "{err}");
+    // A failed run makes `status --wait` exit 3.
+    let api = Api::new(&url);
+    let failed = api
+        .submit(&json!({"goal": "f", "steps": [{"id": "a", "handler": "fail", "max_attempts": 1}]}))
+        .await;
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || run(swf().args(["status", "--api", &url, &failed, "--wait"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 3, "{out}");
+    node.kill().await;
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("swf-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn config_check_and_migrate_commands() {
+    let dir = tempdir();
+    let legacy = dir.join("legacy.toml");
+    std::fs::write(
+        &legacy,
+        "mode = \"orchestrator\"\nregion = \"us-east\"\n[database]\nurl = \"postgres://u:secret@db/swf\"\n[worker_pools.gpu]\nsize = 2\nqueue = \"gpu_tasks\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(swf().args(["config", "check"]).arg(&legacy));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hybrid"), "{out}");
+    assert!(err.contains("deprecated"), "{err}");
+    assert!(!out.contains("secret") && !err.contains("secret"));
+    let (code, out, _) = run(swf().args(["config", "check", "--json"]).arg(&legacy));
+    assert_eq!(code, 0);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["node_type"], "hybrid");
+    assert_eq!(doc["worker_pools"][0]["queue"], "gpu_tasks");
+
+    let (code, migrated, _) = run(swf().args(["config", "migrate"]).arg(&legacy));
+    assert_eq!(code, 0);
+    assert!(!migrated.contains("mode"));
+    let current = dir.join("current.toml");
+    std::fs::write(&current, &migrated).unwrap();
+    let (code, _, err) = run(swf().args(["config", "check"]).arg(&current));
+    assert_eq!(code, 0);
+    assert!(!err.contains("deprecated"), "{err}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "region = \"us-east\"\n[database]\nurl = \"postgres://x\"\n[api]\nlistn = \"x\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(swf().args(["config", "check"]).arg(&bad));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("api.listn") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dev_cluster_serves_and_stops_on_ctrl_c() {
+    let dir = tempdir();
+    let port = singularity_workflow::pgserver::free_port().unwrap();
+    let mut child = swf()
+        .args([
+            "dev",
+            "--fresh",
+            "--base-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.join("dev"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cluster = dir.join("dev/cluster.json");
+    let doc: Value = wait_for("cluster.json", 90, || {
+        let c = cluster.clone();
+        async move {
+            std::fs::read_to_string(&c)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        }
+    })
+    .await;
+    let api = Api::new(doc["regions"][0]["api_url"].as_str().unwrap());
+    assert_eq!(doc["write_region"], "us-east");
+    let id = api
+        .submit(&json!({"goal": "dev", "steps": [{"id": "a", "handler": "noop"}]}))
+        .await;
+    assert_eq!(api.wait_terminal(&id, 30).await["status"], "completed");
+    let pid_file = dir.join("dev/pg/us-east/postmaster.pid");
+    let pg_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Ctrl-C: the node and PostgreSQL stop; the exit is clean.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_for("swf dev to exit", 60, || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+    assert!(!pid_file.exists(), "PostgreSQL left running");
+    assert!(unsafe { libc::kill(pg_pid, 0) } != 0 || is_zombie(pg_pid));
+
+    // A restart reuses the data dir: the run is still there.
+    let mut child = swf()
+        .args(["dev", "--base-port", &port.to_string(), "--data-dir"])
+        .arg(dir.join("dev"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api2 = api.clone();
+    let id2 = id.clone();
+    let doc = wait_for("the restarted dev cluster", 90, || {
+        let api = api2.clone();
+        let id = id2.clone();
+        async move {
+            let r = api
+                .http
+                .get(format!("{}/v1/workflows/{id}", api.base))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())?;
+            r.json::<Value>().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(doc["status"], "completed");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = wait_for("swf dev to exit", 60, || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+        .unwrap_or(true)
+}

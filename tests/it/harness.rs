@@ -1,0 +1,253 @@
+//! Test harness: one real PostgreSQL server per test binary (started from
+//! the machine's binaries through the same code `swf dev` uses), a migrated
+//! template database, and a fresh database per test. Nodes run in-process on
+//! port 0 and are reached over real HTTP.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use singularity_workflow::config::Config;
+use singularity_workflow::handlers::Registry;
+use singularity_workflow::node::Node;
+use singularity_workflow::pgserver::{self, PgBinaries, PgServer, PgSettings};
+
+const TEMPLATE: &str = "swf_template";
+
+struct Pg {
+    // Kept for the process lifetime; the server dies with the process.
+    _server: Mutex<PgServer>,
+    port: u16,
+}
+
+static PG: OnceLock<Pg> = OnceLock::new();
+
+fn pg() -> &'static Pg {
+    PG.get_or_init(|| {
+        // Runs on a plain thread with its own runtime, so no test's runtime
+        // owns anything that outlives it.
+        std::thread::spawn(|| {
+            if std::env::var_os("TEST_LOG").is_some() {
+                singularity_workflow::telemetry::init_logging(
+                    singularity_workflow::telemetry::LogFormat::Text,
+                );
+            }
+            let tmp = PathBuf::from("/tmp");
+            pgserver::cleanup_stale_dirs(&tmp);
+            let root = tmp.join(format!("swf-test-{}", std::process::id()));
+            std::fs::create_dir_all(&root).expect("create test root");
+            let bins = PgBinaries::locate().expect("PostgreSQL binaries");
+            let data = root.join("primary");
+            pgserver::init_primary(&bins, &data).expect("initdb");
+            let server = start_with_retry(&bins, &data);
+            let port = server.port();
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async {
+                singularity_workflow::dev::prepare_database(
+                    &server.url("postgres"),
+                    &server.url(TEMPLATE),
+                    TEMPLATE,
+                )
+                .await
+                .expect("migrate template database");
+            });
+            Pg {
+                _server: Mutex::new(server),
+                port,
+            }
+        })
+        .join()
+        .expect("start PostgreSQL for tests")
+    })
+}
+
+fn start_with_retry(bins: &PgBinaries, data: &std::path::Path) -> PgServer {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = pgserver::free_port().expect("free port");
+        match PgServer::start(
+            bins,
+            data,
+            PgSettings {
+                port,
+                name: "test-primary".into(),
+            },
+        ) {
+            Ok(s) => return s,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("start PostgreSQL: {last:?}");
+}
+
+pub fn pg_url(db: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:{}/{db}", pg().port)
+}
+
+/// A fresh, migrated database for one test; returns its URL.
+pub async fn fresh_db() -> String {
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = sql(&pg_url("postgres")).await;
+    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    pg_url(&name)
+}
+
+/// A raw SQL pool for assertions on the database itself.
+pub async fn sql(url: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
+/// A node config for tests: fast polling, port 0, short margins.
+pub fn node_config(id: &str, db: &str) -> Config {
+    let mut c = Config::for_dev(id, "us-east", "us-east", ([127, 0, 0, 1], 0).into(), db);
+    c.executor.poll_interval_ms = 200;
+    c.executor.visibility_margin_ms = 500;
+    c.executor.heartbeat_interval_ms = 1000;
+    c.executor.shutdown_grace_ms = 2000;
+    c
+}
+
+pub async fn start_node(config: Config, registry: Registry) -> Node {
+    Node::start(config, registry).await.expect("start node")
+}
+
+/// Polls `f` until it yields Some, failing the test after `secs` seconds.
+pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A small HTTP client for a node's API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// Submits and asserts 201; returns run_id.
+    pub async fn submit(&self, wf: &Value) -> String {
+        let a = self.post("/v1/workflows", wf).await;
+        assert_eq!(a.status, 201, "submit: {}", a.body);
+        a.body["run_id"].as_str().expect("run_id").to_string()
+    }
+
+    pub async fn status(&self, run_id: &str) -> Value {
+        let a = self.get(&format!("/v1/workflows/{run_id}")).await;
+        assert_eq!(a.status, 200, "status: {}", a.body);
+        a.body
+    }
+
+    /// Waits until the run leaves `running`; returns its status document.
+    pub async fn wait_terminal(&self, run_id: &str, secs: u64) -> Value {
+        let api = self.clone();
+        let id = run_id.to_string();
+        wait_for(&format!("run {run_id} to finish"), secs, move || {
+            let api = api.clone();
+            let id = id.clone();
+            async move {
+                let doc = api.status(&id).await;
+                (doc["status"] != "running").then_some(doc)
+            }
+        })
+        .await
+    }
+
+    pub async fn lineage(&self, run_id: &str) -> Value {
+        let a = self.get(&format!("/v1/workflows/{run_id}/lineage")).await;
+        assert_eq!(a.status, 200, "lineage: {}", a.body);
+        a.body
+    }
+}
+
+/// Attempts of `step` in a lineage document as (attempt, node_id, outcome).
+pub fn attempts_of(lineage: &Value, step: &str) -> Vec<(i64, String, String)> {
+    lineage["execution_trace"]
+        .as_array()
+        .expect("trace")
+        .iter()
+        .filter(|a| a["step_id"] == step)
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap_or(0),
+                a["node_id"].as_str().unwrap_or("").to_string(),
+                a["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
