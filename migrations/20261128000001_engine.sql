@@ -139,23 +139,28 @@ BEGIN
     END IF;
 END $$;
 
--- Puts one step's task on its queue after p_delay_ms and wakes the pollers of
--- that queue. PostgreSQL folds identical notifications within a transaction,
--- so a batch that enqueues many tasks sends one NOTIFY per queue.
-CREATE FUNCTION swf._enqueue(p_run_id uuid, p_step_id text, p_mq text, p_delay_ms bigint)
+-- Puts the tasks of steps (p_runs[i], p_steps[i]) on pgmq queue p_mq in one
+-- pgmq.send_batch call and wakes that queue's pollers. PostgreSQL folds
+-- identical notifications within a transaction, so a batch sends one NOTIFY
+-- per queue. pgmq assigns msg_ids from an identity column in insertion
+-- order, so the sorted ids pair with the input order.
+CREATE FUNCTION swf._enqueue_many(p_runs uuid[], p_steps text[], p_mq text)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_msg_id bigint;
+    v_ids bigint[];
 BEGIN
-    SELECT * INTO v_msg_id FROM pgmq.send(
-        p_mq,
-        jsonb_build_object('run_id', p_run_id, 'step_id', p_step_id),
-        clock_timestamp() + make_interval(secs => p_delay_ms / 1000.0));
-    UPDATE swf.steps SET status = 'queued', msg_id = v_msg_id
-     WHERE run_id = p_run_id AND step_id = p_step_id;
-    IF p_delay_ms = 0 THEN
-        PERFORM pg_notify('swf_' || p_mq, '');
+    IF coalesce(cardinality(p_runs), 0) = 0 THEN
+        RETURN;
     END IF;
+    PERFORM swf.ensure_queue(p_mq);
+    SELECT array_agg(id ORDER BY id) INTO v_ids
+      FROM pgmq.send_batch(p_mq,
+             ARRAY(SELECT jsonb_build_object('run_id', u.r, 'step_id', u.s)
+                     FROM unnest(p_runs, p_steps) WITH ORDINALITY AS u(r, s, o) ORDER BY u.o)) AS id;
+    UPDATE swf.steps st SET status = 'queued', msg_id = u.id
+      FROM unnest(p_runs, p_steps, v_ids) AS u(r, s, id)
+     WHERE st.run_id = u.r AND st.step_id = u.s;
+    PERFORM pg_notify('swf_' || p_mq, '');
 END $$;
 
 -- Ends a run that is still running: marks every unfinished step cancelled,
@@ -206,52 +211,61 @@ END $$;
 CREATE FUNCTION swf.start_runs(p_runs jsonb, p_epoch bigint)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
-    r jsonb;
-    v_run_id uuid;
-    v_existing uuid;
-    v_out jsonb := '[]';
-    s record;
+    v_created uuid[];
+    q record;
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
-    FOR r IN SELECT value FROM jsonb_array_elements(p_runs) LOOP
-        v_run_id := (r->>'run_id')::uuid;
+    WITH ins AS (
         INSERT INTO swf.runs (run_id, goal, input, idempotency_key, decomposer,
                               submitted_by, submitted_region, remaining_steps)
-        VALUES (v_run_id, r->>'goal', r->'input', r->>'idempotency_key', r->>'decomposer',
-                r->>'submitted_by', r->>'submitted_region', jsonb_array_length(r->'steps'))
-        ON CONFLICT (idempotency_key) DO NOTHING;
-        IF NOT FOUND THEN
-            SELECT run_id INTO v_existing FROM swf.runs WHERE idempotency_key = r->>'idempotency_key';
-            v_out := v_out || jsonb_build_object('run_id', v_existing, 'created', false);
-            CONTINUE;
-        END IF;
+        SELECT (r->>'run_id')::uuid, r->>'goal', r->'input', r->>'idempotency_key',
+               r->>'decomposer', r->>'submitted_by', r->>'submitted_region',
+               jsonb_array_length(r->'steps')
+          FROM jsonb_array_elements(p_runs) WITH ORDINALITY AS x(r, o)
+         ORDER BY o
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING run_id)
+    SELECT coalesce(array_agg(run_id), '{}') INTO v_created FROM ins;
 
+    IF cardinality(v_created) > 0 THEN
         INSERT INTO swf.steps (run_id, step_id, ordinal, handler, queue, region, mq, depends_on,
                                input, max_attempts, timeout_ms, remaining_deps)
-        SELECT v_run_id, x.id, x.ord::int, x.handler, x.queue, x.region, x.mq,
+        SELECT (r.r->>'run_id')::uuid, x.id, x.ord::int, x.handler, x.queue, x.region, x.mq,
                coalesce(x.depends_on, '{}'), x.input, x.max_attempts, x.timeout_ms,
                coalesce(cardinality(x.depends_on), 0)
-          FROM ROWS FROM (jsonb_to_recordset(r->'steps')
+          FROM jsonb_array_elements(p_runs) AS r(r),
+               ROWS FROM (jsonb_to_recordset(r.r->'steps')
                    AS (id text, handler text, queue text, region text, mq text, depends_on text[],
                        input jsonb, max_attempts int, timeout_ms int))
                WITH ORDINALITY AS x(id, handler, queue, region, mq, depends_on, input,
-                                    max_attempts, timeout_ms, ord);
+                                    max_attempts, timeout_ms, ord)
+         WHERE (r.r->>'run_id')::uuid = ANY (v_created);
 
         INSERT INTO swf.deps (run_id, step_id, dep_id)
-        SELECT v_run_id, x.id, d
-          FROM jsonb_to_recordset(r->'steps') AS x(id text, depends_on text[]),
-               unnest(coalesce(x.depends_on, '{}')) AS d;
+        SELECT (r.r->>'run_id')::uuid, x.id, d
+          FROM jsonb_array_elements(p_runs) AS r(r),
+               jsonb_to_recordset(r.r->'steps') AS x(id text, depends_on text[]),
+               unnest(coalesce(x.depends_on, '{}')) AS d
+         WHERE (r.r->>'run_id')::uuid = ANY (v_created);
 
-        FOR s IN SELECT DISTINCT mq FROM swf.steps WHERE run_id = v_run_id LOOP
-            PERFORM swf.ensure_queue(s.mq);
+        FOR q IN SELECT st.mq, array_agg(st.run_id ORDER BY st.run_id, st.ordinal) AS runs,
+                        array_agg(st.step_id ORDER BY st.run_id, st.ordinal) AS steps
+                   FROM swf.steps st
+                  WHERE st.run_id = ANY (v_created) AND st.remaining_deps = 0
+                  GROUP BY st.mq LOOP
+            PERFORM swf._enqueue_many(q.runs, q.steps, q.mq);
         END LOOP;
-        FOR s IN SELECT step_id, mq FROM swf.steps
-                  WHERE run_id = v_run_id AND remaining_deps = 0 ORDER BY ordinal LOOP
-            PERFORM swf._enqueue(v_run_id, s.step_id, s.mq, 0);
-        END LOOP;
-        v_out := v_out || jsonb_build_object('run_id', v_run_id, 'created', true);
-    END LOOP;
-    RETURN v_out;
+    END IF;
+
+    RETURN (SELECT jsonb_agg(
+                CASE WHEN (r->>'run_id')::uuid = ANY (v_created)
+                     THEN jsonb_build_object('run_id', r->>'run_id', 'created', true)
+                     ELSE jsonb_build_object('run_id',
+                              (SELECT e.run_id FROM swf.runs e
+                                WHERE e.idempotency_key = r->>'idempotency_key'),
+                              'created', false)
+                END ORDER BY o)
+              FROM jsonb_array_elements(p_runs) WITH ORDINALITY AS x(r, o));
 END $$;
 
 -- Claims up to p_qty tasks for one executor pool from pgmq queues p_mqs, in order
@@ -273,10 +287,17 @@ DECLARE
     v_run_status text;
     v_run_input jsonb;
     v_deps jsonb;
+    v_vt_ids bigint[];
+    v_vt_ms int[];
+    v_del bigint[];
+    g record;
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
     FOREACH p_mq IN ARRAY p_mqs LOOP
     EXIT WHEN p_qty <= 0;
+    v_vt_ids := '{}'; v_vt_ms := '{}'; v_del := '{}';
+    -- pgmq.read hides the messages for 60 s; each claimed one gets its own
+    -- visibility below, set in one pgmq.set_vt call per distinct timeout.
     FOR m IN SELECT * FROM pgmq.read(p_mq, 60, p_qty) LOOP
         -- SKIP LOCKED: a step locked by a concurrent completion or cancel is
         -- left for a later claim rather than waited for (no lock-order cycle).
@@ -289,14 +310,14 @@ BEGIN
                           AND st.step_id = m.message->>'step_id') THEN
                 PERFORM pgmq.set_vt(p_mq, m.msg_id, clock_timestamp());
             ELSE
-                PERFORM pgmq.delete(p_mq, m.msg_id);
+                v_del := v_del || m.msg_id;
             END IF;
             CONTINUE;
         END IF;
         SELECT r.status, r.input INTO v_run_status, v_run_input FROM swf.runs r WHERE r.run_id = s.run_id;
         IF s.msg_id IS DISTINCT FROM m.msg_id OR s.status NOT IN ('queued', 'started')
            OR v_run_status <> 'running' THEN
-            PERFORM pgmq.delete(p_mq, m.msg_id);
+            v_del := v_del || m.msg_id;
             CONTINUE;
         END IF;
         IF s.status = 'started' THEN
@@ -307,25 +328,29 @@ BEGIN
              WHERE a.run_id = s.run_id AND a.step_id = s.step_id
                AND a.attempt = s.attempts AND a.outcome = 'running';
             IF s.attempts >= s.max_attempts THEN
-                PERFORM pgmq.delete(p_mq, m.msg_id);
+                v_del := v_del || m.msg_id;
                 PERFORM swf._fail_step(s.run_id, s.step_id, jsonb_build_object(
                     'message', format('attempts exhausted (%s of %s): last attempt abandoned',
                                       s.attempts, s.max_attempts)));
                 CONTINUE;
             END IF;
         END IF;
-        PERFORM pgmq.set_vt(p_mq, m.msg_id, clock_timestamp()
-            + make_interval(secs => (least(s.timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0));
+        v_vt_ids := v_vt_ids || m.msg_id;
+        v_vt_ms := v_vt_ms || (least(s.timeout_ms, p_lease_ms) + p_margin_ms);
         UPDATE swf.steps st
            SET status = 'started', attempts = st.attempts + 1,
                started_at = coalesce(st.started_at, now())
          WHERE st.run_id = s.run_id AND st.step_id = s.step_id;
         INSERT INTO swf.attempts (run_id, step_id, attempt, node_id, region, worker_pool, started_at)
         VALUES (s.run_id, s.step_id, s.attempts + 1, p_node_id, p_region, p_pool, clock_timestamp());
-        SELECT coalesce(jsonb_object_agg(d.dep_id, ds.output), '{}') INTO v_deps
-          FROM swf.deps d
-          JOIN swf.steps ds ON ds.run_id = d.run_id AND ds.step_id = d.dep_id
-         WHERE d.run_id = s.run_id AND d.step_id = s.step_id;
+        IF cardinality(s.depends_on) = 0 THEN
+            v_deps := '{}';
+        ELSE
+            SELECT coalesce(jsonb_object_agg(d.dep_id, ds.output), '{}') INTO v_deps
+              FROM swf.deps d
+              JOIN swf.steps ds ON ds.run_id = d.run_id AND ds.step_id = d.dep_id
+             WHERE d.run_id = s.run_id AND d.step_id = s.step_id;
+        END IF;
         run_id := s.run_id;
         step_id := s.step_id;
         attempt := s.attempts + 1;
@@ -336,6 +361,13 @@ BEGIN
         p_qty := p_qty - 1;
         RETURN NEXT;
     END LOOP;
+    FOR g IN SELECT u.ms, array_agg(u.id) AS ids FROM unnest(v_vt_ids, v_vt_ms) AS u(id, ms)
+              GROUP BY u.ms LOOP
+        PERFORM pgmq.set_vt(p_mq, g.ids, clock_timestamp() + make_interval(secs => g.ms / 1000.0));
+    END LOOP;
+    IF cardinality(v_del) > 0 THEN
+        PERFORM pgmq.delete(p_mq, v_del);
+    END IF;
     END LOOP;
 END $$;
 
@@ -352,8 +384,13 @@ DECLARE
     it record;
     s swf.steps%ROWTYPE;
     d record;
+    g record;
     v_status text;
-    v_remaining int;
+    v_del_mq text[] := '{}';
+    v_del_id bigint[] := '{}';
+    v_rdy_run uuid[] := '{}';
+    v_rdy_step text[] := '{}';
+    v_rdy_mq text[] := '{}';
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
     FOR it IN SELECT * FROM jsonb_to_recordset(p_items)
@@ -361,19 +398,20 @@ BEGIN
                ORDER BY x.run_id, x.step_id LOOP
         run_id := it.run_id; step_id := it.step_id; attempt := it.attempt;
         SELECT r.status INTO v_status FROM swf.runs r WHERE r.run_id = it.run_id FOR UPDATE;
-        SELECT * INTO s FROM swf.steps st
-         WHERE st.run_id = it.run_id AND st.step_id = it.step_id FOR UPDATE;
-        IF NOT FOUND OR v_status IS DISTINCT FROM 'running' OR s.status <> 'started'
-           OR s.attempts <> it.attempt THEN
+        -- Only the current attempt of a started step of a running run completes.
+        UPDATE swf.steps st SET status = 'completed', output = it.output, completed_at = now()
+         WHERE st.run_id = it.run_id AND st.step_id = it.step_id AND st.status = 'started'
+           AND st.attempts = it.attempt AND v_status = 'running'
+        RETURNING st.mq, st.msg_id INTO s.mq, s.msg_id;
+        IF NOT FOUND THEN
             result := 'stale'; run_status := v_status;
             RETURN NEXT;
             CONTINUE;
         END IF;
-        UPDATE swf.steps st SET status = 'completed', output = it.output, completed_at = now()
-         WHERE st.run_id = it.run_id AND st.step_id = it.step_id;
         UPDATE swf.attempts a SET outcome = 'completed', finished_at = clock_timestamp()
          WHERE a.run_id = it.run_id AND a.step_id = it.step_id AND a.attempt = it.attempt;
-        PERFORM pgmq.delete(s.mq, s.msg_id);
+        v_del_mq := v_del_mq || s.mq;
+        v_del_id := v_del_id || s.msg_id;
         FOR d IN
             UPDATE swf.steps st SET remaining_deps = st.remaining_deps - 1
               FROM swf.deps dp
@@ -382,25 +420,38 @@ BEGIN
             RETURNING st.step_id AS id, st.remaining_deps AS rem, st.mq AS mq
         LOOP
             IF d.rem = 0 THEN
-                PERFORM swf._enqueue(it.run_id, d.id, d.mq, 0);
+                v_rdy_run := v_rdy_run || it.run_id;
+                v_rdy_step := v_rdy_step || d.id;
+                v_rdy_mq := v_rdy_mq || d.mq;
             END IF;
         END LOOP;
-        UPDATE swf.runs r SET remaining_steps = r.remaining_steps - 1
-         WHERE r.run_id = it.run_id RETURNING r.remaining_steps INTO v_remaining;
-        IF v_remaining = 0 THEN
-            UPDATE swf.runs r
-               SET status = 'completed', completed_at = now(),
-                   output = (SELECT coalesce(jsonb_object_agg(st.step_id, st.output), '{}')
-                               FROM swf.steps st
-                              WHERE st.run_id = it.run_id
-                                AND NOT EXISTS (SELECT 1 FROM swf.deps dp
-                                                 WHERE dp.run_id = st.run_id
-                                                   AND dp.dep_id = st.step_id))
-             WHERE r.run_id = it.run_id;
-            v_status := 'completed';
-        END IF;
+        -- The last step finishes the run with the object of its leaf outputs
+        -- (CASE evaluates the aggregate only then).
+        UPDATE swf.runs r
+           SET remaining_steps = r.remaining_steps - 1,
+               status = CASE WHEN r.remaining_steps = 1 THEN 'completed' ELSE r.status END,
+               completed_at = CASE WHEN r.remaining_steps = 1 THEN now() END,
+               output = CASE WHEN r.remaining_steps = 1 THEN
+                   (SELECT coalesce(jsonb_object_agg(st.step_id, st.output), '{}')
+                      FROM swf.steps st
+                     WHERE st.run_id = it.run_id
+                       AND NOT EXISTS (SELECT 1 FROM swf.deps dp
+                                        WHERE dp.run_id = st.run_id AND dp.dep_id = st.step_id))
+                   END
+         WHERE r.run_id = it.run_id
+        RETURNING r.status INTO v_status;
         result := 'completed'; run_status := v_status;
         RETURN NEXT;
+    END LOOP;
+    -- Queue work once per queue for the whole batch.
+    FOR g IN SELECT u.mq, array_agg(u.id) AS ids FROM unnest(v_del_mq, v_del_id) AS u(mq, id)
+              GROUP BY u.mq LOOP
+        PERFORM pgmq.delete(g.mq, g.ids);
+    END LOOP;
+    FOR g IN SELECT u.mq, array_agg(u.r ORDER BY u.r, u.s) AS runs, array_agg(u.s ORDER BY u.r, u.s) AS steps
+               FROM unnest(v_rdy_run, v_rdy_step, v_rdy_mq) AS u(r, s, mq)
+              GROUP BY u.mq LOOP
+        PERFORM swf._enqueue_many(g.runs, g.steps, g.mq);
     END LOOP;
 END $$;
 

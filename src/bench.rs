@@ -1,14 +1,365 @@
-//! `swf bench`: end-to-end load benchmark.
+//! `swf bench`: an end-to-end load benchmark over the HTTP API.
+//!
+//! Against `--api URL`, or, without it, an embedded single-region cluster it
+//! starts under a temporary directory (PostgreSQL and one hybrid node in
+//! this process, as `swf dev` would run them). Phases:
+//! 1. throughput: N workflows of each shape (1 step; 5-step chain; 5-step
+//!    fan-out) submitted by C concurrent submitters; tasks/s from the first
+//!    submit to the last completion;
+//! 2. submit-to-start latency at light load (one submitter): the database's
+//!    `created_at` of the run to `started_at` of its first attempt;
+//! 3. read latency: status and lineage reads of completed runs, by
+//!    `swf-read-source`.
+//!
+//! Prints JSON (`--json`) or a table.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 use clap::Args;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
     /// Base URL of a node's API; without it, an embedded cluster is started.
     #[arg(long)]
     pub api: Option<String>,
+    /// Workflows per shape in the throughput phase.
+    #[arg(long, default_value_t = 3000)]
+    pub workflows: usize,
+    /// Concurrent submitters in the throughput phase.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Shapes to run: comma-separated of one, chain, fanout.
+    #[arg(long, value_delimiter = ',', default_value = "one,chain,fanout")]
+    pub shapes: Vec<String>,
+    /// Samples for the latency phases.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Worker pool size of the embedded cluster's node.
+    #[arg(long, default_value_t = 32)]
+    pub pool_size: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("swf bench: not built yet")
+fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
+    let goal = format!("bench-{name}-{i}");
+    Ok(match name {
+        "one" => (
+            json!({"goal": goal, "steps": [{"id": "a", "handler": "noop"}]}),
+            1,
+        ),
+        "chain" => (
+            json!({"goal": goal, "steps": [
+                {"id": "s1", "handler": "noop"},
+                {"id": "s2", "handler": "noop", "depends_on": ["s1"]},
+                {"id": "s3", "handler": "noop", "depends_on": ["s2"]},
+                {"id": "s4", "handler": "noop", "depends_on": ["s3"]},
+                {"id": "s5", "handler": "noop", "depends_on": ["s4"]}]}),
+            5,
+        ),
+        "fanout" => (
+            json!({"goal": goal, "steps": [
+                {"id": "root", "handler": "noop"},
+                {"id": "f1", "handler": "noop", "depends_on": ["root"]},
+                {"id": "f2", "handler": "noop", "depends_on": ["root"]},
+                {"id": "f3", "handler": "noop", "depends_on": ["root"]},
+                {"id": "join", "handler": "noop", "depends_on": ["f1", "f2", "f3"]}]}),
+            5,
+        ),
+        other => bail!("unknown shape `{other}`: use one, chain or fanout"),
+    })
+}
+
+/// Runs the benchmark; returns the exit code.
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let mut embedded = None;
+    let api = match &args.api {
+        Some(a) => a.trim_end_matches('/').to_string(),
+        None => {
+            let e = Embedded::start(args.pool_size).await?;
+            let url = e.node.url();
+            embedded = Some(e);
+            url
+        }
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let report = measure(&http, &api, &args).await;
+    if let Some(e) = embedded {
+        e.stop().await;
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(0)
+}
+
+async fn measure(http: &reqwest::Client, api: &str, args: &BenchArgs) -> anyhow::Result<Value> {
+    let mut throughput = Vec::new();
+    for s in &args.shapes {
+        throughput.push(throughput_phase(http, api, s, args.workflows, args.concurrency).await?);
+    }
+    let (start_lat, ids) = start_latency_phase(http, api, args.samples).await?;
+    let reads = read_phase(http, api, &ids).await?;
+    Ok(json!({
+        "api": api,
+        "concurrency": args.concurrency,
+        "throughput": throughput,
+        "submit_to_start_ms": start_lat,
+        "read_latency_ms": reads,
+        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+    }))
+}
+
+async fn submit(http: &reqwest::Client, api: &str, wf: &Value) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{api}/v1/workflows"))
+        .json(wf)
+        .send()
+        .await
+        .context("submit")?;
+    let status = r.status();
+    let body: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("submit answered {status}: {body}");
+    }
+    Ok(body["run_id"].as_str().unwrap_or_default().to_string())
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(Value, String)> {
+    let r = http.get(url).send().await?;
+    let src = r
+        .headers()
+        .get("swf-read-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_string();
+    if !r.status().is_success() {
+        bail!("GET {url} answered {}", r.status());
+    }
+    Ok((r.json().await?, src))
+}
+
+async fn throughput_phase(
+    http: &reqwest::Client,
+    api: &str,
+    shape_name: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
+    let (_, tasks_per) = shape(shape_name, 0)?;
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let http = http.clone();
+        let api = api.to_string();
+        let (wf, _) = shape(shape_name, i)?;
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = submit(&http, &api, &wf).await;
+            drop(permit);
+            r.map(|id| (id, t.elapsed()))
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    let mut submit_lat = Vec::with_capacity(n);
+    for h in handles {
+        let (id, lat) = h.await??;
+        ids.push(id);
+        submit_lat.push(lat);
+    }
+    let submitted = start.elapsed();
+    // Wait until no run is running (one cheap indexed list query per poll,
+    // so the benchmark's own reads do not compete with the engine), then
+    // check that every run of this phase completed.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (page, _) = get(http, &format!("{api}/v1/workflows?status=running&limit=1")).await?;
+        if page["runs"].as_array().is_some_and(|r| r.is_empty()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("runs still running after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    for id in &ids {
+        let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}")).await?;
+        if doc["status"] != "completed" {
+            bail!("run {id} ended {}: {doc}", doc["status"]);
+        }
+    }
+    Ok(json!({
+        "shape": shape_name,
+        "workflows": n,
+        "tasks": n * tasks_per,
+        "seconds": round(elapsed, 3),
+        "workflows_per_s": round(n as f64 / elapsed, 1),
+        "tasks_per_s": round((n * tasks_per) as f64 / elapsed, 1),
+        "submit_phase_s": round(submitted.as_secs_f64(), 3),
+        "submit_latency_ms": percentiles(&mut submit_lat),
+    }))
+}
+
+async fn start_latency_phase(
+    http: &reqwest::Client,
+    api: &str,
+    samples: usize,
+) -> anyhow::Result<(Value, Vec<String>)> {
+    let mut ids = Vec::with_capacity(samples);
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let (wf, _) = shape("one", i)?;
+        let id = submit(http, api, &wf).await?;
+        // Light load: wait for this run before the next.
+        let lineage = loop {
+            let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}/lineage")).await?;
+            if doc["status"] != "running" {
+                break doc;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}")).await?;
+        let created = ts(&doc["created_at"])?;
+        let started = lineage["execution_trace"]
+            .as_array()
+            .and_then(|t| t.iter().filter_map(|a| ts(&a["started_at"]).ok()).min())
+            .context("lineage without attempts")?;
+        lat.push((started - created).to_std().unwrap_or_default());
+        ids.push(id);
+    }
+    Ok((percentiles(&mut lat), ids))
+}
+
+async fn read_phase(http: &reqwest::Client, api: &str, ids: &[String]) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for (kind, suffix) in [("status", ""), ("lineage", "/lineage")] {
+        let mut by_source: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+        for id in ids {
+            let t = Instant::now();
+            let (_, src) = get(http, &format!("{api}/v1/workflows/{id}{suffix}")).await?;
+            by_source.entry(src).or_default().push(t.elapsed());
+        }
+        let v: serde_json::Map<String, Value> = by_source
+            .into_iter()
+            .map(|(k, mut v)| (k, percentiles(&mut v)))
+            .collect();
+        out.insert(kind.to_string(), Value::Object(v));
+    }
+    Ok(Value::Object(out))
+}
+
+fn ts(v: &Value) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
+    Ok(chrono::DateTime::parse_from_rfc3339(
+        v.as_str().context("missing timestamp")?,
+    )?)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+/// p50/p99/max in milliseconds.
+fn percentiles(v: &mut [Duration]) -> Value {
+    if v.is_empty() {
+        return json!({"samples": 0});
+    }
+    v.sort();
+    let at = |q: f64| {
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        round(v[i].as_secs_f64() * 1000.0, 3)
+    };
+    json!({"samples": v.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+}
+
+fn print_human(r: &Value) {
+    println!("swf bench against {}", r["api"].as_str().unwrap_or(""));
+    println!("throughput ({} concurrent submitters):", r["concurrency"]);
+    for t in r["throughput"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<7} {:>6} workflows {:>7} tasks in {:>7.2} s: {:>8.1} workflows/s {:>8.1} tasks/s (submit p50 {} ms, p99 {} ms)",
+            t["shape"].as_str().unwrap_or(""),
+            t["workflows"],
+            t["tasks"],
+            t["seconds"].as_f64().unwrap_or(0.0),
+            t["workflows_per_s"].as_f64().unwrap_or(0.0),
+            t["tasks_per_s"].as_f64().unwrap_or(0.0),
+            t["submit_latency_ms"]["p50"],
+            t["submit_latency_ms"]["p99"]
+        );
+    }
+    let s = &r["submit_to_start_ms"];
+    println!(
+        "submit-to-start at light load: p50 {} ms, p99 {} ms ({} samples)",
+        s["p50"], s["p99"], s["samples"]
+    );
+    for kind in ["status", "lineage"] {
+        if let Some(m) = r["read_latency_ms"][kind].as_object() {
+            for (src, p) in m {
+                println!(
+                    "{kind} read from {src}: p50 {} ms, p99 {} ms ({} samples)",
+                    p["p50"], p["p99"], p["samples"]
+                );
+            }
+        }
+    }
+}
+
+/// A throwaway single-region cluster inside this process.
+struct Embedded {
+    node: crate::node::Node,
+    pg: crate::pgserver::PgServer,
+    dir: std::path::PathBuf,
+}
+
+impl Embedded {
+    async fn start(pool_size: usize) -> anyhow::Result<Embedded> {
+        let dir = std::env::temp_dir().join(format!("swf-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("starting an embedded cluster under {}", dir.display());
+        let pg = crate::dev::start_primary(&dir.join("pg"), "bench").await?;
+        let db = pg.url(crate::dev::DEV_DATABASE);
+        crate::dev::prepare_database(&pg.url("postgres"), &db, crate::dev::DEV_DATABASE).await?;
+        let mut cfg = crate::config::Config::for_dev(
+            "bench-1",
+            "us-east",
+            "us-east",
+            ([127, 0, 0, 1], 0).into(),
+            &db,
+        );
+        if let Some(p) = cfg.worker_pools.get_mut("default") {
+            p.size = pool_size;
+        }
+        cfg.database.max_connections = 32;
+        let node =
+            crate::node::Node::start(cfg, crate::handlers::Registry::with_builtins()).await?;
+        Ok(Embedded { node, pg, dir })
+    }
+
+    async fn stop(self) {
+        let Embedded {
+            mut node,
+            mut pg,
+            dir,
+        } = self;
+        node.shutdown().await;
+        let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
