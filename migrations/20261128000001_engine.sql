@@ -59,7 +59,9 @@ CREATE TABLE swf.steps (
     status         text NOT NULL DEFAULT 'created'
                    CHECK (status IN ('created', 'queued', 'started', 'completed', 'failed', 'cancelled')),
     remaining_deps int NOT NULL CHECK (remaining_deps >= 0),
-    attempts       int NOT NULL DEFAULT 0 CHECK (attempts >= 0 AND attempts <= max_attempts),
+    attempts       int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    -- Attempts given back by stopping executors; they do not use up max_attempts.
+    released       int NOT NULL DEFAULT 0 CHECK (released >= 0),
     msg_id         bigint,
     output         jsonb,
     error          jsonb,
@@ -67,7 +69,8 @@ CREATE TABLE swf.steps (
     completed_at   timestamptz,
     PRIMARY KEY (run_id, step_id),
     CHECK (status <> 'queued' OR msg_id IS NOT NULL),
-    CHECK (status <> 'started' OR attempts >= 1)
+    CHECK (status <> 'started' OR attempts >= 1),
+    CHECK (attempts - released <= max_attempts)
 );
 
 -- Dependency edges: step_id depends on dep_id. Keyed for "who waits on dep_id?".
@@ -291,6 +294,11 @@ DECLARE
     v_vt_ms int[];
     v_del bigint[];
     g record;
+    c_run uuid[] := '{}';
+    c_step text[] := '{}';
+    c_attempt int[] := '{}';
+    c_input jsonb[] := '{}';
+    c_msg bigint[] := '{}';
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
     FOREACH p_mq IN ARRAY p_mqs LOOP
@@ -327,11 +335,18 @@ BEGIN
                        'visibility timeout expired: the executor holding this attempt was lost')
              WHERE a.run_id = s.run_id AND a.step_id = s.step_id
                AND a.attempt = s.attempts AND a.outcome = 'running';
-            IF s.attempts >= s.max_attempts THEN
+            IF s.attempts - s.released >= s.max_attempts THEN
+                -- Failing the run locks it; take that lock without waiting
+                -- (others lock run before step) or leave the message for later.
+                PERFORM 1 FROM swf.runs r WHERE r.run_id = s.run_id FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN
+                    PERFORM pgmq.set_vt(p_mq, m.msg_id, clock_timestamp());
+                    CONTINUE;
+                END IF;
                 v_del := v_del || m.msg_id;
                 PERFORM swf._fail_step(s.run_id, s.step_id, jsonb_build_object(
                     'message', format('attempts exhausted (%s of %s): last attempt abandoned',
-                                      s.attempts, s.max_attempts)));
+                                      s.attempts - s.released, s.max_attempts)));
                 CONTINUE;
             END IF;
         END IF;
@@ -351,15 +366,12 @@ BEGIN
               JOIN swf.steps ds ON ds.run_id = d.run_id AND ds.step_id = d.dep_id
              WHERE d.run_id = s.run_id AND d.step_id = s.step_id;
         END IF;
-        run_id := s.run_id;
-        step_id := s.step_id;
-        attempt := s.attempts + 1;
-        handler := s.handler;
-        timeout_ms := s.timeout_ms;
-        input := jsonb_build_object('run', v_run_input, 'step', s.input, 'deps', v_deps);
-        msg_id := m.msg_id;
+        c_run := c_run || s.run_id;
+        c_step := c_step || s.step_id;
+        c_attempt := c_attempt || (s.attempts + 1);
+        c_input := c_input || jsonb_build_object('run', v_run_input, 'step', s.input, 'deps', v_deps);
+        c_msg := c_msg || m.msg_id;
         p_qty := p_qty - 1;
-        RETURN NEXT;
     END LOOP;
     FOR g IN SELECT u.ms, array_agg(u.id) AS ids FROM unnest(v_vt_ids, v_vt_ms) AS u(id, ms)
               GROUP BY u.ms LOOP
@@ -369,6 +381,13 @@ BEGIN
         PERFORM pgmq.delete(p_mq, v_del);
     END IF;
     END LOOP;
+    -- Hand out only attempts still current: failing an exhausted step later
+    -- in this call may have stopped a run whose other step was claimed.
+    RETURN QUERY
+        SELECT u.r, u.s, u.a, st.handler, st.timeout_ms, u.i, u.m
+          FROM unnest(c_run, c_step, c_attempt, c_input, c_msg) AS u(r, s, a, i, m)
+          JOIN swf.steps st ON st.run_id = u.r AND st.step_id = u.s
+         WHERE st.status = 'started' AND st.attempts = u.a;
 END $$;
 
 -- Finishes a batch of attempts successfully. Each item either completes
@@ -487,7 +506,7 @@ BEGIN
            SET outcome = coalesce(it.outcome, 'failed'), finished_at = clock_timestamp(),
                error = it.error
          WHERE a.run_id = it.run_id AND a.step_id = it.step_id AND a.attempt = it.attempt;
-        IF s.attempts < s.max_attempts THEN
+        IF s.attempts - s.released < s.max_attempts THEN
             v_delay := least(p_backoff_cap_ms::bigint,
                              p_backoff_base_ms::bigint * (2::bigint ^ least(s.attempts - 1, 30))::bigint);
             UPDATE swf.steps st SET status = 'queued', error = it.error
@@ -530,7 +549,8 @@ BEGIN
 END $$;
 
 -- Gives back claimed attempts that a stopping executor will not finish: the
--- attempt is recorded abandoned and the task is visible again at once.
+-- attempt is recorded abandoned (it does not use up max_attempts) and the
+-- task is visible again at once.
 -- p_items: [{run_id, step_id, attempt}]
 CREATE FUNCTION swf.release_tasks(p_items jsonb, p_epoch bigint)
 RETURNS int LANGUAGE plpgsql AS $$
@@ -539,26 +559,25 @@ DECLARE
     n int := 0;
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
-    FOR it IN SELECT st.run_id, st.step_id, st.attempts, st.mq, st.msg_id, st.max_attempts
+    -- Lock order everywhere: run, then step.
+    PERFORM 1 FROM swf.runs r
+     WHERE r.run_id IN (SELECT x.run_id FROM jsonb_to_recordset(p_items) AS x(run_id uuid))
+     ORDER BY r.run_id FOR UPDATE;
+    FOR it IN SELECT st.run_id, st.step_id, st.attempts, st.mq, st.msg_id
                 FROM jsonb_to_recordset(p_items) AS x(run_id uuid, step_id text, attempt int)
                 JOIN swf.steps st ON st.run_id = x.run_id AND st.step_id = x.step_id
                                  AND st.attempts = x.attempt AND st.status = 'started'
+                JOIN swf.runs r ON r.run_id = st.run_id AND r.status = 'running'
                ORDER BY st.run_id, st.step_id
                  FOR UPDATE OF st LOOP
         UPDATE swf.attempts a
            SET outcome = 'abandoned', finished_at = clock_timestamp(),
                error = jsonb_build_object('message', 'released by a stopping executor')
          WHERE a.run_id = it.run_id AND a.step_id = it.step_id AND a.attempt = it.attempts;
-        IF it.attempts >= it.max_attempts THEN
-            PERFORM pgmq.delete(it.mq, it.msg_id);
-            PERFORM swf._fail_step(it.run_id, it.step_id, jsonb_build_object(
-                'message', 'attempts exhausted: last attempt released by a stopping executor'));
-        ELSE
-            UPDATE swf.steps st SET status = 'queued'
-             WHERE st.run_id = it.run_id AND st.step_id = it.step_id;
-            PERFORM pgmq.set_vt(it.mq, it.msg_id, clock_timestamp());
-            PERFORM pg_notify('swf_' || it.mq, '');
-        END IF;
+        UPDATE swf.steps st SET status = 'queued', released = st.released + 1
+         WHERE st.run_id = it.run_id AND st.step_id = it.step_id;
+        PERFORM pgmq.set_vt(it.mq, it.msg_id, clock_timestamp());
+        PERFORM pg_notify('swf_' || it.mq, '');
         n := n + 1;
     END LOOP;
     RETURN n;

@@ -190,10 +190,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Config(ConfigCommand::Migrate { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("read {}", file.display()))?;
-            print!(
-                "{}",
-                config::migrate_legacy(&text, &file.display().to_string())?
-            );
+            let out = config::migrate_legacy(&text, &file.display().to_string())?;
+            print!("{out}{}", if out.ends_with('\n') { "" } else { "\n" });
             Ok(0)
         }
         Command::Submit { api, file } => submit(&api, &file).await,

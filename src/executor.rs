@@ -13,7 +13,7 @@
 //! everything without telling the database, like a crashed process.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,8 +91,19 @@ pub struct Executor {
     router: Arc<Router>,
     registry: Registry,
     pools: Vec<Arc<Pool>>,
-    in_flight: Mutex<HashMap<AttemptRef, AbortHandle>>,
+    in_flight: Mutex<HashMap<AttemptRef, InFlight>>,
     finisher: Finisher,
+    /// Claim loops still running; drain waits for them so no claim that
+    /// returns during shutdown is left unreleased.
+    claiming: AtomicUsize,
+}
+
+/// A running task: its abort handle and whether its handler already
+/// finished and its outcome is being reported (then it must not be aborted:
+/// the result is on its way to the database).
+struct InFlight {
+    abort: AbortHandle,
+    reporting: Arc<AtomicBool>,
 }
 
 /// Aborts a task when dropped (a handler outlives nothing that owns it).
@@ -143,6 +154,7 @@ impl Executor {
             pools,
             in_flight: Mutex::new(HashMap::new()),
             finisher,
+            claiming: AtomicUsize::new(0),
         });
         // Fired once the queues exist (a one-shot latch).
         let ready = CancellationToken::new();
@@ -153,16 +165,17 @@ impl Executor {
             tasks.spawn(async move { ex.listen_loop(shutdown, ready).await });
         }
         for pool in ex.pools.clone() {
+            ex.claiming.fetch_add(1, Ordering::SeqCst);
             let ex = ex.clone();
             let shutdown = shutdown.clone();
             let ready = ready.clone();
             tasks.spawn(async move {
                 // Claim only once the queues exist (the listener creates them).
                 tokio::select! {
-                    _ = ready.cancelled() => {}
-                    _ = shutdown.cancelled() => return,
+                    _ = ready.cancelled() => ex.clone().claim_loop(pool, shutdown).await,
+                    _ = shutdown.cancelled() => {}
                 }
-                ex.claim_loop(pool, shutdown).await
+                ex.claiming.fetch_sub(1, Ordering::SeqCst);
             });
         }
         ex
@@ -261,6 +274,26 @@ impl Executor {
                 )
                 .await;
             match claimed {
+                Ok(tasks) if shutdown.is_cancelled() => {
+                    // Claimed while stopping: give them straight back.
+                    let refs: Vec<AttemptRef> = tasks
+                        .iter()
+                        .map(|t| AttemptRef {
+                            run_id: t.run_id,
+                            step_id: t.step_id.clone(),
+                            attempt: t.attempt,
+                        })
+                        .collect();
+                    if let Err(e) = self
+                        .router
+                        .write_store()
+                        .release_tasks(&refs, self.router.epoch())
+                        .await
+                    {
+                        warn!(error = %e, "release tasks claimed during shutdown");
+                    }
+                    break;
+                }
                 Ok(tasks) => {
                     let got = tasks.len();
                     metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
@@ -305,10 +338,14 @@ impl Executor {
         let pool = pool.clone();
         let ex = self.clone();
         let key = a.clone();
+        let reporting = Arc::new(AtomicBool::new(false));
+        let flag = reporting.clone();
         let mut guard = self.in_flight.lock().expect("in_flight lock");
         let handle = tokio::spawn(async move {
             let finish = ex.run_handler(&a, t).await;
+            flag.store(true, Ordering::SeqCst);
             if let Some(finish) = finish {
+                let finish = finish.sanitized();
                 let failed = matches!(finish, Finish::Failed { .. });
                 match ex.finisher.call((a.clone(), finish)).await {
                     Ok(Ok(FinishResult::Stale)) => {
@@ -339,7 +376,13 @@ impl Executor {
             ex.in_flight.lock().expect("in_flight lock").remove(&a);
             drop(permit);
         });
-        guard.insert(key, handle.abort_handle());
+        guard.insert(
+            key,
+            InFlight {
+                abort: handle.abort_handle(),
+                reporting,
+            },
+        );
     }
 
     /// Runs one handler under its timeout, extending the lease while it runs.
@@ -400,56 +443,95 @@ impl Executor {
         }
     }
 
-    /// After claim loops stopped: wait for in-flight tasks until the grace
-    /// deadline, then release what is left so another executor runs it.
+    /// At shutdown, after cancelling: wait for the claim loops to stop, let
+    /// in-flight tasks finish until the grace deadline, then release the rest
+    /// so another executor runs them. Tasks already reporting an outcome are
+    /// not aborted; their report is awaited (bounded).
     pub async fn drain(&self) {
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
-        loop {
-            let busy = self.in_flight.lock().expect("in_flight lock").len();
-            if busy == 0 {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left: Vec<(AttemptRef, AbortHandle)> = self
-            .in_flight
-            .lock()
-            .expect("in_flight lock")
-            .drain()
-            .collect();
-        for (_, h) in &left {
-            h.abort();
-        }
-        let refs: Vec<AttemptRef> = left.into_iter().map(|(a, _)| a).collect();
-        match self
-            .router
-            .write_store()
-            .release_tasks(&refs, self.router.epoch())
-            .await
+        let grace = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        let busy = || self.in_flight.lock().expect("in_flight lock").len();
+        while (self.claiming.load(Ordering::SeqCst) > 0 || busy() > 0)
+            && tokio::time::Instant::now() < grace
         {
-            Ok(n) => info!(released = n, "released unfinished tasks at shutdown"),
-            Err(e) => {
-                warn!(error = %e, "release tasks at shutdown; their visibility timeout will re-deliver them")
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left: Vec<(AttemptRef, InFlight)> = {
+            let mut map = self.in_flight.lock().expect("in_flight lock");
+            let keys: Vec<AttemptRef> = map
+                .iter()
+                .filter(|(_, f)| !f.reporting.load(Ordering::SeqCst))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| map.remove(&k).map(|f| (k, f)))
+                .collect()
+        };
+        for (_, f) in &left {
+            f.abort.abort();
+        }
+        if !left.is_empty() {
+            let refs: Vec<AttemptRef> = left.into_iter().map(|(a, _)| a).collect();
+            match self
+                .router
+                .write_store()
+                .release_tasks(&refs, self.router.epoch())
+                .await
+            {
+                Ok(n) => info!(released = n, "released unfinished tasks at shutdown"),
+                Err(e) => {
+                    warn!(error = %e, "release tasks at shutdown; their visibility timeout will re-deliver them")
+                }
             }
+        }
+        // Outcomes already on their way to the database: let them land.
+        let report_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while busy() > 0 && tokio::time::Instant::now() < report_deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Drops every in-flight task without telling the database (a crash).
     pub fn kill(&self) {
-        for (_, h) in self.in_flight.lock().expect("in_flight lock").drain() {
-            h.abort();
+        for (_, f) in self.in_flight.lock().expect("in_flight lock").drain() {
+            f.abort.abort();
         }
     }
 }
 
+/// Reports a batch; transient errors are retried. When a batch fails for
+/// good, each item is tried alone, so one bad item cannot fail the others.
 async fn finish_with_retry(
     router: &Router,
     items: &[(AttemptRef, Finish)],
     leases: Leases,
 ) -> Result<Vec<FinishResult>, String> {
+    match finish_batch(router, items, leases).await {
+        Err((e, transient)) if items.len() > 1 && !transient => {
+            debug!(error = %e, "finish batch failed; reporting its items one by one");
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(
+                    finish_batch(router, std::slice::from_ref(item), leases)
+                        .await
+                        .map(|r| r[0])
+                        .unwrap_or_else(|(e, _)| {
+                            warn!(run_id = %item.0.run_id, step_id = %item.0.step_id, error = %e,
+                                  "report task outcome");
+                            FinishResult::Stale
+                        }),
+                );
+            }
+            Ok(out)
+        }
+        other => other.map_err(|(e, _)| e),
+    }
+}
+
+async fn finish_batch(
+    router: &Router,
+    items: &[(AttemptRef, Finish)],
+    leases: Leases,
+) -> Result<Vec<FinishResult>, (String, bool)> {
     let mut delay = Duration::from_millis(50);
     for attempt in 0.. {
         match router
@@ -463,7 +545,7 @@ async fn finish_with_retry(
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err((e.to_string(), e.is_transient())),
         }
     }
     unreachable!("loop returns")

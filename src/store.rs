@@ -116,6 +116,35 @@ pub enum Finish {
     Failed { error: Value, timed_out: bool },
 }
 
+impl Finish {
+    /// PostgreSQL's jsonb cannot hold NUL characters; a handler's output or
+    /// error that has some gets them replaced by U+FFFD rather than failing
+    /// the report (and every other report batched with it).
+    pub fn sanitized(self) -> Finish {
+        match self {
+            Finish::Completed(v) => Finish::Completed(strip_nul(v)),
+            Finish::Failed { error, timed_out } => Finish::Failed {
+                error: strip_nul(error),
+                timed_out,
+            },
+        }
+    }
+}
+
+/// Replaces NUL characters in every string and key of `v`.
+pub fn strip_nul(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), strip_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The engine's answer to a completion or failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishResult {
@@ -392,27 +421,41 @@ impl Store {
             }
         }
         let mut answers = std::collections::HashMap::new();
+        // A mixed batch commits both halves together, so an answer is never
+        // an error for work that was in fact recorded.
+        let mut tx = if !done.is_empty() && !failed.is_empty() {
+            Some(self.pool.begin().await?)
+        } else {
+            None
+        };
         if !done.is_empty() {
-            let rows = sqlx::query(
+            let q = sqlx::query(
                 "SELECT run_id, step_id, attempt, result FROM swf.complete_tasks($1, $2)",
             )
             .bind(Value::Array(done))
-            .bind(epoch as i64)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(epoch as i64);
+            let rows = match tx.as_mut() {
+                Some(tx) => q.fetch_all(&mut **tx).await?,
+                None => q.fetch_all(&self.pool).await?,
+            };
             collect_results(rows, &mut answers)?;
         }
         if !failed.is_empty() {
-            let rows = sqlx::query(
+            let q = sqlx::query(
                 "SELECT run_id, step_id, attempt, result FROM swf.fail_tasks($1, $2, $3, $4)",
             )
             .bind(Value::Array(failed))
             .bind(epoch as i64)
             .bind(leases.backoff_base_ms)
-            .bind(leases.backoff_cap_ms)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(leases.backoff_cap_ms);
+            let rows = match tx.as_mut() {
+                Some(tx) => q.fetch_all(&mut **tx).await?,
+                None => q.fetch_all(&self.pool).await?,
+            };
             collect_results(rows, &mut answers)?;
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
         }
         // Duplicates within one batch get the later answer ("stale"), which
         // is exactly what the engine said to the second report.

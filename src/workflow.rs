@@ -137,6 +137,22 @@ pub fn validate(
         }
     }
     check_depth("input", spec.input.as_ref(), limits.max_json_depth)?;
+    // PostgreSQL text and jsonb cannot store NUL; refuse it here, by name.
+    if spec.goal.contains('\0')
+        || spec
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.contains('\0'))
+        || spec.input.as_ref().is_some_and(has_nul)
+        || spec
+            .steps
+            .iter()
+            .any(|s| s.handler.contains('\0') || s.input.as_ref().is_some_and(has_nul))
+    {
+        return invalid(
+            "the workflow contains a NUL character (\\u0000), which cannot be stored".into(),
+        );
+    }
 
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(spec.steps.len());
     for (i, step) in spec.steps.iter().enumerate() {
@@ -266,6 +282,15 @@ fn check_depth(what: &str, v: Option<&Value>, max: usize) -> Result<(), Validati
             "`{what}` is nested deeper than {max} levels (limits.max_json_depth)"
         ))),
         _ => Ok(()),
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -439,6 +464,11 @@ mod tests {
                 "deep input",
                 json!({"goal": "g", "input": deep(40), "steps": [{"id": "a", "handler": "noop"}]}),
                 Some("nested deeper"),
+            ),
+            (
+                "nul in input",
+                json!({"goal": "g", "input": {"k": "a\u{0}b"}, "steps": [{"id": "a", "handler": "noop"}]}),
+                Some("NUL"),
             ),
         ];
         for (name, input, want) in cases {

@@ -138,6 +138,7 @@ async fn routes_headers_and_error_codes() {
         (json!({"goal": "g", "steps": [{"id": "a", "handler": "nope"}]}).to_string(), 400, "unknown_handler"),
         (json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "region": "mars"}]}).to_string(), 400, "unknown_region"),
         (json!({"goal": "g", "input": "x".repeat(5000), "steps": [{"id": "a", "handler": "noop"}]}).to_string(), 413, "payload_too_large"),
+        (r#"{"goal": "g", "input": "a\u0000b", "steps": [{"id": "a", "handler": "noop"}]}"#.to_string(), 400, "invalid_workflow"),
     ];
     for (body, status, code) in bad {
         let a = api.post_raw("/v1/workflows", body.clone()).await;

@@ -133,6 +133,19 @@ fn config_check_and_migrate_commands() {
     assert_eq!(code, 0);
     assert!(!err.contains("deprecated"), "{err}");
 
+    // Every shipped config checks cleanly, so none can rot.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&deploy).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, _, err) = run(swf().args(["config", "check"]).arg(&path));
+            assert_eq!(code, 0, "{}: {err}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,

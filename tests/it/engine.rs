@@ -368,7 +368,7 @@ async fn graceful_shutdown_releases_unfinished_tasks() {
     let mut a = start_node(cfg, reg_a).await;
     let api = Api::new(&a.url());
     let id = api
-        .submit(&json!({"goal": "release", "steps": [{"id": "l", "handler": "long", "timeout_ms": 600000}]}))
+        .submit(&json!({"goal": "release", "steps": [{"id": "l", "handler": "long", "timeout_ms": 600000, "max_attempts": 1}]}))
         .await;
     wait_for("the long task to start", 20, || {
         let s = started.clone();
@@ -376,7 +376,8 @@ async fn graceful_shutdown_releases_unfinished_tasks() {
     })
     .await;
     a.shutdown().await;
-    // Released at once: another node picks it up without waiting 10 minutes.
+    // Released at once: another node picks it up without waiting 10 minutes,
+    // and the released attempt did not use up the step's only attempt.
     let mut reg_b = Registry::with_builtins();
     reg_b.register("long", |_ctx: TaskContext| async move {
         Ok(json!("finished by b"))
