@@ -3,15 +3,16 @@
 //! Against `--api URL`, or, without it, an embedded single-region cluster it
 //! starts under a temporary directory (PostgreSQL and one hybrid node in
 //! this process, as `swf dev` would run them). Phases:
-//! 1. throughput: N workflows of each shape (1 step; 5-step chain; 5-step
+//! 1. submit-to-start latency at light load (one submitter): the database's
+//!    `created_at` of the run to `started_at` of its first attempt;
+//! 2. throughput: N workflows of each shape (1 step; 5-step chain; 5-step
 //!    fan-out) submitted by C concurrent submitters; tasks/s from the first
 //!    submit to the last completion;
-//! 2. submit-to-start latency at light load (one submitter): the database's
-//!    `created_at` of the run to `started_at` of its first attempt;
 //! 3. read latency: status and lineage reads of completed runs, by
 //!    `swf-read-source`.
 //!
-//! Prints JSON (`--json`) or a table.
+//! The latency phase runs first, on a quiet cluster. Prints JSON (`--json`)
+//! or a table.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,11 +107,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
 }
 
 async fn measure(http: &reqwest::Client, api: &str, args: &BenchArgs) -> anyhow::Result<Value> {
+    // Light load first, on a quiet cluster; the throughput phases after it
+    // leave checkpoints and vacuum work behind that would colour it.
+    let (start_lat, ids) = start_latency_phase(http, api, args.samples).await?;
     let mut throughput = Vec::new();
     for s in &args.shapes {
         throughput.push(throughput_phase(http, api, s, args.workflows, args.concurrency).await?);
     }
-    let (start_lat, ids) = start_latency_phase(http, api, args.samples).await?;
     let reads = read_phase(http, api, &ids).await?;
     Ok(json!({
         "api": api,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::batch::Batcher;
 use crate::handlers::Registry;
 use crate::router::{ReadSource, Router};
-use crate::store::{NewRun, RunSummary, StoreError, Submitted};
+use crate::store::{NewRun, RunDoc, RunSummary, StoreError, Submitted};
 use crate::token::Token;
 use crate::workflow::{self, Limits, ValidationError, WorkflowSpec};
 
@@ -183,13 +183,7 @@ impl Client {
         run_id: Uuid,
         token: Option<&Token>,
     ) -> Result<(Value, ReadSource), ClientError> {
-        let (store, source) = self.router.read_store(token);
-        let doc = store
-            .run_status(run_id)
-            .await
-            .map_err(ClientError::from_read)?;
-        doc.map(|d| (d, source))
-            .ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))
+        self.document(run_id, RunDoc::Status, token).await
     }
 
     /// The lineage document of a run and where it was read from.
@@ -198,9 +192,18 @@ impl Client {
         run_id: Uuid,
         token: Option<&Token>,
     ) -> Result<(Value, ReadSource), ClientError> {
+        self.document(run_id, RunDoc::Lineage, token).await
+    }
+
+    async fn document(
+        &self,
+        run_id: Uuid,
+        kind: RunDoc,
+        token: Option<&Token>,
+    ) -> Result<(Value, ReadSource), ClientError> {
         let (store, source) = self.router.read_store(token);
         let doc = store
-            .run_lineage(run_id)
+            .run_document(run_id, kind)
             .await
             .map_err(ClientError::from_read)?;
         doc.map(|d| (d, source))

@@ -155,6 +155,13 @@ pub enum FinishResult {
     Stale,
 }
 
+/// The two documents a run can be read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunDoc {
+    Status,
+    Lineage,
+}
+
 /// Node heartbeat row.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeRow {
@@ -500,17 +507,13 @@ impl Store {
             .await?)
     }
 
-    /// Status document of a run (DESIGN section 6), or None.
-    pub async fn run_status(&self, run_id: Uuid) -> Result<Option<Value>> {
-        Ok(sqlx::query_scalar("SELECT swf.run_status($1)")
-            .bind(run_id)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    /// Lineage document of a run, or None.
-    pub async fn run_lineage(&self, run_id: Uuid) -> Result<Option<Value>> {
-        Ok(sqlx::query_scalar("SELECT swf.run_lineage($1)")
+    /// A run's status or lineage document (DESIGN section 6), or None.
+    pub async fn run_document(&self, run_id: Uuid, kind: RunDoc) -> Result<Option<Value>> {
+        let sql = match kind {
+            RunDoc::Status => "SELECT swf.run_status($1)",
+            RunDoc::Lineage => "SELECT swf.run_lineage($1)",
+        };
+        Ok(sqlx::query_scalar(sql)
             .bind(run_id)
             .fetch_one(&self.pool)
             .await?)

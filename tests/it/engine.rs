@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use singularity_workflow::handlers::{HandlerError, Registry, TaskContext};
-use singularity_workflow::store::{AttemptRef, Finish, FinishResult, Leases, NewRun, Store};
+use singularity_workflow::store::{
+    AttemptRef, Finish, FinishResult, Leases, NewRun, RunDoc, Store,
+};
 use singularity_workflow::workflow::{validate, Limits, WorkflowSpec};
 
 use crate::harness::*;
@@ -338,10 +340,18 @@ async fn stale_completion_is_refused() {
         .await
         .unwrap();
     assert_eq!(r, vec![FinishResult::Stale]);
-    let doc = store.run_status(run_id).await.unwrap().unwrap();
+    let doc = store
+        .run_document(run_id, RunDoc::Status)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(doc["status"], "completed");
     assert_eq!(doc["output"], json!({"s": "on time"}));
-    let l = store.run_lineage(run_id).await.unwrap().unwrap();
+    let l = store
+        .run_document(run_id, RunDoc::Lineage)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(attempts_of(&l, "s")[0].2, "abandoned");
     // Writes carrying a newer epoch than the database's are refused (fencing).
     let err = store.cancel_run(run_id, 99).await.unwrap_err();
