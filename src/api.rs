@@ -32,6 +32,8 @@ pub const H_SERVED_BY: &str = "swf-served-by";
 pub const H_REGION: &str = "swf-region";
 pub const H_READ_SOURCE: &str = "swf-read-source";
 pub const H_TOKEN: &str = "swf-consistency-token";
+/// Set on a forwarded call; a node that would forward it again refuses (one hop at most).
+pub const H_FORWARDED_BY: &str = "swf-forwarded-by";
 
 /// Facts about the serving node.
 #[derive(Debug, Clone)]
@@ -41,7 +43,6 @@ pub struct NodeInfo {
     pub roles: Vec<String>,
     pub region: String,
     pub public_url: String,
-    pub regions: Vec<String>,
     pub version: String,
 }
 
@@ -53,6 +54,26 @@ pub struct ApiState {
     pub executor: Option<Arc<Executor>>,
     pub router: Arc<Router>,
     pub max_body_bytes: usize,
+    pub forwarder: Forwarder,
+    pub heartbeat_ms: u64,
+}
+
+/// Forwards region-pinned calls to another region's node over a pooled
+/// HTTP client (hyper underneath; rustls for https peers).
+#[derive(Clone)]
+pub struct Forwarder {
+    http: reqwest::Client,
+}
+
+impl Forwarder {
+    pub fn new(timeout: std::time::Duration) -> Forwarder {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .expect("HTTP client builds");
+        Forwarder { http }
+    }
 }
 
 /// An API error: stable code, HTTP status, message safe for clients.
@@ -145,7 +166,8 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
     metrics::histogram!("swf_http_request_duration_seconds",
         "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
     .record(start.elapsed().as_secs_f64());
-    if is_v1 {
+    // A forwarded answer keeps the serving node's headers.
+    if is_v1 && !resp.headers().contains_key(H_SERVED_BY) {
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&st.info.node_id) {
             h.insert(HeaderName::from_static(H_SERVED_BY), v);
@@ -173,26 +195,126 @@ async fn v1_guard(State(st): State<ApiState>, req: Request, next: Next) -> Respo
     if let Some(want) = req.headers().get(H_REGION) {
         let want = want.to_str().unwrap_or("").to_string();
         if want != st.info.region {
-            return if st.info.regions.iter().any(|r| r == &want) {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "region_unavailable",
-                    format!(
-                        "no healthy client node of region `{want}` is reachable from this node"
-                    ),
-                )
-                .into_response()
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unknown_region",
-                    format!("unknown region `{want}` in header swf-region"),
-                )
-                .into_response()
+            return match forward(&st, &want, req).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
             };
         }
     }
     next.run(req).await
+}
+
+/// Serves a call pinned to region `want` by forwarding it to a healthy
+/// client node there, once.
+async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
+    if let Some(from) = req.headers().get(H_FORWARDED_BY) {
+        return Err(ApiError::new(
+            StatusCode::LOOP_DETECTED,
+            "forwarding_loop",
+            format!(
+                "call pinned to region `{want}` was already forwarded (by {}) and reached region {}; refusing to forward it again",
+                from.to_str().unwrap_or("?"),
+                st.info.region
+            ),
+        ));
+    }
+    if !st.router.region_names().iter().any(|r| r == want) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_region",
+            format!("unknown region `{want}` in header swf-region"),
+        ));
+    }
+    let unavailable = |why: String| {
+        metrics::counter!("swf_forwarded_total", "target" => want.to_string(), "result" => "unavailable")
+            .increment(1);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "region_unavailable",
+            format!("region `{want}` has no reachable client node: {why}"),
+        )
+    };
+    let target = match peer_url(st, want).await {
+        Some(u) => u,
+        None => {
+            return Err(unavailable(
+                "no healthy client node in the heartbeat table".into(),
+            ))
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = to_bytes(body, st.max_body_bytes)
+        .await
+        .map_err(|_| too_large(st.max_body_bytes))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{path}", target.trim_end_matches('/'));
+    let mut out = st.forwarder.http.request(parts.method.clone(), &url);
+    for (name, value) in &parts.headers {
+        if !is_hop_header(name.as_str()) {
+            out = out.header(name, value);
+        }
+    }
+    out = out.header(H_FORWARDED_BY, &st.info.node_id).body(bytes);
+    let resp = out
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("forward to {target}: {e}")))?;
+    let status = resp.status();
+    let mut builder = Response::builder().status(status.as_u16());
+    for (name, value) in resp.headers() {
+        if !is_hop_header(name.as_str()) {
+            builder = builder.header(name, value);
+        }
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| unavailable(format!("read the answer of {target}: {e}")))?;
+    metrics::counter!("swf_forwarded_total", "target" => want.to_string(),
+        "result" => if status.is_server_error() { "error" } else { "ok" })
+    .increment(1);
+    builder
+        .body(Body::from(body))
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "internal", e.to_string()))
+}
+
+fn is_hop_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "upgrade"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+    )
+}
+
+/// The API URL of a client node of `region`: the regions file's `api_url`,
+/// else a healthy client node from the heartbeat table.
+async fn peer_url(st: &ApiState, region: &str) -> Option<String> {
+    if let Some(u) = st
+        .router
+        .regions()
+        .iter()
+        .find(|r| r.name == region)
+        .and_then(|r| r.api_url.clone())
+    {
+        return Some(u);
+    }
+    let nodes = st.router.local_store().nodes().await.ok()?;
+    nodes
+        .into_iter()
+        .filter(|n| n.region == region && n.roles.iter().any(|r| r == "client"))
+        .filter(|n| healthy(n.last_heartbeat_at, st.heartbeat_ms))
+        .find_map(|n| n.api_url)
 }
 
 fn client(st: &ApiState) -> Result<&Client, ApiError> {
@@ -361,18 +483,21 @@ pub fn healthy(last: chrono::DateTime<chrono::Utc>, interval_ms: u64) -> bool {
 }
 
 async fn regions(State(st): State<ApiState>) -> ApiResult {
-    let store: &Store = st.router.write_store();
-    let nodes = store
-        .nodes()
+    let primary = st.router.write_store();
+    let unavailable = |e: crate::store::StoreError| ClientError::Unavailable(e.to_string());
+    let nodes = st.router.local_store().nodes().await.map_err(unavailable)?;
+    let (epoch, _) = primary.role().await.map_err(unavailable)?;
+    let lags: std::collections::HashMap<String, i64> = primary
+        .replication_lags()
         .await
-        .map_err(|e| ClientError::Unavailable(e.to_string()))?;
-    let (epoch, _) = store
-        .role()
-        .await
-        .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let write_region = st.router.write_region();
+    let local = st.router.local_state();
     let regions: Vec<Value> = st
-        .info
-        .regions
+        .router
+        .region_names()
         .iter()
         .map(|r| {
             let ns: Vec<Value> = nodes
@@ -381,15 +506,22 @@ async fn regions(State(st): State<ApiState>) -> ApiResult {
                 .map(|n| {
                     json!({"node_id": n.node_id, "node_type": n.node_type, "api_url": n.api_url,
                            "last_heartbeat_at": n.last_heartbeat_at,
-                           "healthy": healthy(n.last_heartbeat_at, crate::node::HEARTBEAT_DEFAULT_MS)})
+                           "healthy": healthy(n.last_heartbeat_at, st.heartbeat_ms)})
                 })
                 .collect();
-            let role = if r == st.router.write_region() { "primary" } else { "replica" };
-            json!({"name": r, "role": role, "lag_ms": 0, "nodes": ns})
+            let primary_here = *r == write_region;
+            let lag = if primary_here {
+                0
+            } else if *r == st.info.region {
+                local.lag_ms as i64
+            } else {
+                lags.get(r).copied().unwrap_or(0)
+            };
+            json!({"name": r, "role": if primary_here { "primary" } else { "replica" },
+                   "lag_ms": lag, "nodes": ns})
         })
         .collect();
-    let body =
-        json!({"write_region": st.router.write_region(), "epoch": epoch, "regions": regions});
+    let body = json!({"write_region": write_region, "epoch": epoch, "regions": regions});
     Ok(with_read_source(
         Json(body).into_response(),
         ReadSource::Primary,
@@ -401,7 +533,7 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(st): State<ApiState>) -> Response {
-    let store = st.router.write_store();
+    let store = st.router.local_store();
     let known = Store::known_schema_version();
     match store.schema_version().await {
         Ok(Some(v)) if v >= known => (StatusCode::OK, Json(json!({"status": "ready", "schema_version": v}))).into_response(),
@@ -421,6 +553,7 @@ async fn ready(State(st): State<ApiState>) -> Response {
 async fn info(State(st): State<ApiState>) -> Json<Value> {
     let pools = st.executor.as_ref().map(|e| e.status()).unwrap_or_default();
     let write_reachable = st.router.write_store().ping().await.is_ok();
+    let local = st.router.local_state();
     Json(json!({
         "node_id": st.info.node_id,
         "node_type": st.info.node_type,
@@ -430,7 +563,8 @@ async fn info(State(st): State<ApiState>) -> Json<Value> {
         "epoch": st.router.epoch(),
         "worker_pools": pools,
         "database": {
-            "local": {"role": if st.router.region() == st.router.write_region() { "primary" } else { "replica" }, "lag_ms": 0},
+            "local": {"role": if local.is_primary { "primary" } else { "replica" },
+                      "lag_ms": local.lag_ms, "healthy": local.healthy},
             "write": {"region": st.router.write_region(), "reachable": write_reachable},
         },
         "schema_version": Store::known_schema_version(),
@@ -439,7 +573,7 @@ async fn info(State(st): State<ApiState>) -> Json<Value> {
 }
 
 async fn metrics_text(State(st): State<ApiState>) -> Response {
-    let store = st.router.write_store();
+    let store = st.router.local_store();
     if let Ok(depths) = store.queue_depths().await {
         for (q, n) in depths {
             metrics::gauge!("swf_queue_depth", "queue" => q).set(n as f64);

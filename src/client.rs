@@ -10,9 +10,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
+use crate::cache::CachedDoc;
 use crate::handlers::Registry;
-use crate::router::{ReadSource, Router};
+use crate::router::{ReadPlan, ReadSource, Router};
 use crate::store::{NewRun, RunDoc, RunSummary, StoreError, Submitted};
+use crate::token::Lsn;
 use crate::token::Token;
 use crate::workflow::{self, Limits, ValidationError, WorkflowSpec};
 
@@ -201,13 +203,80 @@ impl Client {
         kind: RunDoc,
         token: Option<&Token>,
     ) -> Result<(Value, ReadSource), ClientError> {
-        let (store, source) = self.router.read_store(token);
-        let doc = store
-            .run_document(run_id, kind)
+        let cache = self.router.cache();
+        let cached = cache.get(run_id, kind, token).await;
+        let plan = self.router.plan(token, cached.as_ref());
+        if let (ReadPlan::Cache, Some(c)) = (plan, cached) {
+            metrics::counter!("swf_reads_total", "source" => "cache").increment(1);
+            return Ok(((*c.doc).clone(), ReadSource::Cache));
+        }
+        let (source, floor, doc) = self
+            .read_planned(plan, token, |store| async move {
+                store.run_document(run_id, kind).await
+            })
+            .await?;
+        let doc = doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?;
+        let terminal = doc["status"].as_str().is_some_and(|s| s != "running");
+        let state = self.router.local_state();
+        cache
+            .put(
+                run_id,
+                kind,
+                CachedDoc {
+                    doc: Arc::new(doc.clone()),
+                    epoch: state.epoch.max(token.map_or(0, |t| t.epoch)),
+                    lsn: floor,
+                    terminal,
+                    stored_at: std::time::Instant::now(),
+                },
+            )
+            .await;
+        Ok((doc, source))
+    }
+
+    /// Runs a read where `plan` says. Returns the source, an LSN the data is
+    /// known to reflect (for the cache), and the answer. A replica that does
+    /// not know a run yet (no token, so it may lag) is asked again on the
+    /// primary.
+    async fn read_planned<T, F, Fut>(
+        &self,
+        plan: ReadPlan,
+        token: Option<&Token>,
+        read: F,
+    ) -> Result<(ReadSource, Lsn, Option<T>), ClientError>
+    where
+        F: Fn(crate::store::Store) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let local_ok = match plan {
+            ReadPlan::Local(src) => Some(src),
+            ReadPlan::WaitForReplica => match token {
+                Some(t) if self.router.wait_for_token(t).await => Some(ReadSource::Replica),
+                _ => None,
+            },
+            ReadPlan::Primary | ReadPlan::Cache => None,
+        };
+        if let Some(src) = local_ok {
+            // Replay only moves forward: what the tracker saw before the query
+            // is a floor of what the query sees. On a primary, only the
+            // caller's token is (a commit can be flushed before it is visible).
+            let floor = match src {
+                ReadSource::Replica => self.router.local_state().lsn,
+                _ => token.map_or(Lsn(0), |t| t.lsn),
+            };
+            let got = read(self.router.local_store().clone())
+                .await
+                .map_err(ClientError::from_read)?;
+            if got.is_some() || token.is_some() || src == ReadSource::Primary {
+                metrics::counter!("swf_reads_total", "source" => src.as_str()).increment(1);
+                return Ok((src, floor, got));
+            }
+        }
+        let got = read(self.router.write_store())
             .await
             .map_err(ClientError::from_read)?;
-        doc.map(|d| (d, source))
-            .ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))
+        metrics::counter!("swf_reads_total", "source" => "primary").increment(1);
+        Ok((ReadSource::Primary, token.map_or(Lsn(0), |t| t.lsn), got))
     }
 
     /// Lists runs newest first. `after` is the `next` cursor of a previous page.
@@ -232,11 +301,13 @@ impl Client {
             ));
         }
         let cursor = after.map(decode_cursor).transpose()?;
-        let (store, source) = self.router.read_store(token);
-        let runs = store
-            .list_runs(status, limit, cursor)
-            .await
-            .map_err(ClientError::from_read)?;
+        let plan = self.router.plan(token, None);
+        let (source, _, runs) = self
+            .read_planned(plan, token, |store| async move {
+                store.list_runs(status, limit, cursor).await.map(Some)
+            })
+            .await?;
+        let runs = runs.unwrap_or_default();
         let next = if runs.len() as i64 == limit {
             runs.last().map(|r| encode_cursor(r.created_at, r.run_id))
         } else {
@@ -255,6 +326,7 @@ impl Client {
             .await
             .map_err(ClientError::from_write)?;
         self.router.observe_epoch(token.epoch);
+        self.router.cache().invalidate(run_id).await;
         match status.as_deref() {
             None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
             Some("cancelled") => Ok(token),

@@ -78,8 +78,106 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub limits: LimitsConfig,
     pub handlers: HandlersConfig,
+    pub routing: RoutingConfig,
+    /// Every region and its database endpoint, from `regions_file`; empty
+    /// when the node runs alone in its region (its database is the primary).
+    pub regions: Vec<RegionSpec>,
     /// The file this came from; not a TOML key.
     pub source: Option<PathBuf>,
+}
+
+/// How reads are routed (DESIGN section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Reads without a token go to the primary when the local replica lags more.
+    pub max_replica_lag_ms: u64,
+    /// How long a read with a token waits for the local replica to replay it.
+    pub token_wait_ms: u64,
+    pub cache_entries: u64,
+    /// How long a running run's status or lineage may be served from the cache.
+    pub cache_running_ttl_ms: u64,
+    /// Timeout of a call forwarded to another region's node.
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_replica_lag_ms: 1_000,
+            token_wait_ms: 500,
+            cache_entries: 10_000,
+            cache_running_ttl_ms: 250,
+            forward_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One region of a regions file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    pub name: String,
+    /// This region's database (primary or replica) as this node reaches it.
+    pub database_url: String,
+    /// Where calls pinned to this region are forwarded; when absent, to a
+    /// healthy client node of the region from the heartbeat table.
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionsFile {
+    regions: Vec<RegionSpec>,
+}
+
+/// Loads and validates a regions file: unique valid names, postgres URLs.
+pub fn load_regions(path: &Path) -> Result<Vec<RegionSpec>, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let parsed: RegionsFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        file: file.clone(),
+        key: "regions".into(),
+        message: e.message().to_string(),
+    })?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, r) in parsed.regions.iter().enumerate() {
+        let key = format!("regions[{i}]");
+        let bad = |message: String| ConfigError::Invalid {
+            file: file.clone(),
+            key: key.clone(),
+            message,
+        };
+        if !valid_name(&r.name) {
+            return Err(bad(format!("name {:?} is not a valid region name", r.name)));
+        }
+        if !seen.insert(r.name.clone()) {
+            return Err(bad(format!("region `{}` is listed twice", r.name)));
+        }
+        if !(r.database_url.starts_with("postgres://")
+            || r.database_url.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "database_url must start with postgres:// or postgresql://".into(),
+            ));
+        }
+        if let Some(u) = &r.api_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(bad("api_url must start with http:// or https://".into()));
+            }
+        }
+    }
+    if parsed.regions.is_empty() {
+        return Err(ConfigError::Invalid {
+            file,
+            key: "regions".into(),
+            message: "lists no region".into(),
+        });
+    }
+    Ok(parsed.regions)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +390,20 @@ impl Config {
         }
         let mut loaded = Self::from_toml_str(&text, &source, &env)?;
         loaded.config.source = Some(path.to_path_buf());
+        if let Some(file) = loaded.config.regions_file.clone() {
+            let regions = load_regions(&file)?;
+            let c = &loaded.config;
+            for (key, name) in [("region", &c.region), ("write_region", &c.write_region)] {
+                if !regions.iter().any(|r| &r.name == name) {
+                    return Err(ConfigError::Invalid {
+                        file: source.clone(),
+                        key: key.into(),
+                        message: format!("region `{name}` is not listed in {}", file.display()),
+                    });
+                }
+            }
+            loaded.config.regions = regions;
+        }
         Ok(loaded)
     }
 
@@ -345,6 +457,8 @@ impl Config {
             executor: ExecutorConfig::default(),
             limits: LimitsConfig::default(),
             handlers: HandlersConfig::default(),
+            routing: RoutingConfig::default(),
+            regions: Vec::new(),
             source: None,
         }
     }
@@ -590,7 +704,14 @@ fn slot(path: &[&str]) -> Slot {
     match path {
         ["node_id" | "region" | "write_region" | "regions_file" | "mode"] => Slot::Leaf(Str),
         ["enable_client" | "enable_executor"] => Slot::Leaf(Bool),
-        ["api" | "database" | "worker_pools" | "executor" | "limits" | "handlers"] => Slot::Table,
+        ["api" | "database" | "worker_pools" | "executor" | "limits" | "handlers" | "routing"] => {
+            Slot::Table
+        }
+        ["routing", "max_replica_lag_ms"
+        | "token_wait_ms"
+        | "cache_entries"
+        | "cache_running_ttl_ms"
+        | "forward_timeout_ms"] => Slot::Leaf(Int),
         ["api", "listen" | "public_url"] => Slot::Leaf(Str),
         ["database", "url"] => Slot::Leaf(Str),
         ["database", "max_connections"] => Slot::Leaf(Int),
@@ -709,6 +830,17 @@ struct RawConfig {
     executor: Option<RawExecutor>,
     limits: Option<RawLimits>,
     handlers: Option<RawHandlers>,
+    routing: Option<RawRouting>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    max_replica_lag_ms: Option<i64>,
+    token_wait_ms: Option<i64>,
+    cache_entries: Option<i64>,
+    cache_running_ttl_ms: Option<i64>,
+    forward_timeout_ms: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -799,6 +931,7 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
     let executor = build_executor(raw.executor.unwrap_or_default(), ctx)?;
     let limits = build_limits(raw.limits.unwrap_or_default(), ctx)?;
     let handlers = build_handlers(raw.handlers.unwrap_or_default(), ctx)?;
+    let routing = build_routing(raw.routing.unwrap_or_default(), ctx)?;
 
     let mut worker_pools = BTreeMap::new();
     let configured = raw.worker_pools.is_some();
@@ -840,7 +973,41 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
         executor,
         limits,
         handlers,
+        routing,
+        regions: Vec::new(),
         source,
+    })
+}
+
+fn build_routing(raw: RawRouting, ctx: &Ctx) -> Result<RoutingConfig, ConfigError> {
+    let d = RoutingConfig::default();
+    let ms = |key: &str, v: Option<i64>, default: u64| {
+        ctx.ranged::<u64>(&format!("routing.{key}"), v, default as i64, 1, MAX_MS)
+    };
+    Ok(RoutingConfig {
+        max_replica_lag_ms: ms(
+            "max_replica_lag_ms",
+            raw.max_replica_lag_ms,
+            d.max_replica_lag_ms,
+        )?,
+        token_wait_ms: ms("token_wait_ms", raw.token_wait_ms, d.token_wait_ms)?,
+        cache_entries: ctx.ranged(
+            "routing.cache_entries",
+            raw.cache_entries,
+            d.cache_entries as i64,
+            0,
+            100_000_000,
+        )?,
+        cache_running_ttl_ms: ms(
+            "cache_running_ttl_ms",
+            raw.cache_running_ttl_ms,
+            d.cache_running_ttl_ms,
+        )?,
+        forward_timeout_ms: ms(
+            "forward_timeout_ms",
+            raw.forward_timeout_ms,
+            d.forward_timeout_ms,
+        )?,
     })
 }
 

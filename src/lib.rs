@@ -18,7 +18,9 @@
 //! - [`token`]: consistency tokens and LSNs (pure).
 //! - [`config`]: the node TOML file, environment overrides, validation (pure).
 //! - [`batch`]: the micro-batcher behind submits and completions.
+//! - [`cache`]: the lineage cache: status and lineage reads that know their LSN.
 //! - [`pgserver`]: starts and stops PostgreSQL server processes (dev, tests).
+//! - [`proxy`]: the TCP delay proxy that puts WAN latency (or a partition) on dev links.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //!
 //! Invariants:
@@ -33,6 +35,7 @@
 pub mod api;
 pub mod batch;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -41,6 +44,7 @@ pub mod executor;
 pub mod handlers;
 pub mod node;
 pub mod pgserver;
+pub mod proxy;
 pub mod router;
 pub mod store;
 pub mod telemetry;

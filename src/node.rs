@@ -21,7 +21,7 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::executor::{Executor, ExecutorSettings, PoolSpec};
 use crate::handlers::Registry;
-use crate::router::Router;
+use crate::router::{RegionDb, Router};
 use crate::store::{Leases, NodeRow, Store};
 use crate::workflow::Limits;
 
@@ -51,29 +51,47 @@ impl Node {
         let _ = crate::telemetry::prometheus();
         let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;
         check_schema(&store).await?;
+        let mut regions = Vec::new();
+        for r in &config.regions {
+            let db = if r.name == config.region {
+                store.clone()
+            } else {
+                Store::connect_lazy(&r.database_url, config.database.max_connections)?
+            };
+            regions.push(RegionDb {
+                name: r.name.clone(),
+                store: db,
+                api_url: r.api_url.clone(),
+            });
+        }
         let router = Arc::new(Router::new(
-            store.clone(),
             &config.region,
-            &config.write_region,
+            store.clone(),
+            regions,
+            config.routing.clone(),
+            &config.node_id,
         ));
-        if let Ok((epoch, _)) = store.role().await {
-            router.observe_epoch(epoch);
-        }
-        let mut regions = vec![config.region.clone()];
-        if config.write_region != config.region {
-            regions.push(config.write_region.clone());
-        }
+        router
+            .discover_primary()
+            .await
+            .context("find the primary database")?;
         let info = Arc::new(NodeInfo {
             node_id: config.node_id.clone(),
             node_type: config.node_type().as_str().to_string(),
             roles: config.roles().iter().map(|r| r.to_string()).collect(),
             region: config.region.clone(),
             public_url: config.api.public_url.clone(),
-            regions: regions.clone(),
             version: VERSION.to_string(),
         });
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        {
+            let router = router.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let _ = router.spawn_tracker(shutdown).await;
+            });
+        }
 
         let client = config.enable_client.then(|| {
             Client::new(
@@ -85,7 +103,7 @@ impl Node {
                     max_goal_len: config.limits.max_goal_len,
                     max_json_depth: config.limits.max_json_depth,
                 },
-                regions,
+                router.region_names(),
                 &config.node_id,
             )
         });
@@ -140,6 +158,10 @@ impl Node {
             executor: executor.clone(),
             router: router.clone(),
             max_body_bytes: config.limits.max_body_bytes,
+            forwarder: crate::api::Forwarder::new(std::time::Duration::from_millis(
+                config.routing.forward_timeout_ms,
+            )),
+            heartbeat_ms: config.executor.heartbeat_interval_ms,
         });
         {
             let shutdown = shutdown.clone();
@@ -154,7 +176,7 @@ impl Node {
         }
         {
             let shutdown = shutdown.clone();
-            let store = store.clone();
+            let router = router.clone();
             let ex = executor.clone();
             let info = info.clone();
             let interval = Duration::from_millis(config.executor.heartbeat_interval_ms);
@@ -176,7 +198,7 @@ impl Node {
                         started_at,
                         last_heartbeat_at: chrono::Utc::now(),
                     };
-                    if let Err(e) = store.heartbeat(&row).await {
+                    if let Err(e) = router.write_store().heartbeat(&row).await {
                         warn!(error = %e, "heartbeat");
                     }
                     tokio::select! {

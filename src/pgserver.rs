@@ -703,6 +703,34 @@ pub fn init_replica(bins: &PgBinaries, primary_port: u16, data_dir: &Path) -> Re
     })
 }
 
+/// Points a replica at its upstream: rewrites `primary_conninfo` in
+/// `postgresql.auto.conf` (the port of a dev cluster's primary, or of the
+/// delay proxy in front of it, changes between starts). `application_name`
+/// names the standby in the primary's `pg_stat_replication`.
+pub fn set_primary_conninfo(
+    data_dir: &Path,
+    port: u16,
+    application_name: &str,
+) -> Result<(), PgError> {
+    let path = data_dir.join("postgresql.auto.conf");
+    let text = fs::read_to_string(&path).map_err(|source| PgError::Io {
+        context: format!("read {}", path.display()),
+        source,
+    })?;
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("primary_conninfo"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!(
+        "primary_conninfo = 'host={HOST} port={port} user={SUPERUSER} application_name={application_name}'\n"
+    ));
+    fs::write(&path, out).map_err(|source| PgError::Io {
+        context: format!("write {}", path.display()),
+        source,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Servers
 // ---------------------------------------------------------------------------------------------

@@ -1,17 +1,31 @@
-//! Region-aware routing of reads and writes.
+//! Region-aware routing of reads and writes (DESIGN section 7).
 //!
-//! Writes go to the primary of the current write region; reads go to the
-//! cheapest source that is guaranteed to reflect the caller's consistency
-//! token. The router also remembers the highest epoch this node has seen,
-//! which every write carries so a stale primary refuses it.
+//! Writes go to the primary, found among the regions' databases (not in
+//! recovery, highest epoch). Reads go, in order, to: a cache entry at least
+//! as new as the request's token; the local database if it is the primary;
+//! the local replica if it has replayed past the token and its lag is under
+//! the bound; the replica after a bounded wait for the token; the primary.
 //!
-//! In a single-region deployment the local database is the primary, so every
-//! read is served by it (`swf-read-source: primary`).
+//! One tracker task per node polls the local database's replay position and
+//! samples the primary's WAL position, and publishes them on a watch
+//! channel. Token waits subscribe to that channel: no per-request polling,
+//! and the router never blocks on a replica without a deadline.
+//!
+//! The decision itself is [`plan_read`], a pure function tested as a table.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cache::{CacheSettings, CachedDoc, LineageCache};
+use crate::config::RoutingConfig;
 use crate::store::Store;
-use crate::token::Token;
+use crate::token::{Lsn, Token};
 
 /// Where a read was served from (the `swf-read-source` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,35 +45,285 @@ impl ReadSource {
     }
 }
 
+/// What the tracker knows about the local database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalState {
+    /// The tracker has heard from the local database recently.
+    pub healthy: bool,
+    pub is_primary: bool,
+    pub epoch: u64,
+    /// Replay position (replica) or WAL write position (primary).
+    pub lsn: Lsn,
+    /// How far behind the primary the replica is, in time (0 on the primary).
+    pub lag_ms: u64,
+}
+
+/// Where one read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPlan {
+    Cache,
+    /// The local database (primary or replica, as the source says).
+    Local(ReadSource),
+    /// Wait (bounded) for the local replica to replay the token, then read it.
+    WaitForReplica,
+    Primary,
+}
+
+/// Decides where a read goes. `cached` is an entry already known to be fresh.
+pub fn plan_read(
+    token: Option<&Token>,
+    cached: Option<&CachedDoc>,
+    local: &LocalState,
+    max_lag_ms: u64,
+) -> ReadPlan {
+    if cached.is_some_and(|c| c.satisfies(token)) {
+        return ReadPlan::Cache;
+    }
+    if !local.healthy {
+        return ReadPlan::Primary;
+    }
+    if local.is_primary {
+        return match token {
+            // A token from another epoch was written on another timeline; the
+            // local primary is only trusted if it is at least that new.
+            Some(t) if t.epoch > local.epoch => ReadPlan::Primary,
+            _ => ReadPlan::Local(ReadSource::Primary),
+        };
+    }
+    let lag_ok = local.lag_ms <= max_lag_ms;
+    match token {
+        None if lag_ok => ReadPlan::Local(ReadSource::Replica),
+        None => ReadPlan::Primary,
+        // Tokens of other epochs never compare by LSN: go to the primary.
+        Some(t) if t.epoch != local.epoch => ReadPlan::Primary,
+        Some(t) if local.lsn >= t.lsn && lag_ok => ReadPlan::Local(ReadSource::Replica),
+        Some(_) if lag_ok => ReadPlan::WaitForReplica,
+        Some(_) => ReadPlan::Primary,
+    }
+}
+
+/// One region's database as this node reaches it.
+#[derive(Clone)]
+pub struct RegionDb {
+    pub name: String,
+    pub store: Store,
+    pub api_url: Option<String>,
+}
+
+struct Primary {
+    region: String,
+    store: Store,
+}
+
 /// Routes one node's database traffic.
 pub struct Router {
-    primary: Store,
-    epoch: AtomicU64,
     region: String,
-    write_region: String,
+    local: Store,
+    regions: Vec<RegionDb>,
+    primary: RwLock<Arc<Primary>>,
+    epoch: AtomicU64,
+    state: watch::Receiver<LocalState>,
+    state_tx: watch::Sender<LocalState>,
+    settings: RoutingConfig,
+    cache: LineageCache,
 }
 
 impl Router {
-    pub fn new(primary: Store, region: &str, write_region: &str) -> Router {
+    /// `regions` lists every region's database (empty: the local database
+    /// is the only one, and the primary).
+    pub fn new(
+        region: &str,
+        local: Store,
+        regions: Vec<RegionDb>,
+        settings: RoutingConfig,
+        node_id: &str,
+    ) -> Router {
+        let (state_tx, state) = watch::channel(LocalState::default());
+        let cache = LineageCache::new(CacheSettings {
+            name: format!("lineage-{node_id}"),
+            max_entries: settings.cache_entries,
+            running_ttl: Duration::from_millis(settings.cache_running_ttl_ms),
+            ..CacheSettings::default()
+        });
         Router {
-            primary,
-            epoch: AtomicU64::new(1),
             region: region.to_string(),
-            write_region: write_region.to_string(),
+            primary: RwLock::new(Arc::new(Primary {
+                region: region.to_string(),
+                store: local.clone(),
+            })),
+            local,
+            regions,
+            epoch: AtomicU64::new(1),
+            state,
+            state_tx,
+            settings,
+            cache,
         }
     }
 
-    /// The store writes go to.
-    pub fn write_store(&self) -> &Store {
-        &self.primary
+    /// Finds the primary among the regions' databases: not in recovery,
+    /// highest epoch. Single-region nodes use their local database.
+    pub async fn discover_primary(&self) -> anyhow::Result<()> {
+        if self.regions.is_empty() {
+            let (epoch, _) = self.local.role().await?;
+            self.observe_epoch(epoch);
+            return Ok(());
+        }
+        let mut best: Option<(u64, &RegionDb)> = None;
+        let mut errors = Vec::new();
+        for r in &self.regions {
+            match r.store.role().await {
+                Ok((epoch, false)) => {
+                    if best.is_none_or(|(e, _)| epoch > e) {
+                        best = Some((epoch, r));
+                    }
+                }
+                Ok((_, true)) => {}
+                Err(e) => errors.push(format!("{}: {e}", r.name)),
+            }
+        }
+        let Some((epoch, r)) = best else {
+            anyhow::bail!(
+                "no primary among the regions' databases (all in recovery or unreachable: {})",
+                errors.join("; ")
+            );
+        };
+        if epoch < self.epoch() {
+            anyhow::bail!(
+                "the only primary found ({}) has epoch {epoch}, older than epoch {} seen by this node",
+                r.name,
+                self.epoch()
+            );
+        }
+        self.observe_epoch(epoch);
+        let old = self.write_region();
+        *self.primary.write().expect("primary lock") = Arc::new(Primary {
+            region: r.name.clone(),
+            store: r.store.clone(),
+        });
+        if old != r.name {
+            info!(region = %r.name, epoch, "primary discovered");
+        }
+        Ok(())
     }
 
-    /// The store a read with `token` goes to, and what that source is.
-    pub fn read_store(&self, token: Option<&Token>) -> (&Store, ReadSource) {
+    /// Starts the tracker task; it stops with `shutdown`.
+    pub fn spawn_tracker(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.track(shutdown).await })
+    }
+
+    async fn track(&self, shutdown: CancellationToken) {
+        // Primary WAL positions and when they were seen; the replica's time
+        // lag is the age of the oldest position it has not replayed yet.
+        let mut samples: VecDeque<(Lsn, Instant)> = VecDeque::new();
+        let mut last_primary_sample = Instant::now() - Duration::from_secs(1);
+        let mut last_ok = Instant::now() - Duration::from_secs(60);
+        let tick = Duration::from_millis(if self.regions.is_empty() { 50 } else { 5 });
+        loop {
+            let now = Instant::now();
+            let mut st = *self.state.borrow();
+            match self.local.position().await {
+                Ok((in_recovery, epoch, lsn)) => {
+                    last_ok = now;
+                    st.healthy = true;
+                    st.is_primary = !in_recovery;
+                    st.epoch = epoch;
+                    st.lsn = lsn;
+                    self.observe_epoch(epoch);
+                }
+                Err(e) => debug!(error = %e, "track local database"),
+            }
+            if now.duration_since(last_ok) > Duration::from_secs(2) {
+                st.healthy = false;
+            }
+            if st.is_primary {
+                samples.clear();
+                st.lag_ms = 0;
+            } else {
+                if now.duration_since(last_primary_sample) >= Duration::from_millis(50) {
+                    last_primary_sample = now;
+                    let primary = self.write_store();
+                    match primary.position().await {
+                        Ok((false, _, lsn)) => {
+                            if samples.back().is_none_or(|(l, _)| lsn > *l) {
+                                samples.push_back((lsn, Instant::now()));
+                            }
+                        }
+                        Ok((true, _, _)) => {}
+                        Err(e) => debug!(error = %e, "sample the primary's WAL position"),
+                    }
+                }
+                while samples.len() > 1 && samples.front().is_some_and(|(l, _)| *l <= st.lsn) {
+                    samples.pop_front();
+                }
+                st.lag_ms = match samples.front() {
+                    Some((l, at)) if *l > st.lsn => now.duration_since(*at).as_millis() as u64,
+                    _ => 0,
+                };
+                if samples.len() > 10_000 {
+                    samples.pop_front();
+                }
+            }
+            metrics::gauge!("swf_replica_lag_ms", "region" => self.region.clone())
+                .set(st.lag_ms as f64);
+            self.state_tx.send_replace(st);
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Waits until the local replica has replayed `token` (true) or the
+    /// deadline passes (false). Shares the tracker's channel.
+    pub async fn wait_for_token(&self, token: &Token) -> bool {
+        let mut rx = self.state.clone();
+        let deadline = Duration::from_millis(self.settings.token_wait_ms);
+        let ok = tokio::time::timeout(
+            deadline,
+            rx.wait_for(|s| s.epoch == token.epoch && s.lsn >= token.lsn),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        metrics::counter!("swf_token_waits_total",
+            "outcome" => if ok { "satisfied" } else { "timed_out_to_primary" })
+        .increment(1);
+        ok
+    }
+
+    /// Where a read with `token` should go, given an optional fresh cache entry.
+    pub fn plan(&self, token: Option<&Token>, cached: Option<&CachedDoc>) -> ReadPlan {
         if let Some(t) = token {
             self.observe_epoch(t.epoch);
         }
-        (&self.primary, ReadSource::Primary)
+        plan_read(
+            token,
+            cached,
+            &self.local_state(),
+            self.settings.max_replica_lag_ms,
+        )
+    }
+
+    pub fn local_state(&self) -> LocalState {
+        *self.state.borrow()
+    }
+
+    pub fn cache(&self) -> &LineageCache {
+        &self.cache
+    }
+
+    /// The store writes go to (the current primary).
+    pub fn write_store(&self) -> Store {
+        self.primary.read().expect("primary lock").store.clone()
+    }
+
+    /// This region's database.
+    pub fn local_store(&self) -> &Store {
+        &self.local
     }
 
     /// Highest epoch seen; writes carry it.
@@ -76,7 +340,174 @@ impl Router {
         &self.region
     }
 
-    pub fn write_region(&self) -> &str {
-        &self.write_region
+    /// The region whose database is the primary now.
+    pub fn write_region(&self) -> String {
+        self.primary.read().expect("primary lock").region.clone()
+    }
+
+    /// Every region's name (this node's first when it runs alone).
+    pub fn region_names(&self) -> Vec<String> {
+        if self.regions.is_empty() {
+            vec![self.region.clone()]
+        } else {
+            self.regions.iter().map(|r| r.name.clone()).collect()
+        }
+    }
+
+    pub fn regions(&self) -> &[RegionDb] {
+        &self.regions
+    }
+
+    /// Called after a write failed in a way that suggests the primary moved.
+    pub async fn write_failed(&self) {
+        if let Err(e) = self.discover_primary().await {
+            warn!(error = %e, "rediscover the primary after a failed write");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(epoch: u64, lsn: u64) -> CachedDoc {
+        CachedDoc {
+            doc: Arc::new(json!({})),
+            epoch,
+            lsn: Lsn(lsn),
+            terminal: true,
+            stored_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn read_plan_table() {
+        let tok = |e, l| {
+            Some(Token {
+                epoch: e,
+                lsn: Lsn(l),
+            })
+        };
+        let replica = |lsn, lag| LocalState {
+            healthy: true,
+            is_primary: false,
+            epoch: 1,
+            lsn: Lsn(lsn),
+            lag_ms: lag,
+        };
+        let primary = LocalState {
+            healthy: true,
+            is_primary: true,
+            epoch: 1,
+            lsn: Lsn(500),
+            lag_ms: 0,
+        };
+        let down = LocalState::default();
+        use ReadPlan::*;
+        use ReadSource::{Primary as P, Replica as R};
+        // (case, token, cache entry, local, expected) with max lag 1000 ms
+        type Case = (&'static str, Option<Token>, Option<CachedDoc>, LocalState, ReadPlan);
+        let cases: Vec<Case> = vec![
+            (
+                "cache without token",
+                None,
+                Some(doc(1, 10)),
+                replica(0, 0),
+                Cache,
+            ),
+            (
+                "cache as new as token",
+                tok(1, 10),
+                Some(doc(1, 10)),
+                replica(0, 0),
+                Cache,
+            ),
+            (
+                "cache older than token",
+                tok(1, 11),
+                Some(doc(1, 10)),
+                replica(100, 0),
+                Local(R),
+            ),
+            (
+                "cache of older epoch",
+                tok(2, 1),
+                Some(doc(1, 10)),
+                primary,
+                Primary,
+            ),
+            ("local primary", None, None, primary, Local(P)),
+            ("local primary, token", tok(1, 900), None, primary, Local(P)),
+            (
+                "local primary, newer-epoch token",
+                tok(2, 1),
+                None,
+                primary,
+                Primary,
+            ),
+            ("replica, no token", None, None, replica(100, 10), Local(R)),
+            (
+                "replica lagging, no token",
+                None,
+                None,
+                replica(100, 5000),
+                Primary,
+            ),
+            (
+                "replica replayed token",
+                tok(1, 100),
+                None,
+                replica(100, 0),
+                Local(R),
+            ),
+            (
+                "replica behind token",
+                tok(1, 101),
+                None,
+                replica(100, 0),
+                WaitForReplica,
+            ),
+            (
+                "replica behind token, lagging",
+                tok(1, 101),
+                None,
+                replica(100, 5000),
+                Primary,
+            ),
+            (
+                "replica replayed, lagging",
+                tok(1, 50),
+                None,
+                replica(100, 5000),
+                Primary,
+            ),
+            (
+                "token of another epoch",
+                tok(2, 1),
+                None,
+                replica(100, 0),
+                Primary,
+            ),
+            (
+                "token of an older epoch",
+                tok(1, 1),
+                None,
+                LocalState {
+                    epoch: 2,
+                    ..replica(100, 0)
+                },
+                Primary,
+            ),
+            ("local database down", None, None, down, Primary),
+            ("local down, cache hit", None, Some(doc(1, 1)), down, Cache),
+        ];
+        for (name, token, cached, local, want) in cases {
+            assert_eq!(
+                plan_read(token.as_ref(), cached.as_ref(), &local, 1000),
+                want,
+                "{name}"
+            );
+        }
     }
 }

@@ -316,6 +316,25 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the database is in recovery (a replica), its epoch, and its
+    /// replay position (replica) or WAL write position (primary).
+    pub async fn position(&self) -> Result<(bool, u64, Lsn)> {
+        let row = sqlx::query(
+            "SELECT pg_is_in_recovery(), (SELECT epoch FROM swf.cluster_state),
+                    coalesce(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                  ELSE pg_current_wal_lsn() END, '0/0')::text",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let lsn: String = row.try_get(2)?;
+        Ok((
+            row.try_get(0)?,
+            row.try_get::<i64, _>(1)? as u64,
+            lsn.parse()
+                .map_err(|_| StoreError::Database(format!("bad LSN {lsn}")))?,
+        ))
+    }
+
     /// The database's epoch and whether it is in recovery (a replica).
     pub async fn role(&self) -> Result<(u64, bool)> {
         let row = sqlx::query("SELECT (SELECT epoch FROM swf.cluster_state), pg_is_in_recovery()")
@@ -578,6 +597,21 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Replay lag per standby (by application_name) as the primary measures
+    /// it; a caught-up, idle standby reports 0.
+    pub async fn replication_lags(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT application_name,
+                    coalesce(floor(extract(epoch FROM replay_lag) * 1000), 0)::bigint
+               FROM pg_stat_replication",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// All heartbeat rows.
