@@ -353,6 +353,8 @@ impl Executor {
                                "completion refused: attempt is stale");
                     }
                     Ok(Ok(_)) => {
+                        // This node saw the run change: its cached reads are old.
+                        ex.router.cache().invalidate(a.run_id).await;
                         let c = if failed {
                             &pool.failed
                         } else {

@@ -407,7 +407,13 @@ mod tests {
         use ReadPlan::*;
         use ReadSource::{Primary as P, Replica as R};
         // (case, token, cache entry, local, expected) with max lag 1000 ms
-        type Case = (&'static str, Option<Token>, Option<CachedDoc>, LocalState, ReadPlan);
+        type Case = (
+            &'static str,
+            Option<Token>,
+            Option<CachedDoc>,
+            LocalState,
+            ReadPlan,
+        );
         let cases: Vec<Case> = vec![
             (
                 "cache without token",

@@ -17,9 +17,12 @@ use singularity_workflow::pgserver::{self, PgBinaries, PgServer, PgSettings};
 const TEMPLATE: &str = "swf_template";
 
 struct Pg {
-    // Kept for the process lifetime; the server dies with the process.
+    // Kept for the process lifetime; the servers die with the process.
     _server: Mutex<PgServer>,
+    _replica: Mutex<PgServer>,
     port: u16,
+    replica_port: u16,
+    root: PathBuf,
 }
 
 static PG: OnceLock<Pg> = OnceLock::new();
@@ -53,9 +56,17 @@ fn pg() -> &'static Pg {
                 .await
                 .expect("migrate template database");
             });
+            // A streaming replica shared by the tests (the eu-west region).
+            let replica_dir = root.join("replica");
+            pgserver::init_replica(&bins, port, &replica_dir).expect("pg_basebackup");
+            pgserver::set_primary_conninfo(&replica_dir, port, "eu-west").expect("conninfo");
+            let replica = start_with_retry(&bins, &replica_dir);
             Pg {
                 _server: Mutex::new(server),
                 port,
+                replica_port: replica.port(),
+                _replica: Mutex::new(replica),
+                root,
             }
         })
         .join()
@@ -84,6 +95,75 @@ fn start_with_retry(bins: &PgBinaries, data: &std::path::Path) -> PgServer {
 
 pub fn pg_url(db: &str) -> String {
     format!("postgres://postgres@127.0.0.1:{}/{db}", pg().port)
+}
+
+/// The same database on the shared streaming replica.
+pub fn replica_url(primary_url: &str) -> String {
+    let db = primary_url.rsplit('/').next().unwrap_or_default();
+    format!("postgres://postgres@127.0.0.1:{}/{db}", pg().replica_port)
+}
+
+/// Waits until a database created on the primary has reached `url`'s server.
+pub async fn wait_db(url: &str) {
+    let u = url.to_string();
+    wait_for("the database to replicate", 60, || {
+        let u = u.clone();
+        async move {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&u)
+                .await
+                .ok()?;
+            let n: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM swf.cluster_state")
+                .fetch_one(&pool)
+                .await
+                .ok();
+            pool.close().await;
+            n.filter(|n| *n == 1).map(|_| ())
+        }
+    })
+    .await;
+}
+
+/// A replica of its own (for tests that pause replay), streaming from the
+/// shared primary. Stopped when the returned server drops.
+pub async fn own_replica(name: &str) -> PgServer {
+    let dir = pg()
+        .root
+        .join(format!("replica-{name}-{}", uuid::Uuid::new_v4().simple()));
+    let port = pg().port;
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let bins = PgBinaries::locate().expect("binaries");
+        pgserver::init_replica(&bins, port, &dir).expect("pg_basebackup");
+        pgserver::set_primary_conninfo(&dir, port, &name).expect("conninfo");
+        start_with_retry(&bins, &dir)
+    })
+    .await
+    .expect("start replica")
+}
+
+/// Configs of two nodes: `us-east` on the primary database `db`, `eu-west`
+/// on the replica database `eu_db`; both know both regions.
+pub fn two_regions(db: &str, eu_db: &str) -> (Config, Config) {
+    let regions = vec![
+        singularity_workflow::config::RegionSpec {
+            name: "us-east".into(),
+            database_url: db.to_string(),
+            api_url: None,
+        },
+        singularity_workflow::config::RegionSpec {
+            name: "eu-west".into(),
+            database_url: eu_db.to_string(),
+            api_url: None,
+        },
+    ];
+    let mut us = node_config("us-east-1", db);
+    us.regions = regions.clone();
+    let mut eu = node_config("eu-west-1", eu_db);
+    eu.region = "eu-west".into();
+    eu.regions = regions;
+    (us, eu)
 }
 
 /// A fresh, migrated database for one test; returns its URL.

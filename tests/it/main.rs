@@ -5,4 +5,5 @@ mod api;
 mod cli;
 mod engine;
 mod harness;
+mod regions;
 mod roles;
