@@ -43,6 +43,12 @@ pub struct BenchArgs {
     /// Worker pool size of the embedded cluster's node.
     #[arg(long, default_value_t = 32)]
     pub pool_size: usize,
+    /// Region reads: with `--api` pointing at a node outside the write
+    /// region, measure read-after-own-write with the token and status reads
+    /// by source; calls pinned to this region (the primary's) count as
+    /// primary reads. Skips the throughput phases.
+    #[arg(long)]
+    pub primary_region: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +113,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
 }
 
 async fn measure(http: &reqwest::Client, api: &str, args: &BenchArgs) -> anyhow::Result<Value> {
+    if let Some(primary) = &args.primary_region {
+        return region_reads(http, api, primary, args.samples).await;
+    }
     // Light load first, on a quiet cluster; the throughput phases after it
     // leave checkpoints and vacuum work behind that would colour it.
     let (start_lat, ids) = start_latency_phase(http, api, args.samples).await?;
@@ -266,6 +275,128 @@ async fn read_phase(http: &reqwest::Client, api: &str, ids: &[String]) -> anyhow
     Ok(Value::Object(out))
 }
 
+/// Read-after-own-write and reads by source, from one (non-primary) node.
+async fn region_reads(
+    http: &reqwest::Client,
+    api: &str,
+    primary_region: &str,
+    samples: usize,
+) -> anyhow::Result<Value> {
+    // 1. Write, then read at once with the write's token.
+    let mut ids = Vec::with_capacity(samples);
+    let mut raw: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut write_lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let (wf, _) = shape("one", i)?;
+        let t = Instant::now();
+        let r = http
+            .post(format!("{api}/v1/workflows"))
+            .json(&wf)
+            .send()
+            .await?;
+        write_lat.push(t.elapsed());
+        let body: Value = r.json().await?;
+        let token = body["consistency_token"]
+            .as_str()
+            .context("no token")?
+            .to_string();
+        let id = body["run_id"].as_str().context("no run_id")?.to_string();
+        let t = Instant::now();
+        let r = http
+            .get(format!("{api}/v1/workflows/{id}"))
+            .header("swf-consistency-token", &token)
+            .send()
+            .await?;
+        let src = source_of(&r);
+        if !r.status().is_success() {
+            bail!("read with token answered {}", r.status());
+        }
+        let doc: Value = r.json().await?;
+        if doc["run_id"] != id.as_str() {
+            bail!("read with token missed the write of {id}");
+        }
+        raw.entry(src).or_default().push(t.elapsed());
+        ids.push(id);
+    }
+    let total = samples.max(1) as f64;
+    let from_primary = raw.get("primary").map_or(0, |v| v.len()) as f64;
+    let raw_json: serde_json::Map<String, Value> = raw
+        .into_iter()
+        .map(|(k, mut v)| (k, percentiles(&mut v)))
+        .collect();
+
+    // 2. Let the runs finish and replicate, and running entries leave the cache.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}")).await?;
+            if doc["status"] == "completed" {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("run {id} did not complete");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // 3. Status reads by source: first reads after the wait (replica or a
+    //    cache entry from step 2), second reads (cache), pinned reads (primary).
+    let mut by_source: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for pass in 0..2 {
+        for id in &ids {
+            let url = format!("{api}/v1/workflows/{id}");
+            let req = if pass == 0 {
+                // A fresh lineage read: not cached yet, served by the replica.
+                http.get(format!("{url}/lineage"))
+            } else {
+                http.get(&url)
+            };
+            let t = Instant::now();
+            let r = req.send().await?;
+            let src = source_of(&r);
+            r.bytes().await?;
+            by_source.entry(src).or_default().push(t.elapsed());
+        }
+    }
+    let mut pinned = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let t = Instant::now();
+        let r = http
+            .get(format!("{api}/v1/workflows/{id}"))
+            .header("swf-region", primary_region)
+            .send()
+            .await?;
+        let src = source_of(&r);
+        r.bytes().await?;
+        if src == "primary" {
+            pinned.push(t.elapsed());
+        }
+    }
+    let mut by: serde_json::Map<String, Value> = by_source
+        .into_iter()
+        .map(|(k, mut v)| (k, percentiles(&mut v)))
+        .collect();
+    by.insert(
+        format!("primary (pinned to {primary_region})"),
+        percentiles(&mut pinned),
+    );
+    Ok(json!({
+        "api": api,
+        "submit_latency_ms": percentiles(&mut write_lat),
+        "read_after_own_write_ms": raw_json,
+        "read_after_own_write_without_primary": round(1.0 - from_primary / total, 4),
+        "status_read_ms_by_source": by,
+    }))
+}
+
+fn source_of(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("swf-read-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
 fn ts(v: &Value) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
     Ok(chrono::DateTime::parse_from_rfc3339(
         v.as_str().context("missing timestamp")?,
@@ -291,6 +422,35 @@ fn percentiles(v: &mut [Duration]) -> Value {
 }
 
 fn print_human(r: &Value) {
+    if r.get("status_read_ms_by_source").is_some() {
+        println!(
+            "swf bench region reads against {}",
+            r["api"].as_str().unwrap_or("")
+        );
+        println!("submit: {}", r["submit_latency_ms"]);
+        println!(
+            "read after own write, with the token, by source: {}",
+            r["read_after_own_write_ms"]
+        );
+        println!(
+            "  served without a trip to the primary: {:.1}%",
+            r["read_after_own_write_without_primary"]
+                .as_f64()
+                .unwrap_or(0.0)
+                * 100.0
+        );
+        for (src, p) in r["status_read_ms_by_source"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "read from {src}: p50 {} ms, p99 {} ms ({} samples)",
+                p["p50"], p["p99"], p["samples"]
+            );
+        }
+        return;
+    }
     println!("swf bench against {}", r["api"].as_str().unwrap_or(""));
     println!("throughput ({} concurrent submitters):", r["concurrency"]);
     for t in r["throughput"].as_array().into_iter().flatten() {

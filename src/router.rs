@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -216,13 +216,42 @@ impl Router {
         tokio::spawn(async move { me.track(shutdown).await })
     }
 
-    async fn track(&self, shutdown: CancellationToken) {
-        // Primary WAL positions and when they were seen; the replica's time
-        // lag is the age of the oldest position it has not replayed yet.
-        let mut samples: VecDeque<(Lsn, Instant)> = VecDeque::new();
-        let mut last_primary_sample = Instant::now() - Duration::from_secs(1);
+    async fn track(self: Arc<Self>, shutdown: CancellationToken) {
+        // Primary WAL positions and when they were seen, sampled by a task of
+        // their own (a WAN round trip must not slow the local polling); the
+        // replica's time lag is the age of the oldest position it has not
+        // replayed yet.
+        let samples: Arc<Mutex<VecDeque<(Lsn, Instant)>>> = Arc::default();
+        if !self.regions.is_empty() {
+            let me = self.clone();
+            let samples = samples.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    if !me.local_state().is_primary {
+                        match me.write_store().position().await {
+                            Ok((false, _, lsn)) => {
+                                let mut q = samples.lock().expect("samples lock");
+                                if q.back().is_none_or(|(l, _)| lsn > *l) {
+                                    q.push_back((lsn, Instant::now()));
+                                }
+                                if q.len() > 10_000 {
+                                    q.pop_front();
+                                }
+                            }
+                            Ok((true, _, _)) => {}
+                            Err(e) => debug!(error = %e, "sample the primary's WAL position"),
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            });
+        }
         let mut last_ok = Instant::now() - Duration::from_secs(60);
-        let tick = Duration::from_millis(if self.regions.is_empty() { 50 } else { 5 });
+        let tick = Duration::from_millis(if self.regions.is_empty() { 50 } else { 2 });
         loop {
             let now = Instant::now();
             let mut st = *self.state.borrow();
@@ -240,37 +269,25 @@ impl Router {
             if now.duration_since(last_ok) > Duration::from_secs(2) {
                 st.healthy = false;
             }
-            if st.is_primary {
-                samples.clear();
-                st.lag_ms = 0;
+            st.lag_ms = if st.is_primary {
+                0
             } else {
-                if now.duration_since(last_primary_sample) >= Duration::from_millis(50) {
-                    last_primary_sample = now;
-                    let primary = self.write_store();
-                    match primary.position().await {
-                        Ok((false, _, lsn)) => {
-                            if samples.back().is_none_or(|(l, _)| lsn > *l) {
-                                samples.push_back((lsn, Instant::now()));
-                            }
-                        }
-                        Ok((true, _, _)) => {}
-                        Err(e) => debug!(error = %e, "sample the primary's WAL position"),
-                    }
+                let mut q = samples.lock().expect("samples lock");
+                while q.len() > 1 && q.front().is_some_and(|(l, _)| *l <= st.lsn) {
+                    q.pop_front();
                 }
-                while samples.len() > 1 && samples.front().is_some_and(|(l, _)| *l <= st.lsn) {
-                    samples.pop_front();
-                }
-                st.lag_ms = match samples.front() {
+                match q.front() {
                     Some((l, at)) if *l > st.lsn => now.duration_since(*at).as_millis() as u64,
                     _ => 0,
-                };
-                if samples.len() > 10_000 {
-                    samples.pop_front();
                 }
-            }
+            };
             metrics::gauge!("swf_replica_lag_ms", "region" => self.region.clone())
                 .set(st.lag_ms as f64);
-            self.state_tx.send_replace(st);
+            self.state_tx.send_if_modified(|old| {
+                let changed = *old != st;
+                *old = st;
+                changed
+            });
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.cancelled() => return,

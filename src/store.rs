@@ -222,6 +222,10 @@ impl Store {
             .max_connections(max)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
+            // No ping before each use: from a remote region it would double
+            // every round trip. A dead connection fails its query instead,
+            // which callers treat as transient.
+            .test_before_acquire(false)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(opts);
         Ok(Store {
