@@ -160,25 +160,54 @@ fn config_check_and_migrate_commands() {
     );
 }
 
+/// Two consecutive free ports (the dev cluster's nodes use base, base + 1).
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let p = singularity_workflow::pgserver::free_port().unwrap();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+fn start_dev(dir: &std::path::Path, port: u16, fresh: bool) -> std::process::Child {
+    let mut cmd = swf();
+    cmd.args([
+        "dev",
+        "--regions",
+        "us-east,eu-west",
+        "--wan-latency-ms",
+        "5",
+    ])
+    .args(["--base-port", &port.to_string(), "--data-dir"])
+    .arg(dir.join("dev"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if fresh {
+        cmd.arg("--fresh");
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn stop_dev(mut child: std::process::Child) {
+    // Ctrl-C: the nodes and PostgreSQL stop; the exit is clean.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_for("swf dev to exit", 60, || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
-async fn dev_cluster_serves_and_stops_on_ctrl_c() {
+async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
     let dir = tempdir();
-    let port = singularity_workflow::pgserver::free_port().unwrap();
-    let mut child = swf()
-        .args([
-            "dev",
-            "--fresh",
-            "--base-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.join("dev"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port_pair();
+    let child = start_dev(&dir, port, true);
     let cluster = dir.join("dev/cluster.json");
-    let doc: Value = wait_for("cluster.json", 90, || {
+    let doc: Value = wait_for("cluster.json", 120, || {
         let c = cluster.clone();
         async move {
             std::fs::read_to_string(&c)
@@ -187,12 +216,43 @@ async fn dev_cluster_serves_and_stops_on_ctrl_c() {
         }
     })
     .await;
-    let api = Api::new(doc["regions"][0]["api_url"].as_str().unwrap());
     assert_eq!(doc["write_region"], "us-east");
-    let id = api
-        .submit(&json!({"goal": "dev", "steps": [{"id": "a", "handler": "noop"}]}))
+    assert_eq!(doc["regions"][1]["name"], "eu-west");
+    assert_eq!(doc["regions"][1]["role"], "replica");
+    let eu = Api::new(doc["regions"][1]["api_url"].as_str().unwrap());
+    // Submitted in eu-west, read back at once in eu-west with the token.
+    let a = eu
+        .post(
+            "/v1/workflows",
+            &json!({"goal": "dev", "steps": [{"id": "a", "handler": "noop"}]}),
+        )
         .await;
-    assert_eq!(api.wait_terminal(&id, 30).await["status"], "completed");
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.body["run_id"].as_str().unwrap().to_string();
+    let token = a.body["consistency_token"].as_str().unwrap().to_string();
+    let r = eu
+        .send(
+            eu.http
+                .get(format!("{}/v1/workflows/{id}", eu.base))
+                .header("swf-consistency-token", &token),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(matches!(
+        r.header("swf-read-source"),
+        Some("replica" | "cache")
+    ));
+    let pinned = eu
+        .send(
+            eu.http
+                .get(format!("{}/v1/workflows/{id}", eu.base))
+                .header("swf-region", "us-east"),
+        )
+        .await;
+    assert_eq!(pinned.header("swf-region"), Some("us-east"));
+    assert_eq!(eu.wait_terminal(&id, 30).await["status"], "completed");
+    let regions = eu.get("/v1/regions").await.body;
+    assert_eq!(regions["regions"][1]["role"], "replica");
     let pid_file = dir.join("dev/pg/us-east/postmaster.pid");
     let pg_pid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
@@ -201,30 +261,20 @@ async fn dev_cluster_serves_and_stops_on_ctrl_c() {
         .unwrap()
         .parse()
         .unwrap();
-
-    // Ctrl-C: the node and PostgreSQL stop; the exit is clean.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = wait_for("swf dev to exit", 60, || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    assert!(status.success(), "{status:?}");
+    stop_dev(child).await;
     assert!(!pid_file.exists(), "PostgreSQL left running");
+    assert!(
+        !dir.join("dev/pg/eu-west/postmaster.pid").exists(),
+        "replica left running"
+    );
     assert!(unsafe { libc::kill(pg_pid, 0) } != 0 || is_zombie(pg_pid));
 
-    // A restart reuses the data dir: the run is still there.
-    let mut child = swf()
-        .args(["dev", "--base-port", &port.to_string(), "--data-dir"])
-        .arg(dir.join("dev"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let api2 = api.clone();
+    // A restart reuses the data dir (new PostgreSQL ports, the replica
+    // re-pointed at the primary): the run is still there, in both regions.
+    let child = start_dev(&dir, port, false);
     let id2 = id.clone();
-    let doc = wait_for("the restarted dev cluster", 90, || {
-        let api = api2.clone();
+    let doc = wait_for("the restarted dev cluster", 120, || {
+        let api = eu.clone();
         let id = id2.clone();
         async move {
             let r = api
@@ -239,12 +289,19 @@ async fn dev_cluster_serves_and_stops_on_ctrl_c() {
     })
     .await;
     assert_eq!(doc["status"], "completed");
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = wait_for("swf dev to exit", 60, || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let a = eu
+        .post(
+            "/v1/workflows",
+            &json!({"goal": "again", "steps": [{"id": "a", "handler": "noop"}]}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(
+        eu.wait_terminal(a.body["run_id"].as_str().unwrap(), 30)
+            .await["status"],
+        "completed"
+    );
+    stop_dev(child).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
