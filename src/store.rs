@@ -91,7 +91,7 @@ pub struct Submitted {
 }
 
 /// A task claimed by an executor.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedTask {
     pub run_id: Uuid,
     pub step_id: String,
@@ -102,7 +102,7 @@ pub struct ClaimedTask {
 }
 
 /// Identifies one attempt of one step.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::FromRow)]
 pub struct AttemptRef {
     pub run_id: Uuid,
     pub step_id: String,
@@ -163,7 +163,7 @@ pub enum RunDoc {
 }
 
 /// Node heartbeat row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct NodeRow {
     pub node_id: String,
     pub node_type: String,
@@ -177,7 +177,7 @@ pub struct NodeRow {
 }
 
 /// One row of `GET /v1/workflows`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunSummary {
     pub run_id: Uuid,
     pub goal: String,
@@ -401,7 +401,7 @@ impl Store {
         leases: Leases,
         epoch: u64,
     ) -> Result<Vec<ClaimedTask>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, ClaimedTask>(
             "SELECT run_id, step_id, attempt, handler, timeout_ms, input
                FROM swf.claim_tasks($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -414,19 +414,7 @@ impl Store {
         .bind(leases.margin_ms)
         .bind(epoch as i64)
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ClaimedTask {
-                    run_id: r.try_get(0)?,
-                    step_id: r.try_get(1)?,
-                    attempt: r.try_get(2)?,
-                    handler: r.try_get(3)?,
-                    timeout_ms: r.try_get(4)?,
-                    input: r.try_get(5)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Records a batch of finished attempts (completions and failures), one
@@ -502,23 +490,15 @@ impl Store {
         leases: Leases,
         epoch: u64,
     ) -> Result<Vec<AttemptRef>> {
-        let rows =
-            sqlx::query("SELECT run_id, step_id, attempt FROM swf.extend_tasks($1, $2, $3, $4)")
-                .bind(sqlx::types::Json(items))
-                .bind(leases.lease_ms)
-                .bind(leases.margin_ms)
-                .bind(epoch as i64)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(AttemptRef {
-                    run_id: r.try_get(0)?,
-                    step_id: r.try_get(1)?,
-                    attempt: r.try_get(2)?,
-                })
-            })
-            .collect()
+        Ok(sqlx::query_as::<_, AttemptRef>(
+            "SELECT run_id, step_id, attempt FROM swf.extend_tasks($1, $2, $3, $4)",
+        )
+        .bind(sqlx::types::Json(items))
+        .bind(leases.lease_ms)
+        .bind(leases.margin_ms)
+        .bind(epoch as i64)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Gives claimed attempts back to the queue (executor shutdown).
@@ -554,7 +534,7 @@ impl Store {
             Some((t, id)) => (Some(t), Some(id)),
             None => (None, None),
         };
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, RunSummary>(
             "SELECT run_id, goal, status, created_at FROM swf.runs
               WHERE ($1::text IS NULL OR status = $1)
                 AND ($2::timestamptz IS NULL OR (created_at, run_id) < ($2, $3))
@@ -566,17 +546,7 @@ impl Store {
         .bind(after_id)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(RunSummary {
-                    run_id: r.try_get(0)?,
-                    goal: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    created_at: r.try_get(3)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Upserts this node's heartbeat row.
@@ -620,27 +590,12 @@ impl Store {
 
     /// All heartbeat rows.
     pub async fn nodes(&self) -> Result<Vec<NodeRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, NodeRow>(
             "SELECT node_id, node_type, roles, region, api_url, pools, version, started_at,
                     last_heartbeat_at FROM swf.nodes ORDER BY region, node_id",
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(NodeRow {
-                    node_id: r.try_get(0)?,
-                    node_type: r.try_get(1)?,
-                    roles: r.try_get(2)?,
-                    region: r.try_get(3)?,
-                    api_url: r.try_get(4)?,
-                    pools: r.try_get(5)?,
-                    version: r.try_get(6)?,
-                    started_at: r.try_get(7)?,
-                    last_heartbeat_at: r.try_get(8)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Creates the pgmq queues an executor polls (idempotent).

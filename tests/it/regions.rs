@@ -297,31 +297,23 @@ async fn pinned_calls_are_forwarded_once() {
     assert_eq!(r.header("swf-served-by"), Some("eu-west-1"));
 
     // A call that was already forwarded is not forwarded again.
-    let r = eu_api
-        .send(get_with(
-            &eu_api,
-            "/v1/workflows",
+    // A call already forwarded is not forwarded again; an unknown region;
+    // a region without a node. (headers, status, code)
+    let cases: [(&[(&str, &str)], u16, &str); 3] = [
+        (
             &[("swf-region", "us-east"), ("swf-forwarded-by", "somewhere")],
-        ))
-        .await;
-    assert_eq!((r.status, r.code()), (508, "forwarding_loop"));
-    // Unknown region, and a region without a node.
-    let r = eu_api
-        .send(get_with(
-            &eu_api,
-            "/v1/workflows",
-            &[("swf-region", "mars")],
-        ))
-        .await;
-    assert_eq!((r.status, r.code()), (400, "unknown_region"));
-    let r = eu_api
-        .send(get_with(
-            &eu_api,
-            "/v1/workflows",
-            &[("swf-region", "ap-south")],
-        ))
-        .await;
-    assert_eq!((r.status, r.code()), (503, "region_unavailable"));
+            508,
+            "forwarding_loop",
+        ),
+        (&[("swf-region", "mars")], 400, "unknown_region"),
+        (&[("swf-region", "ap-south")], 503, "region_unavailable"),
+    ];
+    for (headers, status, code) in cases {
+        let r = eu_api
+            .send(get_with(&eu_api, "/v1/workflows", headers))
+            .await;
+        assert_eq!((r.status, r.code()), (status, code), "{headers:?}");
+    }
     us.kill().await;
     eu.kill().await;
 }
