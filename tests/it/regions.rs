@@ -299,7 +299,8 @@ async fn pinned_calls_are_forwarded_once() {
     // A call that was already forwarded is not forwarded again.
     // A call already forwarded is not forwarded again; an unknown region;
     // a region without a node. (headers, status, code)
-    let cases: [(&[(&str, &str)], u16, &str); 3] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case; 3] = [
         (
             &[("swf-region", "us-east"), ("swf-forwarded-by", "somewhere")],
             508,
