@@ -406,3 +406,37 @@ async fn graceful_shutdown_releases_unfinished_tasks() {
     );
     b.kill().await;
 }
+
+#[tokio::test]
+async fn long_tasks_extend_their_lease_instead_of_being_reclaimed() {
+    let db = fresh_db().await;
+    let registry = || {
+        let mut r = Registry::with_builtins();
+        r.register("slow", |ctx: TaskContext| async move {
+            tokio::time::sleep(Duration::from_millis(3000)).await;
+            Ok(json!({"attempt": ctx.attempt}))
+        });
+        r
+    };
+    // A 1.2 s lease and 0.1 s margin: without extensions the task would be
+    // visible again after 1.3 s and the other node would claim it.
+    let config = |id: &str| {
+        let mut c = node_config(id, &db);
+        c.executor.lease_ms = 1200;
+        c.executor.visibility_margin_ms = 100;
+        c
+    };
+    let a = start_node(config("lease-a"), registry()).await;
+    let b = start_node(config("lease-b"), registry()).await;
+    let api = Api::new(&a.url());
+    let id = api
+        .submit(&json!({"goal": "lease", "steps": [{"id": "s", "handler": "slow", "timeout_ms": 20000}]}))
+        .await;
+    let doc = api.wait_terminal(&id, 30).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["output"]["s"], json!({"attempt": 1}));
+    let l = api.lineage(&id).await;
+    assert_eq!(attempts_of(&l, "s").len(), 1, "{l}");
+    a.kill().await;
+    b.kill().await;
+}
