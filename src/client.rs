@@ -89,6 +89,9 @@ pub struct Client {
 }
 
 const MAX_SUBMIT_BATCH: usize = 64;
+/// How long a write keeps retrying while the primary moves before the
+/// caller gets 503 `write_unavailable`. Idempotency keys make its retry safe.
+const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 const SUBMIT_BATCHES_IN_FLIGHT: usize = 4;
 
 impl Client {
@@ -107,9 +110,11 @@ impl Client {
             move |runs: Vec<NewRun>| {
                 let r = r.clone();
                 async move {
+                    let runs = &runs;
                     let (out, token) = r
-                        .write_store()
-                        .submit_runs(&runs, r.epoch())
+                        .write(WRITE_RETRY, |store, epoch| async move {
+                            store.submit_runs(runs, epoch).await
+                        })
                         .await
                         .map_err(ClientError::from_write)?;
                     r.observe_epoch(token.epoch);
@@ -321,8 +326,9 @@ impl Client {
     pub async fn cancel(&self, run_id: Uuid) -> Result<Token, ClientError> {
         let (status, token) = self
             .router
-            .write_store()
-            .cancel_run(run_id, self.router.epoch())
+            .write(WRITE_RETRY, |store, epoch| async move {
+                store.cancel_run(run_id, epoch).await
+            })
             .await
             .map_err(ClientError::from_write)?;
         self.router.observe_epoch(token.epoch);

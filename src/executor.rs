@@ -306,7 +306,9 @@ impl Executor {
                     }
                 }
                 Err(e) => {
+                    // Claiming pauses while no writable primary is known.
                     warn!(pool = %pool.spec.name, error = %e, "claim tasks");
+                    self.router.write_failed().await;
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = shutdown.cancelled() => break,
@@ -534,21 +536,10 @@ async fn finish_batch(
     items: &[(AttemptRef, Finish)],
     leases: Leases,
 ) -> Result<Vec<FinishResult>, (String, bool)> {
-    let mut delay = Duration::from_millis(50);
-    for attempt in 0.. {
-        match router
-            .write_store()
-            .finish_tasks(items, leases, router.epoch())
-            .await
-        {
-            Ok(r) => return Ok(r),
-            Err(e) if e.is_transient() && attempt < 5 => {
-                debug!(error = %e, "finish tasks: transient error; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err((e.to_string(), e.is_transient())),
-        }
-    }
-    unreachable!("loop returns")
+    router
+        .write(Duration::from_secs(10), |store, epoch| async move {
+            store.finish_tasks(items, leases, epoch).await
+        })
+        .await
+        .map_err(|e| (e.to_string(), e.is_transient()))
 }

@@ -200,6 +200,7 @@ impl Node {
                     };
                     if let Err(e) = router.write_store().heartbeat(&row).await {
                         warn!(error = %e, "heartbeat");
+                        router.write_failed().await;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}

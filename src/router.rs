@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::cache::{CacheSettings, CachedDoc, LineageCache};
 use crate::config::RoutingConfig;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::token::{Lsn, Token};
 
 /// Where a read was served from (the `swf-read-source` header).
@@ -126,6 +126,8 @@ pub struct Router {
     state_tx: watch::Sender<LocalState>,
     settings: RoutingConfig,
     cache: LineageCache,
+    primary_lost_at: Mutex<Option<Instant>>,
+    discovering: tokio::sync::Mutex<()>,
 }
 
 impl Router {
@@ -158,6 +160,8 @@ impl Router {
             state_tx,
             settings,
             cache,
+            primary_lost_at: Mutex::new(None),
+            discovering: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -228,9 +232,9 @@ impl Router {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 loop {
-                    if !me.local_state().is_primary {
+                    {
                         match me.write_store().position().await {
-                            Ok((false, _, lsn)) => {
+                            Ok((false, _, lsn)) if !me.local_state().is_primary => {
                                 let mut q = samples.lock().expect("samples lock");
                                 if q.back().is_none_or(|(l, _)| lsn > *l) {
                                     q.push_back((lsn, Instant::now()));
@@ -239,8 +243,13 @@ impl Router {
                                     q.pop_front();
                                 }
                             }
-                            Ok((true, _, _)) => {}
-                            Err(e) => debug!(error = %e, "sample the primary's WAL position"),
+                            Ok((false, _, _)) => {}
+                            // The primary is gone or became a replica: find the new one.
+                            Ok((true, _, _)) => me.write_failed().await,
+                            Err(e) => {
+                                debug!(error = %e, "sample the primary's WAL position");
+                                me.write_failed().await;
+                            }
                         }
                     }
                     tokio::select! {
@@ -375,10 +384,53 @@ impl Router {
         &self.regions
     }
 
-    /// Called after a write failed in a way that suggests the primary moved.
+    /// Called after a write failed in a way that suggests the primary moved
+    /// (or the tracker could not reach it): notes when, and rediscovers.
+    /// Concurrent callers share one discovery.
     pub async fn write_failed(&self) {
-        if let Err(e) = self.discover_primary().await {
-            warn!(error = %e, "rediscover the primary after a failed write");
+        {
+            let mut lost = self.primary_lost_at.lock().expect("lost lock");
+            if lost.is_none() {
+                *lost = Some(Instant::now());
+            }
+        }
+        let _one = self.discovering.lock().await;
+        match self.discover_primary().await {
+            Ok(()) => {}
+            Err(e) => debug!(error = %e, "rediscover the primary"),
+        }
+    }
+
+    /// When this node last noticed its write path failing (cleared by
+    /// [`Router::take_primary_lost_at`]).
+    pub fn take_primary_lost_at(&self) -> Option<Instant> {
+        self.primary_lost_at.lock().expect("lost lock").take()
+    }
+
+    /// Runs a write against the primary, rediscovering and retrying (with
+    /// backoff, within `deadline`) while the write path is unavailable: a
+    /// primary that moved, was fenced or is briefly unreachable.
+    pub async fn write<T, F, Fut>(&self, deadline: Duration, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Store, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let until = Instant::now() + deadline;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match f(self.write_store(), self.epoch()).await {
+                Err(
+                    e @ (StoreError::ReadOnly
+                    | StoreError::StaleEpoch(_)
+                    | StoreError::Unavailable(_)),
+                ) if Instant::now() + delay < until => {
+                    debug!(error = %e, "write path unavailable; rediscovering the primary");
+                    self.write_failed().await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+                other => return other,
+            }
         }
     }
 }

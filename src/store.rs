@@ -39,9 +39,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Transient errors a caller may retry (deadlock, serialization, lost connection).
+    /// Errors of the write path rather than of the request (deadlock,
+    /// lost connection, a replica or fenced or stale primary): retrying,
+    /// possibly against a newly discovered primary, may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::ReadOnly | StoreError::StaleEpoch(_)
+        )
     }
 }
 
@@ -339,12 +344,97 @@ impl Store {
         ))
     }
 
-    /// The database's epoch and whether it is in recovery (a replica).
+    /// The database's epoch and whether it refuses writes: in recovery (a
+    /// replica) or fenced (read-only by default).
     pub async fn role(&self) -> Result<(u64, bool)> {
-        let row = sqlx::query("SELECT (SELECT epoch FROM swf.cluster_state), pg_is_in_recovery()")
+        let row = sqlx::query(
+            "SELECT (SELECT epoch FROM swf.cluster_state),
+                    pg_is_in_recovery() OR current_setting('default_transaction_read_only')::bool",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get::<i64, _>(0) as u64, row.get(1)))
+    }
+
+    /// Fences a primary: new sessions are read-only and every other client
+    /// session is terminated, so no write lands here after this returns.
+    /// Returns the WAL position at which writes stopped.
+    pub async fn fence(&self) -> Result<Lsn> {
+        let mut c = self.pool.acquire().await?;
+        sqlx::query("ALTER SYSTEM SET default_transaction_read_only = on")
+            .execute(&mut *c)
+            .await?;
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut *c)
+            .await?;
+        // Sessions already open keep their settings: end them.
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        .execute(&mut *c)
+        .await?;
+        let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut *c)
+            .await?;
+        // This connection was opened before the fence: do not reuse it.
+        c.detach();
+        lsn.parse()
+            .map_err(|_| StoreError::Database(format!("bad LSN {lsn}")))
+    }
+
+    /// Undoes [`Store::fence`] (a drill that aborts before promotion).
+    pub async fn unfence(&self) -> Result<()> {
+        let mut c = self.pool.acquire().await?;
+        sqlx::query("ALTER SYSTEM RESET default_transaction_read_only")
+            .execute(&mut *c)
+            .await?;
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut *c)
+            .await?;
+        c.detach();
+        Ok(())
+    }
+
+    /// Promotes this replica and bumps the epoch; returns the new epoch.
+    pub async fn promote(&self, region: &str) -> Result<u64> {
+        let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 60)")
             .fetch_one(&self.pool)
             .await?;
-        Ok((row.get::<i64, _>(0) as u64, row.get(1)))
+        if !promoted {
+            return Err(StoreError::Database(
+                "pg_promote did not finish within 60 s".into(),
+            ));
+        }
+        let epoch: i64 = sqlx::query_scalar(
+            "UPDATE swf.cluster_state SET epoch = epoch + 1, write_region = $1, updated_at = now()
+             RETURNING epoch",
+        )
+        .bind(region)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(epoch as u64)
+    }
+
+    /// Which of `run_ids` exist here.
+    pub async fn existing_runs(&self, run_ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        Ok(
+            sqlx::query_scalar("SELECT run_id FROM swf.runs WHERE run_id = ANY($1)")
+                .bind(run_ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Drill labels that name more than one run (a duplicated submit).
+    pub async fn duplicate_goals(&self, prefix: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT goal FROM swf.runs WHERE goal LIKE $1 || '%'
+                                    GROUP BY goal HAVING count(*) > 1) d",
+        )
+        .bind(prefix)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Stores a batch of validated runs in one transaction and one round
