@@ -226,7 +226,9 @@ BEGIN
                jsonb_array_length(r->'steps')
           FROM jsonb_array_elements(p_runs) WITH ORDINALITY AS x(r, o)
          ORDER BY o
-        ON CONFLICT (idempotency_key) DO NOTHING
+        -- Any conflict: the idempotency key (a client retry) or the run_id
+        -- (this node retrying a submit whose first answer was lost).
+        ON CONFLICT DO NOTHING
         RETURNING run_id)
     SELECT coalesce(array_agg(run_id), '{}') INTO v_created FROM ins;
 
@@ -262,6 +264,8 @@ BEGIN
 
     RETURN (SELECT jsonb_agg(
                 CASE WHEN (r->>'run_id')::uuid = ANY (v_created)
+                     THEN jsonb_build_object('run_id', r->>'run_id', 'created', true)
+                     WHEN EXISTS (SELECT 1 FROM swf.runs e WHERE e.run_id = (r->>'run_id')::uuid)
                      THEN jsonb_build_object('run_id', r->>'run_id', 'created', true)
                      ELSE jsonb_build_object('run_id',
                               (SELECT e.run_id FROM swf.runs e

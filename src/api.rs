@@ -56,6 +56,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     pub forwarder: Forwarder,
     pub heartbeat_ms: u64,
+    /// Control of the databases for drills (`swf dev`), if any.
+    pub control: Option<Arc<dyn crate::drill::ClusterControl>>,
 }
 
 /// Forwards region-pinned calls to another region's node over a pooled
@@ -139,6 +141,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/v1/workflows/{run_id}/lineage", get(lineage))
         .route("/v1/workflows/{run_id}/cancel", post(cancel))
         .route("/v1/regions", get(regions))
+        .route("/v1/admin/drills", post(drill))
         .route_layer(middleware::from_fn_with_state(state.clone(), v1_guard));
     axum::Router::new()
         .merge(v1)
@@ -526,6 +529,46 @@ async fn regions(State(st): State<ApiState>) -> ApiResult {
         Json(body).into_response(),
         ReadSource::Primary,
     ))
+}
+
+/// Runs a drill from this node and answers with its report (one drill at a time).
+async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
+    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let bytes = to_bytes(req.into_body(), st.max_body_bytes)
+        .await
+        .map_err(|_| too_large(st.max_body_bytes))?;
+    let body: crate::drill::DrillRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("drill request: {e}"),
+        )
+    })?;
+    let Ok(_one) = RUNNING.try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            "another drill is running on this node",
+        ));
+    };
+    use crate::drill::DrillError;
+    match crate::drill::run(&st.router, st.control.as_deref(), &body).await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(DrillError::UnknownRegion(r)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_region",
+            format!("unknown region `{r}`"),
+        )),
+        Err(DrillError::Refused(m)) => Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", m)),
+        Err(e @ DrillError::Failed(_)) => {
+            tracing::error!(error = %e, "drill failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            ))
+        }
+    }
 }
 
 async fn health() -> Json<Value> {

@@ -77,6 +77,32 @@ pub enum Command {
     },
     /// End-to-end load benchmark against a running cluster (or one it starts).
     Bench(crate::bench::BenchArgs),
+    /// Failover drills: move the write region and report RTO and lost writes.
+    #[command(subcommand)]
+    Drill(DrillCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Planned move of the write region: fence, catch up, promote; zero loss.
+    Switchover(DrillArgs),
+    /// Simulated loss of the write region's primary: stop it hard, promote.
+    Failover(DrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The region to move the write region to.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Workflows submitted per second through every region's node during the drill.
+    #[arg(long, default_value_t = 0.0)]
+    pub load: f64,
+    /// Refuse when the target replica lags more than this.
+    #[arg(long, default_value_t = 5000)]
+    pub max_lag_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +246,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Drill(DrillCommand::Switchover(a)) => drill("switchover", a).await,
+        Command::Drill(DrillCommand::Failover(a)) => drill("failover", a).await,
     }
 }
 
@@ -456,6 +484,78 @@ pub fn render_regions(doc: &Value) -> String {
                 }
             );
         }
+    }
+    out
+}
+
+async fn drill(kind: &str, a: DrillArgs) -> anyhow::Result<i32> {
+    let url = format!("{}/v1/admin/drills", a.api.api.trim_end_matches('/'));
+    let body = json!({"kind": kind, "to": a.to, "load": a.load, "max_lag_ms": a.max_lag_ms});
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    if !a.api.json {
+        eprintln!(
+            "drill: {kind} to {} (load {}/s) via {}",
+            a.to, a.load, a.api.api
+        );
+    }
+    let call = http.post(&url).json(&body).send();
+    tokio::pin!(call);
+    let start = Instant::now();
+    let resp = loop {
+        tokio::select! {
+            r = &mut call => break r.with_context(|| format!("POST {url}"))?,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !a.api.json => {
+                eprint!("\r  running… {:>3} s", start.elapsed().as_secs());
+            }
+        }
+    };
+    if !a.api.json {
+        eprintln!();
+    }
+    let report = answer(resp).await?;
+    if a.api.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_drill(&report));
+    }
+    Ok(if report["ok"] == true { 0 } else { 4 })
+}
+
+/// Human rendering of a drill report: the timeline, then the measurements.
+pub fn render_drill(r: &Value) -> String {
+    let mut out = format!(
+        "{} {} -> {}  epoch {} -> {}\n  timeline:\n",
+        s(&r["kind"]),
+        s(&r["from_region"]),
+        s(&r["to_region"]),
+        s(&r["epoch_before"]),
+        s(&r["epoch_after"])
+    );
+    let mut total = 0;
+    for p in r["phases"].as_array().into_iter().flatten() {
+        let ms = p["ms"].as_u64().unwrap_or(0);
+        total += ms;
+        out += &format!("    {:>7} ms  {:>7} ms  {}\n", ms, total, s(&p["name"]));
+    }
+    out += &format!(
+        "  detection {} ms, RTO {} ms\n  writes: {} acknowledged, {} lost, {} duplicated, {} indeterminate, {} failed\n  stale reads: {}; old primary fenced: {}; nodes re-routed: {}/{}\n  {}\n",
+        s(&r["detection_ms"]),
+        s(&r["rto_ms"]),
+        s(&r["acknowledged_writes"]),
+        s(&r["lost_writes"]),
+        s(&r["duplicate_writes"]),
+        s(&r["indeterminate_writes"]),
+        s(&r["failed_writes"]),
+        s(&r["stale_reads"]),
+        s(&r["old_primary_fenced"]),
+        s(&r["nodes_rerouted"]),
+        s(&r["nodes_total"]),
+        if r["ok"] == true { "OK" } else { "NOT OK" }
+    );
+    if let Some(f) = r["failures"].as_object().filter(|f| !f.is_empty()) {
+        out += &format!("  failed writes by answer: {}\n", Value::Object(f.clone()));
     }
     out
 }

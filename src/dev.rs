@@ -12,9 +12,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use crate::config::{Config, RegionSpec};
+use crate::drill::ClusterControl;
 use crate::handlers::Registry;
 use crate::node::Node;
 use crate::pgserver::{self, PgBinaries, PgServer, PgSettings};
@@ -103,24 +107,341 @@ pub async fn start_replica(
     Ok(server)
 }
 
-/// A link between regions: direct, or through a delay proxy.
-async fn link(
-    proxies: &mut Vec<DelayProxy>,
-    target: SocketAddr,
-    wan: Duration,
-    name: String,
-) -> anyhow::Result<SocketAddr> {
-    if wan.is_zero() {
-        return Ok(target);
-    }
-    let p = DelayProxy::start(([127, 0, 0, 1], 0).into(), target, wan, &name).await?;
-    let addr = p.local_addr();
-    proxies.push(p);
-    Ok(addr)
+/// One region's dev database.
+struct DevDb {
+    dir: PathBuf,
+    port: u16,
+    server: Option<PgServer>,
 }
 
-fn db_url(addr: SocketAddr) -> String {
-    format!("postgres://postgres@{addr}/{DEV_DATABASE}")
+/// What drills may do to the dev cluster's databases: the
+/// [`ClusterControl`] of `swf dev` and of the drill tests.
+pub struct DevControl {
+    dbs: tokio::sync::Mutex<std::collections::BTreeMap<String, DevDb>>,
+    proxies: tokio::sync::Mutex<Vec<DelayProxy>>,
+    wan: Duration,
+    cluster_path: PathBuf,
+}
+
+impl DevControl {
+    async fn link(&self, target: u16, name: String) -> anyhow::Result<u16> {
+        if self.wan.is_zero() {
+            return Ok(target);
+        }
+        let p = DelayProxy::start(
+            ([127, 0, 0, 1], 0).into(),
+            ([127, 0, 0, 1], target).into(),
+            self.wan,
+            &name,
+        )
+        .await?;
+        let port = p.local_addr().port();
+        self.proxies.lock().await.push(p);
+        Ok(port)
+    }
+
+    async fn port_of(&self, region: &str) -> anyhow::Result<u16> {
+        self.dbs
+            .lock()
+            .await
+            .get(region)
+            .map(|d| d.port)
+            .with_context(|| format!("no dev database for region {region}"))
+    }
+
+    async fn take_server(&self, region: &str) -> anyhow::Result<Option<PgServer>> {
+        let mut dbs = self.dbs.lock().await;
+        let db = dbs
+            .get_mut(region)
+            .with_context(|| format!("no dev database for region {region}"))?;
+        Ok(db.server.take())
+    }
+
+    /// Stops every database, replicas first.
+    async fn stop_all(&self, primary_first_order: &[String]) {
+        for r in primary_first_order.iter().rev() {
+            if let Ok(Some(mut pg)) = self.take_server(r).await {
+                eprintln!("stopping PostgreSQL ({r})");
+                let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+            }
+        }
+        for p in self.proxies.lock().await.drain(..) {
+            p.shutdown().await;
+        }
+    }
+}
+
+impl ClusterControl for DevControl {
+    fn kill(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            if let Some(mut pg) = self.take_server(&region).await? {
+                tokio::task::spawn_blocking(move || pg.kill()).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn stop(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            if let Some(mut pg) = self.take_server(&region).await? {
+                tokio::task::spawn_blocking(move || pg.stop()).await??;
+            }
+            Ok(())
+        })
+    }
+
+    fn rejoin(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let (region, primary) = (region.to_string(), primary.to_string());
+        Box::pin(async move {
+            if let Some(mut pg) = self.take_server(&region).await? {
+                tokio::task::spawn_blocking(move || pg.stop()).await??;
+            }
+            let upstream = self
+                .link(
+                    self.port_of(&primary).await?,
+                    format!("replication {primary}->{region}"),
+                )
+                .await?;
+            let (dir, port) = {
+                let dbs = self.dbs.lock().await;
+                let d = &dbs[&region];
+                (d.dir.clone(), d.port)
+            };
+            // A fresh clone of the new primary: the old timeline may hold
+            // WAL the new primary never saw (always so after a failover).
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("remove {}", dir.display()))?;
+            }
+            let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
+            let name = region.clone();
+            let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
+                pgserver::init_replica(&bins, upstream, &dir)?;
+                pgserver::set_primary_conninfo(&dir, upstream, &name)?;
+                Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
+            })
+            .await??;
+            self.dbs
+                .lock()
+                .await
+                .get_mut(&region)
+                .expect("region")
+                .server = Some(server);
+            Ok(())
+        })
+    }
+
+    fn repoint(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let (region, primary) = (region.to_string(), primary.to_string());
+        Box::pin(async move {
+            let upstream = self
+                .link(
+                    self.port_of(&primary).await?,
+                    format!("replication {primary}->{region}"),
+                )
+                .await?;
+            let (dir, port) = {
+                let dbs = self.dbs.lock().await;
+                let d = &dbs[&region];
+                (d.dir.clone(), d.port)
+            };
+            pgserver::set_primary_conninfo(&dir, upstream, &region)?;
+            // primary_conninfo is reloadable (PostgreSQL 13 and later).
+            let store =
+                Store::connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), 1)?;
+            store.execute_admin("SELECT pg_reload_conf()").await?;
+            store.close().await;
+            Ok(())
+        })
+    }
+
+    fn promoted(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            let text = std::fs::read_to_string(&self.cluster_path)?;
+            let mut c: ClusterFile = serde_json::from_str(&text)?;
+            c.write_region = region.clone();
+            for r in &mut c.regions {
+                r.role = if r.name == region {
+                    "primary"
+                } else {
+                    "replica"
+                }
+                .into();
+            }
+            std::fs::write(&self.cluster_path, serde_json::to_vec_pretty(&c)?)?;
+            Ok(())
+        })
+    }
+}
+
+/// A running dev cluster: databases, proxies and one node per region.
+pub struct DevCluster {
+    pub nodes: Vec<Node>,
+    pub control: Arc<DevControl>,
+    pub cluster: ClusterFile,
+    pub cluster_path: PathBuf,
+    order: Vec<String>,
+}
+
+fn db_url(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/{DEV_DATABASE}")
+}
+
+impl DevCluster {
+    /// Starts (or restarts, reusing `data_dir`) the cluster of `opts`.
+    pub async fn start(opts: &DevOptions, registry: Registry) -> anyhow::Result<DevCluster> {
+        let regions = &opts.regions;
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("create data dir {}", opts.data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+        let wan = Duration::from_millis(opts.wan_latency_ms);
+        let pg_dir = |r: &str| data_dir.join("pg").join(r);
+        // The primary is the region whose data dir is not a standby: the
+        // first region on a new cluster; whichever a drill promoted on a
+        // reused one.
+        let primary = regions
+            .iter()
+            .find(|r| {
+                pg_dir(r).join("PG_VERSION").exists() && !pg_dir(r).join("standby.signal").exists()
+            })
+            .unwrap_or(&regions[0])
+            .clone();
+        let control = Arc::new(DevControl {
+            dbs: tokio::sync::Mutex::new(Default::default()),
+            proxies: tokio::sync::Mutex::new(Vec::new()),
+            wan,
+            cluster_path: data_dir.join("cluster.json"),
+        });
+        let mut order = vec![primary.clone()];
+        order.extend(regions.iter().filter(|r| **r != primary).cloned());
+        match Self::start_inner(opts, registry, &data_dir, &primary, &control, &order).await {
+            Ok((nodes, cluster)) => Ok(DevCluster {
+                nodes,
+                control: control.clone(),
+                cluster_path: control.cluster_path.clone(),
+                cluster,
+                order,
+            }),
+            Err(e) => {
+                control.stop_all(&order).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_inner(
+        opts: &DevOptions,
+        registry: Registry,
+        data_dir: &Path,
+        primary: &str,
+        control: &Arc<DevControl>,
+        order: &[String],
+    ) -> anyhow::Result<(Vec<Node>, ClusterFile)> {
+        let regions = &opts.regions;
+        let pg_dir = |r: &str| data_dir.join("pg").join(r);
+        eprintln!(
+            "starting PostgreSQL primary for region {primary} under {}",
+            data_dir.display()
+        );
+        let pg = start_primary(&pg_dir(primary), primary).await?;
+        let primary_port = pg.port();
+        prepare_database(&pg.url("postgres"), &pg.url(DEV_DATABASE), DEV_DATABASE).await?;
+        control.dbs.lock().await.insert(
+            primary.to_string(),
+            DevDb {
+                dir: pg_dir(primary),
+                port: primary_port,
+                server: Some(pg),
+            },
+        );
+        for r in order.iter().skip(1) {
+            // Replication crosses the WAN too.
+            let upstream = control
+                .link(primary_port, format!("replication {primary}->{r}"))
+                .await?;
+            eprintln!("starting PostgreSQL replica for region {r}");
+            let pg = start_replica(&pg_dir(r), r, upstream).await?;
+            control.dbs.lock().await.insert(
+                r.clone(),
+                DevDb {
+                    dir: pg_dir(r),
+                    port: pg.port(),
+                    server: Some(pg),
+                },
+            );
+        }
+        let ports: std::collections::BTreeMap<String, u16> = control
+            .dbs
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (k.clone(), v.port))
+            .collect();
+
+        let api_addr =
+            |i: usize| -> SocketAddr { ([127, 0, 0, 1], opts.base_port + i as u16).into() };
+        let mut nodes = Vec::new();
+        for (i, r) in regions.iter().enumerate() {
+            // This node's view: its own database and API directly, every
+            // other region's through the WAN link.
+            let mut specs = Vec::new();
+            for (j, other) in regions.iter().enumerate() {
+                let (db, api) = if other == r {
+                    (ports[other], None)
+                } else {
+                    let db = control
+                        .link(ports[other], format!("db {r}->{other}"))
+                        .await?;
+                    let api = control
+                        .link(api_addr(j).port(), format!("api {r}->{other}"))
+                        .await?;
+                    (db, Some(format!("http://127.0.0.1:{api}")))
+                };
+                specs.push(RegionSpec {
+                    name: other.clone(),
+                    database_url: db_url(db),
+                    api_url: api,
+                });
+            }
+            let mut config =
+                Config::for_dev(format!("{r}-1"), r, primary, api_addr(i), db_url(ports[r]));
+            if regions.len() > 1 {
+                config.regions = specs;
+            }
+            let ctl: Arc<dyn ClusterControl> = control.clone();
+            let node = Node::start_with_control(config, registry.clone(), Some(ctl))
+                .await
+                .with_context(|| format!("start the node of region {r}"))?;
+            nodes.push(node);
+        }
+        let cluster = ClusterFile {
+            write_region: primary.to_string(),
+            regions: regions
+                .iter()
+                .zip(&nodes)
+                .map(|(r, n)| ClusterRegion {
+                    name: r.clone(),
+                    api_url: n.url(),
+                    database_url: db_url(ports[r]),
+                    role: if r == primary { "primary" } else { "replica" }.into(),
+                })
+                .collect(),
+        };
+        std::fs::write(&control.cluster_path, serde_json::to_vec_pretty(&cluster)?)
+            .with_context(|| format!("write {}", control.cluster_path.display()))?;
+        Ok((nodes, cluster))
+    }
+
+    /// Stops the nodes, then the databases and proxies.
+    pub async fn stop(self) {
+        for mut n in self.nodes {
+            n.shutdown().await;
+        }
+        self.control.stop_all(&self.order).await;
+    }
 }
 
 /// Runs `swf dev` until Ctrl-C or SIGTERM.
@@ -144,140 +465,20 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&opts.data_dir)
             .with_context(|| format!("remove {} (--fresh)", opts.data_dir.display()))?;
     }
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("create data dir {}", opts.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&opts.data_dir)?;
-    let wan = Duration::from_millis(opts.wan_latency_ms);
-    let mut servers: Vec<(String, PgServer)> = Vec::new();
-    let result = run_cluster(&opts, &data_dir, wan, &mut servers).await;
-    // Replicas first, then the primary.
-    for (name, mut pg) in servers.into_iter().rev() {
-        eprintln!("stopping PostgreSQL ({name})");
-        let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
-    }
-    result
-}
-
-async fn run_cluster(
-    opts: &DevOptions,
-    data_dir: &Path,
-    wan: Duration,
-    servers: &mut Vec<(String, PgServer)>,
-) -> anyhow::Result<()> {
-    let regions = &opts.regions;
-    // The primary is the region whose data dir is not a standby: the first
-    // region on a new cluster; whichever a drill promoted on a reused one.
-    let pg_dir = |r: &str| data_dir.join("pg").join(r);
-    let primary = regions
-        .iter()
-        .find(|r| {
-            pg_dir(r).join("PG_VERSION").exists() && !pg_dir(r).join("standby.signal").exists()
-        })
-        .unwrap_or(&regions[0])
-        .clone();
-    eprintln!(
-        "starting PostgreSQL primary for region {primary} under {}",
-        data_dir.display()
-    );
-    let pg = start_primary(&pg_dir(&primary), &primary).await?;
-    let primary_port = pg.port();
-    prepare_database(&pg.url("postgres"), &pg.url(DEV_DATABASE), DEV_DATABASE).await?;
-    servers.push((primary.clone(), pg));
-
-    let mut proxies = Vec::new();
-    let mut db_addr = std::collections::BTreeMap::new();
-    db_addr.insert(
-        primary.clone(),
-        SocketAddr::from(([127, 0, 0, 1], primary_port)),
-    );
-    for r in regions.iter().filter(|r| **r != primary) {
-        // Replication crosses the WAN too.
-        let upstream = link(
-            &mut proxies,
-            ([127, 0, 0, 1], primary_port).into(),
-            wan,
-            format!("replication {primary}->{r}"),
-        )
-        .await?;
-        eprintln!("starting PostgreSQL replica for region {r}");
-        let pg = start_replica(&pg_dir(r), r, upstream.port()).await?;
-        db_addr.insert(r.clone(), ([127, 0, 0, 1], pg.port()).into());
-        servers.push((r.clone(), pg));
-    }
-
-    let api_addr = |i: usize| -> SocketAddr { ([127, 0, 0, 1], opts.base_port + i as u16).into() };
-    let mut nodes = Vec::new();
-    for (i, r) in regions.iter().enumerate() {
-        // This node's view: its own database and API directly, every other
-        // region's through the WAN link.
-        let mut specs = Vec::new();
-        for (j, other) in regions.iter().enumerate() {
-            let (db, api) = if other == r {
-                (db_addr[other], None)
-            } else {
-                let db = link(
-                    &mut proxies,
-                    db_addr[other],
-                    wan,
-                    format!("db {r}->{other}"),
-                )
-                .await?;
-                let api = link(&mut proxies, api_addr(j), wan, format!("api {r}->{other}")).await?;
-                (db, Some(format!("http://{api}")))
-            };
-            specs.push(RegionSpec {
-                name: other.clone(),
-                database_url: db_url(db),
-                api_url: api,
-            });
-        }
-        let mut config = Config::for_dev(
-            format!("{r}-1"),
-            r,
-            &primary,
-            api_addr(i),
-            db_url(db_addr[r]),
-        );
-        if regions.len() > 1 {
-            config.regions = specs;
-        }
-        let node = Node::start(config, Registry::with_builtins())
-            .await
-            .with_context(|| format!("start the node of region {r}"))?;
-        nodes.push(node);
-    }
-
-    let cluster = ClusterFile {
-        write_region: primary.clone(),
-        regions: regions
-            .iter()
-            .zip(&nodes)
-            .map(|(r, n)| ClusterRegion {
-                name: r.clone(),
-                api_url: n.url(),
-                database_url: db_url(db_addr[r]),
-                role: if *r == primary {
-                    "primary".into()
-                } else {
-                    "replica".into()
-                },
-            })
-            .collect(),
-    };
-    let cluster_path = data_dir.join("cluster.json");
-    std::fs::write(&cluster_path, serde_json::to_vec_pretty(&cluster)?)
-        .with_context(|| format!("write {}", cluster_path.display()))?;
-
+    let cluster = DevCluster::start(&opts, Registry::with_builtins()).await?;
+    let c = &cluster.cluster;
+    let wan = opts.wan_latency_ms;
     println!(
-        "swf dev: {} region(s), primary in {primary}{}",
-        regions.len(),
-        if wan.is_zero() {
+        "swf dev: {} region(s), primary in {}{}",
+        c.regions.len(),
+        c.write_region,
+        if wan == 0 {
             String::new()
         } else {
-            format!(", {} ms one-way between regions", wan.as_millis())
+            format!(", {wan} ms one-way between regions")
         }
     );
-    for (r, n) in cluster.regions.iter().zip(&nodes) {
+    for (r, n) in c.regions.iter().zip(&cluster.nodes) {
         println!(
             "  {:<10} {:<8} node {:<14} API {}   database {}",
             r.name,
@@ -287,27 +488,28 @@ async fn run_cluster(
             r.database_url
         );
     }
-    println!("  cluster    {}", cluster_path.display());
-    let api_url = &cluster.regions[0].api_url;
+    println!("  cluster    {}", cluster.cluster_path.display());
+    let api_url = &c.regions[0].api_url;
     println!();
     println!("Try it:");
     println!(
         "  curl -s -XPOST {api_url}/v1/workflows -H 'content-type: application/json' \\\n    -d '{{\"goal\":\"demo\",\"steps\":[{{\"id\":\"a\",\"handler\":\"noop\"}},{{\"id\":\"b\",\"handler\":\"echo\",\"depends_on\":[\"a\"]}}]}}'"
     );
     println!("  swf status --api {api_url} <run_id> --wait");
-    if regions.len() > 1 {
+    if c.regions.len() > 1 {
         println!("  swf regions --api {api_url}");
+        let other = &c
+            .regions
+            .iter()
+            .find(|r| r.role == "replica")
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        println!("  swf drill switchover --to {other} --api {api_url} --load 50");
     }
     println!();
     println!("Ctrl-C stops the nodes and PostgreSQL.");
-
     shutdown_signal().await;
-    for mut n in nodes {
-        n.shutdown().await;
-    }
-    for p in proxies {
-        p.shutdown().await;
-    }
+    cluster.stop().await;
     Ok(())
 }
 

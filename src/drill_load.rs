@@ -1110,7 +1110,14 @@ mod tests {
             at(3, "b", 3, 4, failed(), 0),
             at(4, "a", 4, 5, ack("also-present"), 0),
         ];
-        let cases: Vec<(&str, Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+        // (name, run ids on the new primary, want present, want lost)
+        type Case = (
+            &'static str,
+            Vec<&'static str>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "nothing on the new primary",
                 vec![],

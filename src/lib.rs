@@ -7,6 +7,8 @@
 //! - [`cli`]: the `swf` command line (parsing and printing; `main.rs` only calls it).
 //! - [`dev`]: `swf dev`, the embedded local cluster (real PostgreSQL servers).
 //! - [`bench`]: `swf bench`, the end-to-end load benchmark.
+//! - [`drill`]: switchover and failover drills with a measured report;
+//!   [`drill_load`] is the load they generate and verify.
 //! - [`api`]: HTTP routes, headers and error bodies (axum on hyper).
 //! - [`node`]: assembles a node's subsystems from its config; supervision, shutdown.
 //! - [`client`]: the client role: submit, status, lineage, list, cancel.
@@ -40,6 +42,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod drill;
+pub mod drill_load;
 pub mod executor;
 pub mod handlers;
 pub mod node;

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiState, NodeInfo};
 use crate::client::Client;
 use crate::config::Config;
+use crate::drill::ClusterControl;
 use crate::executor::{Executor, ExecutorSettings, PoolSpec};
 use crate::handlers::Registry;
 use crate::router::{RegionDb, Router};
@@ -47,6 +48,15 @@ impl Node {
     /// Starts a node from its config. The database must be migrated to a
     /// schema this binary knows.
     pub async fn start(config: Config, registry: Registry) -> anyhow::Result<Node> {
+        Self::start_with_control(config, registry, None).await
+    }
+
+    /// Starts a node that can run drills against databases it controls.
+    pub async fn start_with_control(
+        config: Config,
+        registry: Registry,
+        control: Option<Arc<dyn ClusterControl>>,
+    ) -> anyhow::Result<Node> {
         // Install the recorder before anything records.
         let _ = crate::telemetry::prometheus();
         let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;
@@ -162,6 +172,7 @@ impl Node {
                 config.routing.forward_timeout_ms,
             )),
             heartbeat_ms: config.executor.heartbeat_interval_ms,
+            control,
         });
         {
             let shutdown = shutdown.clone();

@@ -102,6 +102,14 @@ pub fn plan_read(
     }
 }
 
+/// How long a probe of a region's database may take before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one write attempt may take before the write path counts as
+/// unavailable (and the primary is looked for again).
+const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+const PRIMARY_MOVED: &str = "the primary moved";
+
 /// One region's database as this node reaches it.
 #[derive(Clone)]
 pub struct RegionDb {
@@ -127,7 +135,11 @@ pub struct Router {
     settings: RoutingConfig,
     cache: LineageCache,
     primary_lost_at: Mutex<Option<Instant>>,
-    discovering: tokio::sync::Mutex<()>,
+    /// Held while discovering; holds when the last discovery started.
+    discovering: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped whenever the primary changes, so writes stuck on the old
+    /// one give up at once and retry on the new one.
+    primary_gen: watch::Sender<u64>,
 }
 
 impl Router {
@@ -161,7 +173,8 @@ impl Router {
             settings,
             cache,
             primary_lost_at: Mutex::new(None),
-            discovering: tokio::sync::Mutex::new(()),
+            discovering: tokio::sync::Mutex::new(None),
+            primary_gen: watch::Sender::new(0),
         }
     }
 
@@ -173,19 +186,37 @@ impl Router {
             self.observe_epoch(epoch);
             return Ok(());
         }
+        // Probe every region at once, each with a short deadline: a dead
+        // database must not hold up finding the live one. A primary newer
+        // than any epoch seen so far is taken without waiting for the rest
+        // (nothing unreachable can beat it for this node).
+        let known = self.epoch();
+        let mut probes: futures::stream::FuturesUnordered<_> = self
+            .regions
+            .iter()
+            .map(|r| async move {
+                let res = tokio::time::timeout(PROBE_TIMEOUT, r.store.role()).await;
+                (r, res)
+            })
+            .collect();
         let mut best: Option<(u64, &RegionDb)> = None;
         let mut errors = Vec::new();
-        for r in &self.regions {
-            match r.store.role().await {
-                Ok((epoch, false)) => {
+        while let Some((r, res)) = futures::StreamExt::next(&mut probes).await {
+            match res {
+                Ok(Ok((epoch, false))) => {
                     if best.is_none_or(|(e, _)| epoch > e) {
                         best = Some((epoch, r));
                     }
+                    if epoch > known {
+                        break;
+                    }
                 }
-                Ok((_, true)) => {}
-                Err(e) => errors.push(format!("{}: {e}", r.name)),
+                Ok(Ok((_, true))) => {}
+                Ok(Err(e)) => errors.push(format!("{}: {e}", r.name)),
+                Err(_) => errors.push(format!("{}: no answer within {PROBE_TIMEOUT:?}", r.name)),
             }
         }
+        drop(probes);
         let Some((epoch, r)) = best else {
             anyhow::bail!(
                 "no primary among the regions' databases (all in recovery or unreachable: {})",
@@ -207,6 +238,7 @@ impl Router {
         });
         if old != r.name {
             info!(region = %r.name, epoch, "primary discovered");
+            self.primary_gen.send_modify(|g| *g += 1);
         }
         Ok(())
     }
@@ -233,7 +265,11 @@ impl Router {
             tokio::spawn(async move {
                 loop {
                     {
-                        match me.write_store().position().await {
+                        let probe =
+                            tokio::time::timeout(PROBE_TIMEOUT, me.write_store().position()).await;
+                        match probe
+                            .unwrap_or_else(|_| Err(StoreError::Unavailable("no answer".into())))
+                        {
                             Ok((false, _, lsn)) if !me.local_state().is_primary => {
                                 let mut q = samples.lock().expect("samples lock");
                                 if q.back().is_none_or(|(l, _)| lsn > *l) {
@@ -394,7 +430,14 @@ impl Router {
                 *lost = Some(Instant::now());
             }
         }
-        let _one = self.discovering.lock().await;
+        // Callers that queued behind a discovery that started after they
+        // failed take its result instead of running another.
+        let asked_at = Instant::now();
+        let mut last = self.discovering.lock().await;
+        if last.is_some_and(|t| t >= asked_at) {
+            return;
+        }
+        *last = Some(Instant::now());
         match self.discover_primary().await {
             Ok(()) => {}
             Err(e) => debug!(error = %e, "rediscover the primary"),
@@ -418,7 +461,23 @@ impl Router {
         let until = Instant::now() + deadline;
         let mut delay = Duration::from_millis(20);
         loop {
-            match f(self.write_store(), self.epoch()).await {
+            let mut moved = self.primary_gen.subscribe();
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, f(self.write_store(), self.epoch())) => {
+                    r.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "no answer from the primary within {WRITE_ATTEMPT_TIMEOUT:?}"
+                        )))
+                    })
+                }
+                // A write stuck on a primary that was just replaced (e.g.
+                // waiting to connect to a stopped server) retries on the new one.
+                _ = moved.changed() => Err(StoreError::Unavailable(PRIMARY_MOVED.into())),
+            };
+            match attempt {
+                // Already re-routed: go again at once.
+                Err(StoreError::Unavailable(m)) if m == PRIMARY_MOVED && Instant::now() < until => {
+                }
                 Err(
                     e @ (StoreError::ReadOnly
                     | StoreError::StaleEpoch(_)

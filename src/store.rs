@@ -66,7 +66,10 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            | sqlx::Error::WorkerCrashed
+            // A connection cut mid-handshake (a server stopping, a proxy
+            // whose upstream is down) surfaces as a protocol error.
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Database(e.to_string()),
         }
     }
@@ -226,7 +229,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(3))
             // No ping before each use: from a remote region it would double
             // every round trip. A dead connection fails its query instead,
             // which callers treat as transient.

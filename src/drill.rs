@@ -1,0 +1,487 @@
+//! Failover drills: move the write region and measure what it cost.
+//!
+//! A switchover (planned) fences the old primary, waits until the target
+//! has replayed the old primary's last write, promotes the target, bumps the
+//! epoch and re-routes every node: zero loss. A failover (unplanned) stops
+//! the old primary hard without waiting, then promotes: what the target had
+//! not received is lost, and the drill says exactly which acknowledged
+//! writes those were. Where the drill controls the databases (a
+//! [`ClusterControl`], e.g. `swf dev`), the old primary then rejoins as a
+//! replica of the new one.
+//!
+//! Measurement: an optional load submits workflows through every region's
+//! client node during the drill ([`crate::drill_load`]); each acknowledged
+//! run is then looked up on the new primary (present, lost, or
+//! indeterminate when it never got an answer). RTO is the longest write
+//! unavailability the load saw.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::drill_load::{self, LoadHandle, LoadSpec};
+use crate::router::Router;
+use crate::store::Store;
+
+/// What a drill may do to the databases. `swf dev` implements it over the
+/// PostgreSQL processes it runs; a production deployment would delegate to
+/// its HA manager.
+pub trait ClusterControl: Send + Sync {
+    /// Stops a region's database at once (the simulated loss of the region).
+    fn kill(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Stops a region's database cleanly.
+    fn stop(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Makes `region`'s database a streaming replica of `primary`'s.
+    fn rejoin(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Points a running replica at a new primary.
+    fn repoint(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Records the new write region where the deployment keeps it.
+    fn promoted(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillKind {
+    Switchover,
+    Failover,
+}
+
+/// The body of `POST /v1/admin/drills`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRequest {
+    pub kind: DrillKind,
+    pub to: String,
+    /// Workflows submitted per second during the drill (0: no load).
+    #[serde(default)]
+    pub load: f64,
+    /// Refuse when the target's replay is further behind than this.
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+}
+
+fn default_max_lag_ms() -> u64 {
+    5_000
+}
+
+/// One timed phase of a drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub ms: u64,
+}
+
+/// The measured report (`swf drill --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub kind: DrillKind,
+    pub from_region: String,
+    pub to_region: String,
+    pub epoch_before: u64,
+    pub epoch_after: u64,
+    /// From the fault to the first failed write seen (load or node).
+    pub detection_ms: u64,
+    /// Longest write unavailability seen by the load: first failed to first
+    /// successful write, or the slowest acknowledged write (nodes retry
+    /// while the primary moves), whichever is longer; without load, fault
+    /// to re-routed.
+    pub rto_ms: u64,
+    pub acknowledged_writes: u64,
+    pub lost_writes: u64,
+    pub lost_run_ids: Vec<String>,
+    pub indeterminate_writes: u64,
+    pub failed_writes: u64,
+    pub duplicate_writes: u64,
+    pub stale_reads: u64,
+    /// Failed writes by HTTP status and error code.
+    pub failures: std::collections::BTreeMap<String, u64>,
+    /// The three slowest acknowledged writes (time from the load's start).
+    pub slowest_writes: Vec<SlowWrite>,
+    pub old_primary_fenced: bool,
+    pub nodes_rerouted: usize,
+    pub nodes_total: usize,
+    pub phases: Vec<Phase>,
+    pub ok: bool,
+}
+
+/// One slow acknowledged write of the drill's load.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowWrite {
+    pub target: String,
+    pub sent_at_ms: u64,
+    pub ms: u64,
+    pub retries: u32,
+}
+
+/// Why a drill was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("unknown region `{0}`")]
+    UnknownRegion(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("drill failed: {0}")]
+    Failed(String),
+}
+
+fn failed(e: impl std::fmt::Display) -> DrillError {
+    DrillError::Failed(e.to_string())
+}
+
+struct Timeline {
+    last: Instant,
+    phases: Vec<Phase>,
+}
+
+impl Timeline {
+    fn new() -> Self {
+        let now = Instant::now();
+        Timeline {
+            last: now,
+            phases: Vec::new(),
+        }
+    }
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        tracing::info!(
+            phase = name,
+            ms = (now - self.last).as_millis() as u64,
+            "drill phase"
+        );
+        self.phases.push(Phase {
+            name: name.to_string(),
+            ms: (now - self.last).as_millis() as u64,
+        });
+        self.last = now;
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Runs a drill from this node.
+pub async fn run(
+    router: &Router,
+    control: Option<&dyn ClusterControl>,
+    req: &DrillRequest,
+) -> Result<DrillReport, DrillError> {
+    let mut tl = Timeline::new();
+    router.discover_primary().await.map_err(failed)?;
+    let from = router.write_region();
+    let epoch_before = router.epoch();
+    let to = req.to.clone();
+    let target = router
+        .regions()
+        .iter()
+        .find(|r| r.name == to)
+        .ok_or_else(|| DrillError::UnknownRegion(to.clone()))?
+        .store
+        .clone();
+    if to == from {
+        return Err(DrillError::Refused(format!(
+            "region `{to}` is already the write region"
+        )));
+    }
+    if req.kind == DrillKind::Failover && control.is_none() {
+        return Err(DrillError::Refused(
+            "a failover drill needs control of the databases (run it in `swf dev`)".into(),
+        ));
+    }
+    if !(0.0..=10_000.0).contains(&req.load) {
+        return Err(DrillError::Refused(
+            "load must be between 0 and 10000 per second".into(),
+        ));
+    }
+    let old = router.write_store();
+    preflight(&old, &target, &to, req.max_lag_ms).await?;
+    tl.mark("preflight");
+
+    let (targets, all_nodes) = node_urls(router).await.map_err(failed)?;
+    let label = format!("{}", Uuid::new_v4().simple());
+    let load = (req.load > 0.0).then(|| {
+        LoadHandle::start(LoadSpec {
+            targets: targets.clone(),
+            rate_per_s: req.load,
+            // Longer than a node's own write retries (5 s), so a slow answer
+            // is an answer rather than an indeterminate write.
+            request_timeout: Duration::from_secs(8),
+            label: label.clone(),
+        })
+    });
+    if load.is_some() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tl.mark("load warm-up");
+    }
+
+    router.take_primary_lost_at();
+    let fault = Instant::now();
+    match req.kind {
+        DrillKind::Switchover => {
+            let last = old.fence().await.map_err(failed)?;
+            tl.mark("fence old primary");
+            if let Some(c) = control {
+                c.stop(&from).await.map_err(failed)?;
+                tl.mark("stop old primary");
+            }
+            wait_replayed(&target, last).await?;
+            tl.mark("target caught up");
+        }
+        DrillKind::Failover => {
+            if let Some(c) = control {
+                c.kill(&from).await.map_err(failed)?;
+            }
+            tl.mark("lose old primary");
+        }
+    }
+    let epoch_after = target.promote(&to).await.map_err(failed)?;
+    tl.mark("promote target");
+    router.observe_epoch(epoch_after);
+    router.discover_primary().await.map_err(failed)?;
+    if let Some(c) = control {
+        c.promoted(&to).await.map_err(failed)?;
+        for r in router
+            .regions()
+            .iter()
+            .filter(|r| r.name != to && r.name != from)
+        {
+            c.repoint(&r.name, &to).await.map_err(failed)?;
+        }
+    }
+    let (rerouted, total) = wait_rerouted(&all_nodes, &to, epoch_after).await;
+    tl.mark("re-route nodes");
+    let rerouted_at = Instant::now();
+
+    if let Some(c) = control {
+        c.rejoin(&from, &to).await.map_err(failed)?;
+        tl.mark("rejoin old primary as replica");
+    }
+    let had_load = load.is_some();
+    let attempts = match load {
+        Some(l) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            l.stop().await
+        }
+        None => Vec::new(),
+    };
+    tl.mark("stop load");
+
+    // Verify every acknowledged write on the new primary.
+    let new_primary = router.write_store();
+    let acked: Vec<Uuid> = attempts
+        .iter()
+        .filter_map(|a| match &a.outcome {
+            drill_load::Outcome::Acked { run_id, .. } => run_id.parse().ok(),
+            _ => None,
+        })
+        .collect();
+    let present: HashSet<String> = new_primary
+        .existing_runs(&acked)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
+    let (_, lost) = drill_load::classify(&attempts, &present);
+    let duplicates = new_primary
+        .duplicate_goals(&format!("drill-{label}-"))
+        .await
+        .map_err(failed)? as u64;
+    let summary = drill_load::summarize(&attempts);
+    // A stale read misses a write that exists; a read that misses a lost
+    // write is the loss, counted there.
+    let stale_reads = attempts
+        .iter()
+        .filter(|a| a.stale_read == Some(true))
+        .filter(|a| match &a.outcome {
+            drill_load::Outcome::Acked { run_id, .. } => present.contains(run_id),
+            _ => false,
+        })
+        .count() as u64;
+    let mut failures: std::collections::BTreeMap<String, u64> = Default::default();
+    for a in &attempts {
+        if let drill_load::Outcome::Failed { status, code } = &a.outcome {
+            *failures.entry(format!("{status} {code}")).or_default() += 1;
+        }
+    }
+    let fenced = old.cancel_run(Uuid::nil(), epoch_after).await.is_err();
+    tl.mark("verify");
+
+    let noticed = router
+        .take_primary_lost_at()
+        .filter(|t| *t >= fault)
+        .map(|t| ms(t - fault));
+    let load_noticed = summary
+        .first_failure_ms
+        .zip(load_fault_offset(&tl, had_load))
+        .map(|(f, off)| f.saturating_sub(off));
+    let detection_ms = match (noticed, load_noticed) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(0),
+    };
+    // Nodes retry writes while the primary moves, so the load may see no
+    // failure at all: a write that waited for the new primary is the
+    // unavailability it saw. RTO is the longer of the two.
+    let slowest_write = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, drill_load::Outcome::Acked { .. }))
+        .map(|a| a.done_at_ms.saturating_sub(a.sent_at_ms))
+        .max()
+        .unwrap_or(0);
+    let mut by_latency: Vec<&drill_load::Attempted> = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, drill_load::Outcome::Acked { .. }))
+        .collect();
+    by_latency.sort_by_key(|a| std::cmp::Reverse(a.done_at_ms.saturating_sub(a.sent_at_ms)));
+    let slowest_writes: Vec<SlowWrite> = by_latency
+        .iter()
+        .take(3)
+        .map(|a| SlowWrite {
+            target: a.target.clone(),
+            sent_at_ms: a.sent_at_ms,
+            ms: a.done_at_ms.saturating_sub(a.sent_at_ms),
+            retries: a.retries,
+        })
+        .collect();
+    let rto_ms = if attempts.is_empty() {
+        ms(rerouted_at - fault)
+    } else {
+        summary.rto_ms.max(slowest_write)
+    };
+    let ok = rerouted == total
+        && fenced
+        && duplicates == 0
+        && stale_reads == 0
+        && (req.kind == DrillKind::Failover || lost.is_empty())
+        && (attempts.is_empty() || summary.recovered);
+    Ok(DrillReport {
+        kind: req.kind,
+        from_region: from,
+        to_region: to,
+        epoch_before,
+        epoch_after,
+        detection_ms,
+        rto_ms,
+        acknowledged_writes: summary.acknowledged,
+        lost_writes: lost.len() as u64,
+        lost_run_ids: lost,
+        indeterminate_writes: summary.indeterminate,
+        failed_writes: summary.failed,
+        duplicate_writes: duplicates,
+        stale_reads,
+        failures,
+        slowest_writes,
+        old_primary_fenced: fenced,
+        nodes_rerouted: rerouted,
+        nodes_total: total,
+        phases: tl.phases,
+        ok,
+    })
+}
+
+/// The load starts right after preflight; the fault comes after the
+/// warm-up phase. Returns the fault's offset from the load's start.
+fn load_fault_offset(tl: &Timeline, with_load: bool) -> Option<u64> {
+    if !with_load {
+        return None;
+    }
+    tl.phases
+        .iter()
+        .find(|p| p.name == "load warm-up")
+        .map(|p| p.ms)
+}
+
+/// Refuses a target that is not a healthy replica close behind the primary.
+async fn preflight(
+    old: &Store,
+    target: &Store,
+    to: &str,
+    max_lag_ms: u64,
+) -> Result<(), DrillError> {
+    let (_, refuses_writes) = target
+        .role()
+        .await
+        .map_err(|e| DrillError::Refused(format!("target region `{to}` is unreachable: {e}")))?;
+    if !refuses_writes {
+        return Err(DrillError::Refused(format!(
+            "target region `{to}` is not a replica"
+        )));
+    }
+    let (_, _, primary_lsn) = old
+        .position()
+        .await
+        .map_err(|e| DrillError::Refused(format!("the current primary is unreachable: {e}")))?;
+    let deadline = Instant::now() + Duration::from_millis(max_lag_ms);
+    loop {
+        let (_, _, replayed) = target.position().await.map_err(failed)?;
+        if replayed >= primary_lsn {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DrillError::Refused(format!(
+                "target region `{to}` lags beyond {max_lag_ms} ms (replayed {replayed}, primary at {primary_lsn})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_replayed(target: &Store, lsn: crate::token::Lsn) -> Result<(), DrillError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match target.position().await {
+            Ok((_, _, replayed)) if replayed >= lsn => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err(DrillError::Failed(format!(
+                    "the target did not replay the old primary's last write ({lsn}) within 30 s"
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// API URLs of the healthy nodes: (client nodes: load targets, all: to re-route).
+async fn node_urls(router: &Router) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let nodes = router.write_store().nodes().await?;
+    let healthy: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| crate::api::healthy(n.last_heartbeat_at, 15_000))
+        .collect();
+    let clients = healthy
+        .iter()
+        .filter(|n| n.roles.iter().any(|r| r == "client"))
+        .filter_map(|n| n.api_url.clone())
+        .collect();
+    let all = healthy.into_iter().filter_map(|n| n.api_url).collect();
+    Ok((clients, all))
+}
+
+/// Waits until every node reports the new write region and epoch.
+async fn wait_rerouted(urls: &[String], to: &str, epoch: u64) -> (usize, usize) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("HTTP client builds");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut done = 0;
+        for u in urls {
+            let info = http.get(format!("{u}/health/info")).send().await;
+            if let Ok(r) = info {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["write_region"] == to && v["epoch"].as_u64().unwrap_or(0) >= epoch {
+                        done += 1;
+                    }
+                }
+            }
+        }
+        if done == urls.len() || Instant::now() >= deadline {
+            return (done, urls.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
