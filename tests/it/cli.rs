@@ -160,17 +160,6 @@ fn config_check_and_migrate_commands() {
     );
 }
 
-/// Two consecutive free ports (the dev cluster's nodes use base, base + 1).
-fn free_port_pair() -> u16 {
-    for _ in 0..50 {
-        let p = singularity_workflow::pgserver::free_port().unwrap();
-        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no two consecutive free ports");
-}
-
 fn start_dev(dir: &std::path::Path, port: u16, fresh: bool) -> std::process::Child {
     let mut cmd = swf();
     cmd.args([

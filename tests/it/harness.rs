@@ -331,3 +331,14 @@ pub fn attempts_of(lineage: &Value, step: &str) -> Vec<(i64, String, String)> {
         })
         .collect()
 }
+
+/// Two consecutive free ports (a dev cluster's nodes use base, base + 1).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let p = pgserver::free_port().expect("free port");
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two consecutive free ports");
+}

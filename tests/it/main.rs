@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod drills;
 mod engine;
 mod harness;
 mod regions;

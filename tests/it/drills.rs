@@ -1,0 +1,292 @@
+//! Failover drills on real clusters: a primary and a streaming replica in
+//! two regions (each test starts its own, as `swf dev` does), driven over
+//! the real HTTP API.
+
+use serde_json::{json, Value};
+use singularity_workflow::dev::{DevCluster, DevOptions};
+use singularity_workflow::handlers::Registry;
+use singularity_workflow::router::{RegionDb, Router};
+use singularity_workflow::store::{Store, StoreError};
+
+use crate::harness::*;
+
+fn options() -> DevOptions {
+    let dir = std::env::temp_dir().join(format!("swf-drill-{}", uuid::Uuid::new_v4().simple()));
+    DevOptions {
+        data_dir: dir,
+        regions: vec!["us-east".into(), "eu-west".into()],
+        base_port: free_port_pair(),
+        wan_latency_ms: 2,
+        fresh: true,
+    }
+}
+
+async fn cluster() -> (DevCluster, Api, Api) {
+    start(&options()).await
+}
+
+async fn start(opts: &DevOptions) -> (DevCluster, Api, Api) {
+    let c = DevCluster::start(opts, Registry::with_builtins())
+        .await
+        .expect("start a two-region cluster");
+    let us = Api::new(&c.cluster.regions[0].api_url);
+    let eu = Api::new(&c.cluster.regions[1].api_url);
+    (c, us, eu)
+}
+
+async fn drill(api: &Api, kind: &str, to: &str, load: f64) -> Answer {
+    api.send(
+        api.http
+            .post(format!("{}/v1/admin/drills", api.base))
+            .timeout(std::time::Duration::from_secs(120))
+            .json(&json!({"kind": kind, "to": to, "load": load})),
+    )
+    .await
+}
+
+/// Stops the cluster and removes its data dir.
+async fn finish(c: DevCluster) {
+    let dir = c.cluster_path.parent().map(|p| p.to_path_buf());
+    c.stop().await;
+    if let Some(d) = dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn check_report(r: &Value, kind: &str, from: &str, to: &str) {
+    assert_eq!(r["kind"], kind);
+    assert_eq!(r["from_region"], from);
+    assert_eq!(r["to_region"], to);
+    assert_eq!(
+        r["epoch_after"].as_u64().unwrap(),
+        r["epoch_before"].as_u64().unwrap() + 1
+    );
+    assert_eq!(r["duplicate_writes"], 0, "{r}");
+    assert_eq!(r["stale_reads"], 0, "{r}");
+    assert_eq!(r["old_primary_fenced"], true, "{r}");
+    assert_eq!(r["nodes_rerouted"], r["nodes_total"], "{r}");
+    for key in [
+        "detection_ms",
+        "rto_ms",
+        "acknowledged_writes",
+        "lost_writes",
+        "phases",
+    ] {
+        assert!(!r[key].is_null(), "report lacks {key}");
+    }
+}
+
+#[tokio::test]
+async fn switchover_under_load_loses_nothing_and_moves_back() {
+    let opts = options();
+    let (c, us, eu) = start(&opts).await;
+    // Work in flight across the switch: a chain of short sleeps.
+    let inflight = us
+        .submit(&json!({"goal": "across", "steps": [
+            {"id": "a", "handler": "sleep", "input": {"ms": 300}},
+            {"id": "b", "handler": "sleep", "input": {"ms": 300}, "depends_on": ["a"]},
+            {"id": "c", "handler": "sleep", "input": {"ms": 300}, "depends_on": ["b"]}]}))
+        .await;
+
+    let r = drill(&us, "switchover", "eu-west", 50.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, "switchover", "us-east", "eu-west");
+    assert_eq!(r.body["lost_writes"], 0, "{}", r.body);
+    assert!(
+        r.body["acknowledged_writes"].as_u64().unwrap() > 20,
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+
+    // The topology moved: eu-west writes, us-east is its replica.
+    let regions = us.get("/v1/regions").await.body;
+    assert_eq!(regions["write_region"], "eu-west");
+    assert_eq!(regions["epoch"], 2);
+    let roles: Vec<&str> = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["replica", "primary"]);
+    // Executors resumed: the in-flight run and new runs submitted to either
+    // node complete, and tokens are honoured on both.
+    assert_eq!(us.wait_terminal(&inflight, 60).await["status"], "completed");
+    for api in [&us, &eu] {
+        let a = api
+            .post(
+                "/v1/workflows",
+                &json!({"goal": "after", "steps": [{"id": "a", "handler": "noop"}]}),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let token = a.body["consistency_token"].as_str().unwrap();
+        assert!(token.starts_with("2-"), "{token}");
+        let id = a.body["run_id"].as_str().unwrap();
+        let read = api
+            .send(
+                api.http
+                    .get(format!("{}/v1/workflows/{id}", api.base))
+                    .header("swf-consistency-token", token),
+            )
+            .await;
+        assert_eq!(read.status, 200);
+        assert_eq!(api.wait_terminal(id, 30).await["status"], "completed");
+    }
+
+    // A restart of the dev cluster keeps the promoted region as primary.
+    c.stop().await;
+    let (c, us, eu) = start(&opts).await;
+    assert_eq!(c.cluster.write_region, "eu-west");
+    assert_eq!(us.get("/v1/regions").await.body["write_region"], "eu-west");
+
+    // And back again, driven from the other node.
+    let r = drill(&eu, "switchover", "us-east", 50.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, "switchover", "eu-west", "us-east");
+    assert_eq!(r.body["lost_writes"], 0);
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(eu.get("/v1/regions").await.body["write_region"], "us-east");
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn failover_reports_lost_writes_exactly() {
+    let (c, us, _eu) = cluster().await;
+    let r = drill(&us, "failover", "eu-west", 100.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, "failover", "us-east", "eu-west");
+    // Every acknowledged write is either present on the new primary or in
+    // the lost list, which names exactly the missing ones.
+    let new_primary = sql(&c.cluster.regions[1].database_url).await;
+    let lost: Vec<uuid::Uuid> = r.body["lost_run_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lost.len() as u64, r.body["lost_writes"].as_u64().unwrap());
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.runs WHERE run_id = ANY($1)")
+        .bind(&lost)
+        .fetch_one(&new_primary)
+        .await
+        .unwrap();
+    assert_eq!(found, 0, "a run reported lost is present");
+    let drill_runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM swf.runs WHERE goal LIKE 'drill-%'")
+            .fetch_one(&new_primary)
+            .await
+            .unwrap();
+    let acked = r.body["acknowledged_writes"].as_i64().unwrap();
+    assert!(
+        drill_runs >= acked - lost.len() as i64,
+        "{drill_runs} runs for {acked} acks"
+    );
+    assert_eq!(us.get("/v1/regions").await.body["write_region"], "eu-west");
+    new_primary.close().await;
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn drills_are_refused_with_a_clear_error() {
+    let (c, us, _eu) = cluster().await;
+    let r = drill(&us, "switchover", "mars", 0.0).await;
+    assert_eq!((r.status, r.code()), (400, "unknown_region"));
+    let r = drill(&us, "switchover", "us-east", 0.0).await;
+    assert_eq!((r.status, r.code()), (409, "invalid_state"));
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already the write region"));
+    let r = us
+        .send(
+            us.http
+                .post(format!("{}/v1/admin/drills", us.base))
+                .json(&json!({"kind": "sideways", "to": "eu-west"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    // A target that lags beyond the bound: pause its replay, write, drill.
+    let replica = sql(&c.cluster.regions[1].database_url).await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    us.submit(&json!({"goal": "lag", "steps": [{"id": "a", "handler": "noop"}]}))
+        .await;
+    let r = us
+        .send(
+            us.http
+                .post(format!("{}/v1/admin/drills", us.base))
+                .json(&json!({"kind": "switchover", "to": "eu-west", "max_lag_ms": 200})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (409, "invalid_state"), "{}", r.body);
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("lags"));
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    // Nothing moved.
+    assert_eq!(us.get("/v1/regions").await.body["write_region"], "us-east");
+    replica.close().await;
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn a_resurrected_old_primary_is_never_written_to() {
+    // Two writable databases, as after a failover whose old primary came
+    // back: epochs 1 (old) and 2 (new).
+    let old_db = fresh_db().await;
+    let new_db = fresh_db().await;
+    let new_sql = sql(&new_db).await;
+    sqlx::query("UPDATE swf.cluster_state SET epoch = 2")
+        .execute(&new_sql)
+        .await
+        .unwrap();
+    let regions = vec![
+        RegionDb {
+            name: "us-east".into(),
+            store: Store::connect_lazy(&old_db, 2).unwrap(),
+            api_url: None,
+        },
+        RegionDb {
+            name: "eu-west".into(),
+            store: Store::connect_lazy(&new_db, 2).unwrap(),
+            api_url: None,
+        },
+    ];
+    let old = regions[0].store.clone();
+    let router = Router::new(
+        "us-east",
+        old.clone(),
+        regions,
+        Default::default(),
+        "fence-test",
+    );
+    router.discover_primary().await.unwrap();
+    assert_eq!(router.write_region(), "eu-west");
+    assert_eq!(router.epoch(), 2);
+    // A write through the router lands on the new primary...
+    let (_, token) = router
+        .write(std::time::Duration::from_secs(2), |s, e| async move {
+            s.cancel_run(uuid::Uuid::nil(), e).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(token.epoch, 2);
+    // ...and the old primary refuses any write carrying the epoch the node has seen.
+    let err = old
+        .cancel_run(uuid::Uuid::nil(), router.epoch())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleEpoch(_)), "{err}");
+    // A node that has seen epoch 3 accepts no primary of an older epoch.
+    router.observe_epoch(3);
+    assert!(router.discover_primary().await.is_err());
+    new_sql.close().await;
+}
