@@ -58,6 +58,8 @@ pub struct ApiState {
     pub heartbeat_ms: u64,
     /// Control of the databases for drills (`swf dev`), if any.
     pub control: Option<Arc<dyn crate::drill::ClusterControl>>,
+    /// Held while a drill runs on this node (one at a time).
+    pub drill_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Forwards region-pinned calls to another region's node over a pooled
@@ -533,7 +535,6 @@ async fn regions(State(st): State<ApiState>) -> ApiResult {
 
 /// Runs a drill from this node and answers with its report (one drill at a time).
 async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
-    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let bytes = to_bytes(req.into_body(), st.max_body_bytes)
         .await
         .map_err(|_| too_large(st.max_body_bytes))?;
@@ -544,7 +545,7 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
             format!("drill request: {e}"),
         )
     })?;
-    let Ok(_one) = RUNNING.try_lock() else {
+    let Ok(_one) = st.drill_running.try_lock() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "invalid_state",

@@ -173,6 +173,7 @@ impl Node {
             )),
             heartbeat_ms: config.executor.heartbeat_interval_ms,
             control,
+            drill_running: Arc::default(),
         });
         {
             let shutdown = shutdown.clone();
