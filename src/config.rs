@@ -79,11 +79,30 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub handlers: HandlersConfig,
     pub routing: RoutingConfig,
+    pub drills: DrillHooks,
     /// Every region and its database endpoint, from `regions_file`; empty
     /// when the node runs alone in its region (its database is the primary).
     pub regions: Vec<RegionSpec>,
     /// The file this came from; not a TOML key.
     pub source: Option<PathBuf>,
+}
+
+/// Shell commands a drill runs instead of its own steps, so a production
+/// deployment can delegate fencing, promotion and fault injection to its HA
+/// manager (Patroni, CloudNativePG, ...). Each runs with `sh -c` and the
+/// environment `SWF_DRILL_REGION` (the region acted on), `SWF_DRILL_FROM`
+/// and `SWF_DRILL_TO`; a non-zero exit fails the drill.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DrillHooks {
+    /// Make the old primary refuse writes (instead of SQL fencing).
+    pub fence_command: Option<String>,
+    /// Promote the target (instead of `pg_promote()`); the drill then
+    /// waits for it to leave recovery and bumps the epoch itself.
+    pub promote_command: Option<String>,
+    /// Simulate the loss of the old primary (failover drills).
+    pub kill_command: Option<String>,
+    /// Turn the old primary into a replica of the new one afterwards.
+    pub rejoin_command: Option<String>,
 }
 
 /// How reads are routed (DESIGN section 7).
@@ -458,6 +477,7 @@ impl Config {
             limits: LimitsConfig::default(),
             handlers: HandlersConfig::default(),
             routing: RoutingConfig::default(),
+            drills: DrillHooks::default(),
             regions: Vec::new(),
             source: None,
         }
@@ -704,8 +724,10 @@ fn slot(path: &[&str]) -> Slot {
     match path {
         ["node_id" | "region" | "write_region" | "regions_file" | "mode"] => Slot::Leaf(Str),
         ["enable_client" | "enable_executor"] => Slot::Leaf(Bool),
-        ["api" | "database" | "worker_pools" | "executor" | "limits" | "handlers" | "routing"] => {
-            Slot::Table
+        ["api" | "database" | "worker_pools" | "executor" | "limits" | "handlers" | "routing"
+        | "drills"] => Slot::Table,
+        ["drills", "fence_command" | "promote_command" | "kill_command" | "rejoin_command"] => {
+            Slot::Leaf(Str)
         }
         ["routing", "max_replica_lag_ms"
         | "token_wait_ms"
@@ -831,6 +853,16 @@ struct RawConfig {
     limits: Option<RawLimits>,
     handlers: Option<RawHandlers>,
     routing: Option<RawRouting>,
+    drills: Option<RawDrills>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDrills {
+    fence_command: Option<String>,
+    promote_command: Option<String>,
+    kill_command: Option<String>,
+    rejoin_command: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -932,6 +964,29 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
     let limits = build_limits(raw.limits.unwrap_or_default(), ctx)?;
     let handlers = build_handlers(raw.handlers.unwrap_or_default(), ctx)?;
     let routing = build_routing(raw.routing.unwrap_or_default(), ctx)?;
+    let d = raw.drills.unwrap_or_default();
+    let mut drills = DrillHooks::default();
+    for (key, v, slot) in [
+        ("fence_command", d.fence_command, &mut drills.fence_command),
+        (
+            "promote_command",
+            d.promote_command,
+            &mut drills.promote_command,
+        ),
+        ("kill_command", d.kill_command, &mut drills.kill_command),
+        (
+            "rejoin_command",
+            d.rejoin_command,
+            &mut drills.rejoin_command,
+        ),
+    ] {
+        if let Some(cmd) = v {
+            if cmd.trim().is_empty() {
+                return Err(ctx.invalid(&format!("drills.{key}"), "must not be empty"));
+            }
+            *slot = Some(cmd);
+        }
+    }
 
     let mut worker_pools = BTreeMap::new();
     let configured = raw.worker_pools.is_some();
@@ -974,6 +1029,7 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
         limits,
         handlers,
         routing,
+        drills,
         regions: Vec::new(),
         source,
     })

@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::DrillHooks;
 use crate::drill_load::{self, LoadHandle, LoadSpec};
 use crate::router::Router;
 use crate::store::Store;
@@ -40,6 +41,103 @@ pub trait ClusterControl: Send + Sync {
     fn repoint(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Records the new write region where the deployment keeps it.
     fn promoted(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Fences the old primary its own way; false: the drill fences with SQL.
+    fn fence(&self, _from: &str, _to: &str) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+    /// Promotes the target its own way; false: the drill calls `pg_promote()`.
+    fn promote(&self, _from: &str, _to: &str) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// A [`ClusterControl`] that runs the node's `[drills]` hook commands (see
+/// [`DrillHooks`]); steps without a command are left to the drill (fence,
+/// promote) or to the HA manager (stop, repoint).
+pub struct HookControl {
+    hooks: DrillHooks,
+    from_to: std::sync::Mutex<(String, String)>,
+}
+
+impl HookControl {
+    pub fn new(hooks: DrillHooks) -> HookControl {
+        HookControl {
+            hooks,
+            from_to: std::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    /// Runs `cmd` with `sh -c` (60 s at most); Ok(false) when there is none.
+    async fn run(&self, what: &str, cmd: &Option<String>, region: &str) -> anyhow::Result<bool> {
+        let Some(cmd) = cmd else { return Ok(false) };
+        let (from, to) = self.from_to.lock().expect("hook lock").clone();
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .env("SWF_DRILL_REGION", region)
+                .env("SWF_DRILL_FROM", from)
+                .env("SWF_DRILL_TO", to)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("drills.{what}_command did not finish within 60 s"))??;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: String = err
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            anyhow::bail!("drills.{what}_command exited with {}: {tail}", out.status);
+        }
+        Ok(true)
+    }
+}
+
+impl ClusterControl for HookControl {
+    fn kill(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            if !self.run("kill", &self.hooks.kill_command, &region).await? {
+                anyhow::bail!("no drills.kill_command is configured: a failover drill cannot stop the primary");
+            }
+            Ok(())
+        })
+    }
+    fn stop(&self, _region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn rejoin(&self, region: &str, _primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            self.run("rejoin", &self.hooks.rejoin_command, &region)
+                .await
+                .map(|_| ())
+        })
+    }
+    fn repoint(&self, _region: &str, _primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn promoted(&self, _region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn fence(&self, from: &str, to: &str) -> BoxFuture<'_, anyhow::Result<bool>> {
+        *self.from_to.lock().expect("hook lock") = (from.to_string(), to.to_string());
+        let from = from.to_string();
+        Box::pin(async move { self.run("fence", &self.hooks.fence_command, &from).await })
+    }
+    fn promote(&self, from: &str, to: &str) -> BoxFuture<'_, anyhow::Result<bool>> {
+        *self.from_to.lock().expect("hook lock") = (from.to_string(), to.to_string());
+        let to = to.to_string();
+        Box::pin(async move { self.run("promote", &self.hooks.promote_command, &to).await })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,14 +319,26 @@ pub async fn run(
     let fault = Instant::now();
     match req.kind {
         DrillKind::Switchover => {
-            let last = old.fence().await.map_err(failed)?;
+            let hooked = match control {
+                Some(c) => c.fence(&from, &to).await.map_err(failed)?,
+                None => false,
+            };
+            // The last WAL position the old primary will ever have (read
+            // after a hook's fence too, where it is still reachable).
+            let last = if hooked {
+                old.position().await.ok().map(|(_, _, l)| l)
+            } else {
+                Some(old.fence().await.map_err(failed)?)
+            };
             tl.mark("fence old primary");
             if let Some(c) = control {
                 c.stop(&from).await.map_err(failed)?;
                 tl.mark("stop old primary");
             }
-            wait_replayed(&target, last).await?;
-            tl.mark("target caught up");
+            if let Some(last) = last {
+                wait_replayed(&target, last).await?;
+                tl.mark("target caught up");
+            }
         }
         DrillKind::Failover => {
             if let Some(c) = control {
@@ -237,7 +347,16 @@ pub async fn run(
             tl.mark("lose old primary");
         }
     }
-    let epoch_after = target.promote(&to).await.map_err(failed)?;
+    let hooked = match control {
+        Some(c) => c.promote(&from, &to).await.map_err(failed)?,
+        None => false,
+    };
+    let epoch_after = if hooked {
+        wait_out_of_recovery(&target).await?;
+        target.bump_epoch(&to).await.map_err(failed)?
+    } else {
+        target.promote(&to).await.map_err(failed)?
+    };
     tl.mark("promote target");
     router.observe_epoch(epoch_after);
     router.discover_primary().await.map_err(failed)?;
@@ -426,6 +545,21 @@ async fn preflight(
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_out_of_recovery(target: &Store) -> Result<(), DrillError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((false, _, _)) = target.position().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DrillError::Failed(
+                "drills.promote_command ran but the target is still in recovery after 60 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -57,6 +57,17 @@ impl Node {
         registry: Registry,
         control: Option<Arc<dyn ClusterControl>>,
     ) -> anyhow::Result<Node> {
+        let d = &config.drills;
+        let hooks = d.fence_command.is_some()
+            || d.promote_command.is_some()
+            || d.kill_command.is_some()
+            || d.rejoin_command.is_some();
+        let control = control.or_else(|| {
+            hooks.then(|| {
+                Arc::new(crate::drill::HookControl::new(config.drills.clone()))
+                    as Arc<dyn ClusterControl>
+            })
+        });
         // Install the recorder before anything records.
         let _ = crate::telemetry::prometheus();
         let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;

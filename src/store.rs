@@ -409,6 +409,11 @@ impl Store {
                 "pg_promote did not finish within 60 s".into(),
             ));
         }
+        self.bump_epoch(region).await
+    }
+
+    /// Starts a new epoch on a freshly promoted primary; returns it.
+    pub async fn bump_epoch(&self, region: &str) -> Result<u64> {
         let epoch: i64 = sqlx::query_scalar(
             "UPDATE swf.cluster_state SET epoch = epoch + 1, write_region = $1, updated_at = now()
              RETURNING epoch",

@@ -290,3 +290,87 @@ async fn a_resurrected_old_primary_is_never_written_to() {
     assert!(router.discover_primary().await.is_err());
     new_sql.close().await;
 }
+
+#[tokio::test]
+async fn switchover_can_be_delegated_to_hook_commands() {
+    let (c, us, _eu) = cluster().await;
+    let port = |i: usize| -> u16 {
+        c.cluster.regions[i]
+            .database_url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (us_port, eu_port) = (port(0), port(1));
+    let psql = |p: u16, sql: &str| {
+        format!("psql -h 127.0.0.1 -p {p} -U postgres -d postgres -v ON_ERROR_STOP=1 -qc \"{sql}\"")
+    };
+    let log_path =
+        std::env::temp_dir().join(format!("swf-hooks-{}", uuid::Uuid::new_v4().simple()));
+    let log = log_path.display().to_string();
+    // An edge node whose drills call out to commands, as with an HA manager.
+    let regions = vec![
+        singularity_workflow::config::RegionSpec {
+            name: "us-east".into(),
+            database_url: c.cluster.regions[0].database_url.clone(),
+            api_url: None,
+        },
+        singularity_workflow::config::RegionSpec {
+            name: "eu-west".into(),
+            database_url: c.cluster.regions[1].database_url.clone(),
+            api_url: None,
+        },
+    ];
+    let mut cfg = node_config("hooks-1", &c.cluster.regions[0].database_url);
+    cfg.enable_executor = false;
+    cfg.worker_pools.clear();
+    cfg.regions = regions;
+    cfg.drills.fence_command = Some(format!(
+        "echo fence $SWF_DRILL_REGION >> {log} && {} && {}",
+        psql(
+            us_port,
+            "ALTER SYSTEM SET default_transaction_read_only = on"
+        ),
+        psql(us_port, "SELECT pg_reload_conf()")
+    ));
+    cfg.drills.promote_command = Some(format!(
+        "echo promote $SWF_DRILL_REGION $SWF_DRILL_FROM $SWF_DRILL_TO >> {log} && {}",
+        psql(eu_port, "SELECT pg_promote()")
+    ));
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let r = drill(&api, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["epoch_after"], 2, "{}", r.body);
+    assert_eq!(r.body["old_primary_fenced"], true);
+    let ran = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(ran, "fence us-east\npromote eu-west us-east eu-west\n");
+    assert_eq!(us.get("/v1/regions").await.body["write_region"], "eu-west");
+    // A failing hook is an error that shows the command's own words.
+    let failing =
+        singularity_workflow::drill::HookControl::new(singularity_workflow::config::DrillHooks {
+            kill_command: Some("echo 'no such cluster' >&2; exit 3".into()),
+            ..Default::default()
+        });
+    use singularity_workflow::drill::ClusterControl;
+    let err = failing.kill("us-east").await.unwrap_err().to_string();
+    assert!(
+        err.contains("kill_command") && err.contains("no such cluster"),
+        "{err}"
+    );
+    let none = singularity_workflow::drill::HookControl::new(Default::default());
+    assert!(none
+        .kill("us-east")
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("no drills.kill_command"));
+    node.kill().await;
+    let _ = std::fs::remove_file(&log_path);
+    finish(c).await;
+}
