@@ -278,6 +278,30 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
     })
     .await;
     assert_eq!(doc["status"], "completed");
+    // The drill command as an operator runs it.
+    let us_url = eu
+        .base
+        .replace(&format!(":{}", port + 1), &format!(":{port}"));
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(swf().args([
+            "drill",
+            "switchover",
+            "--to",
+            "eu-west",
+            "--api",
+            &us_url,
+            "--load",
+            "20",
+        ]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("switchover us-east -> eu-west") && out.contains("OK"),
+        "{out}"
+    );
+    assert_eq!(eu.get("/v1/regions").await.body["write_region"], "eu-west");
     let a = eu
         .post(
             "/v1/workflows",
