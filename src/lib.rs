@@ -32,6 +32,10 @@
 //! - A completion is accepted only for the step's current attempt; the
 //!   database decides, not the executor.
 //! - No lock is held across an await on the network in the hot path.
+//! - The router never waits on a replica without a deadline; a read with a
+//!   token never returns data older than the token's write.
+//! - Every write carries the highest epoch the node has seen; a database of
+//!   an older epoch (a resurrected old primary) refuses it.
 //! - PostgreSQL servers started by this process never outlive it.
 
 pub mod api;
