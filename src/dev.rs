@@ -93,6 +93,7 @@ pub async fn start_replica(
     data_dir: &Path,
     name: &str,
     upstream_port: u16,
+    port: Option<u16>,
 ) -> anyhow::Result<PgServer> {
     let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
     let dir = data_dir.to_path_buf();
@@ -100,7 +101,10 @@ pub async fn start_replica(
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
         pgserver::init_replica(&bins, upstream_port, &dir)?;
         pgserver::set_primary_conninfo(&dir, upstream_port, &name)?;
-        let port = pgserver::free_port()?;
+        let port = match port {
+            Some(p) => p,
+            None => pgserver::free_port()?,
+        };
         Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
     })
     .await??;
@@ -138,6 +142,20 @@ impl DevControl {
         let port = p.local_addr().port();
         self.proxies.lock().await.push(p);
         Ok(port)
+    }
+
+    /// A replication link from `primary` to `region`'s database, and that
+    /// database's directory and port.
+    async fn upstream(&self, region: &str, primary: &str) -> anyhow::Result<(u16, PathBuf, u16)> {
+        let upstream = self
+            .link(
+                self.port_of(primary).await?,
+                format!("replication {primary}->{region}"),
+            )
+            .await?;
+        let dbs = self.dbs.lock().await;
+        let d = &dbs[region];
+        Ok((upstream, d.dir.clone(), d.port))
     }
 
     async fn port_of(&self, region: &str) -> anyhow::Result<u16> {
@@ -198,31 +216,14 @@ impl ClusterControl for DevControl {
             if let Some(mut pg) = self.take_server(&region).await? {
                 tokio::task::spawn_blocking(move || pg.stop()).await??;
             }
-            let upstream = self
-                .link(
-                    self.port_of(&primary).await?,
-                    format!("replication {primary}->{region}"),
-                )
-                .await?;
-            let (dir, port) = {
-                let dbs = self.dbs.lock().await;
-                let d = &dbs[&region];
-                (d.dir.clone(), d.port)
-            };
+            let (upstream, dir, port) = self.upstream(&region, &primary).await?;
             // A fresh clone of the new primary: the old timeline may hold
             // WAL the new primary never saw (always so after a failover).
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("remove {}", dir.display()))?;
             }
-            let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
-            let name = region.clone();
-            let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
-                pgserver::init_replica(&bins, upstream, &dir)?;
-                pgserver::set_primary_conninfo(&dir, upstream, &name)?;
-                Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
-            })
-            .await??;
+            let server = start_replica(&dir, &region, upstream, Some(port)).await?;
             self.dbs
                 .lock()
                 .await
@@ -236,17 +237,7 @@ impl ClusterControl for DevControl {
     fn repoint(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
         let (region, primary) = (region.to_string(), primary.to_string());
         Box::pin(async move {
-            let upstream = self
-                .link(
-                    self.port_of(&primary).await?,
-                    format!("replication {primary}->{region}"),
-                )
-                .await?;
-            let (dir, port) = {
-                let dbs = self.dbs.lock().await;
-                let d = &dbs[&region];
-                (d.dir.clone(), d.port)
-            };
+            let (upstream, dir, port) = self.upstream(&region, &primary).await?;
             pgserver::set_primary_conninfo(&dir, upstream, &region)?;
             // primary_conninfo is reloadable (PostgreSQL 13 and later).
             let store =
@@ -363,7 +354,7 @@ impl DevCluster {
                 .link(primary_port, format!("replication {primary}->{r}"))
                 .await?;
             eprintln!("starting PostgreSQL replica for region {r}");
-            let pg = start_replica(&pg_dir(r), r, upstream).await?;
+            let pg = start_replica(&pg_dir(r), r, upstream, None).await?;
             control.dbs.lock().await.insert(
                 r.clone(),
                 DevDb {
