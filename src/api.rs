@@ -60,6 +60,10 @@ pub struct ApiState {
     pub control: Option<Arc<dyn crate::drill::ClusterControl>>,
     /// Held while a drill runs on this node (one at a time).
     pub drill_running: Arc<tokio::sync::Mutex<()>>,
+    pub auth: Arc<crate::auth::Auth>,
+    /// Permits for requests served at once (limits.max_concurrent_requests).
+    pub inflight: Arc<tokio::sync::Semaphore>,
+    pub request_timeout: std::time::Duration,
 }
 
 /// Forwards region-pinned calls to another region's node over a pooled
@@ -152,6 +156,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/health/info", get(info))
         .route("/metrics", get(metrics_text))
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -182,6 +187,71 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
         }
     }
     resp
+}
+
+/// Sheds load past `limits.max_concurrent_requests`, authenticates, and
+/// bounds how long a request may take (drills excepted).
+async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+        let mut r = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in progress (limits.max_concurrent_requests); retry shortly",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return r;
+    };
+    let path = req.uri().path().to_string();
+    if let Some(scope) = st.auth.required(req.method().as_str(), &path) {
+        let header = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        use crate::auth::Denied;
+        match st.auth.check(header, scope) {
+            Ok(_) => {}
+            Err(Denied::Unauthorized(m)) => {
+                let mut r =
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m).into_response();
+                r.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+            Err(Denied::Forbidden(m)) => {
+                return ApiError::new(StatusCode::FORBIDDEN, "forbidden", m).into_response()
+            }
+            Err(Denied::RateLimited(m)) => {
+                let mut r =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m).into_response();
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from_static("1"),
+                );
+                return r;
+            }
+        }
+    }
+    if path.starts_with("/v1/admin") {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(st.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {} ms (limits.request_timeout_ms)",
+                st.request_timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Refuses /v1 on nodes without the client role and handles `swf-region`.

@@ -80,6 +80,15 @@ pub enum Command {
     /// Failover drills: move the write region and report RTO and lost writes.
     #[command(subcommand)]
     Drill(DrillCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the SHA-256 of a token (read from stdin) for a tokens file.
+    HashToken,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +153,9 @@ pub struct ApiArgs {
     /// Print the raw JSON answer.
     #[arg(long)]
     pub json: bool,
+    /// API token (sent as `Authorization: Bearer`).
+    #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Entry point of the binary: returns the process exit code.
@@ -228,7 +240,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             timeout_secs,
         } => status(&api, &run_id, wait, Duration::from_secs(timeout_secs)).await,
         Command::Lineage { api, run_id } => {
-            let doc = get_json(&api.api, &format!("/v1/workflows/{run_id}/lineage")).await?;
+            let doc = get_json(&api, &format!("/v1/workflows/{run_id}/lineage")).await?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -237,7 +249,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Regions { api } => {
-            let doc = get_json(&api.api, "/v1/regions").await?;
+            let doc = get_json(&api, "/v1/regions").await?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -248,14 +260,32 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Drill(DrillCommand::Switchover(a)) => drill("switchover", a).await,
         Command::Drill(DrillCommand::Failover(a)) => drill("failover", a).await,
+        Command::Auth(AuthCommand::HashToken) => {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("read stdin")?;
+            let t = t.trim();
+            if t.is_empty() {
+                bail!("no token on standard input");
+            }
+            println!("{}", crate::auth::hash_token(t));
+            Ok(0)
+        }
     }
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client builds")
+/// An HTTP client that sends the API token, if one is given.
+fn http(api: &ApiArgs, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &api.token {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            .context("--token holds characters an HTTP header cannot")?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Turns an API answer into JSON, or an error that shows the API's code.
@@ -288,9 +318,9 @@ pub struct ApiFailure {
     pub message: String,
 }
 
-async fn get_json(api: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", api.trim_end_matches('/'));
-    let resp = http()
+async fn get_json(api: &ApiArgs, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", api.api.trim_end_matches('/'));
+    let resp = http(api, Duration::from_secs(30))?
         .get(&url)
         .send()
         .await
@@ -313,7 +343,7 @@ async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
         body["idempotency_key"] = json!(uuid::Uuid::new_v4().to_string());
     }
     let url = format!("{}/v1/workflows", api.api.trim_end_matches('/'));
-    let client = http();
+    let client = http(api, Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut delay = Duration::from_millis(100);
     let doc = loop {
@@ -348,7 +378,7 @@ async fn status(api: &ApiArgs, run_id: &str, wait: bool, timeout: Duration) -> a
     let path = format!("/v1/workflows/{run_id}");
     let deadline = Instant::now() + timeout;
     let doc = loop {
-        let doc = get_json(&api.api, &path).await?;
+        let doc = get_json(api, &path).await?;
         let done = doc["status"].as_str().is_some_and(|s| s != "running");
         if !wait || done {
             break doc;
@@ -491,9 +521,7 @@ pub fn render_regions(doc: &Value) -> String {
 async fn drill(kind: &str, a: DrillArgs) -> anyhow::Result<i32> {
     let url = format!("{}/v1/admin/drills", a.api.api.trim_end_matches('/'));
     let body = json!({"kind": kind, "to": a.to, "load": a.load, "max_lag_ms": a.max_lag_ms});
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()?;
+    let http = http(&a.api, Duration::from_secs(300))?;
     if !a.api.json {
         eprintln!(
             "drill: {kind} to {} (load {}/s) via {}",

@@ -26,7 +26,13 @@ use toml::{Table, Value};
 
 /// Environment variables starting with `SWF_` that belong to other commands, not to the node
 /// file. Any variable starting with `SWF_TEST_` is ignored as well.
-pub const IGNORED_ENV: &[&str] = &["SWF_PG_BIN", "SWF_LOG", "SWF_API_URL", "SWF_TEST_KEEP"];
+pub const IGNORED_ENV: &[&str] = &[
+    "SWF_PG_BIN",
+    "SWF_LOG",
+    "SWF_API_URL",
+    "SWF_TOKEN",
+    "SWF_TEST_KEEP",
+];
 
 /// Upper bound for every `*_ms` setting: one day.
 const MAX_MS: i64 = 86_400_000;
@@ -80,6 +86,7 @@ pub struct Config {
     pub handlers: HandlersConfig,
     pub routing: RoutingConfig,
     pub drills: DrillHooks,
+    pub auth: AuthConfig,
     /// Every region and its database endpoint, from `regions_file`; empty
     /// when the node runs alone in its region (its database is the primary).
     pub regions: Vec<RegionSpec>,
@@ -278,6 +285,12 @@ pub struct LimitsConfig {
     pub max_id_len: usize,
     pub max_goal_len: usize,
     pub max_json_depth: usize,
+    /// A request still unanswered after this gets 408 (drills are exempt).
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more are shed with 503 and Retry-After.
+    pub max_concurrent_requests: usize,
+    /// Requests per second per API token (a bucket of twice that); 429 past it.
+    pub per_token_rate_per_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -288,8 +301,108 @@ impl Default for LimitsConfig {
             max_id_len: 128,
             max_goal_len: 1024,
             max_json_depth: 32,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1024,
+            per_token_rate_per_s: 1000,
         }
     }
+}
+
+/// Bearer-token authentication of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// On by default; `swf dev` turns it off. With no tokens, every
+    /// protected call is refused.
+    pub enabled: bool,
+    /// A TOML file of `[[tokens]]` with `name`, `sha256` (hex of the token)
+    /// and `scopes` (`read`, `submit`, `admin`).
+    pub tokens_file: Option<PathBuf>,
+    /// Whether `/metrics` and `/health/info` need a `read` token too.
+    pub protect_metrics: bool,
+    pub protect_info: bool,
+    /// Loaded from `tokens_file`; never printed.
+    pub tokens: Vec<TokenSpec>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            tokens_file: None,
+            protect_metrics: false,
+            protect_info: false,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One API token: only a hash of it is stored.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token (`swf auth hash-token`).
+    pub sha256: String,
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSpec")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenSpec>,
+}
+
+/// Loads and validates a tokens file.
+pub fn load_tokens(path: &Path) -> Result<Vec<TokenSpec>, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let parsed: TokensFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        file: file.clone(),
+        key: "tokens".into(),
+        message: e.message().to_string(),
+    })?;
+    for (i, t) in parsed.tokens.iter().enumerate() {
+        let bad = |message: String| ConfigError::Invalid {
+            file: file.clone(),
+            key: format!("tokens[{i}]"),
+            message,
+        };
+        if t.name.is_empty() {
+            return Err(bad("name must not be empty".into()));
+        }
+        if t.sha256.len() != 64
+            || !t
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad(
+                "sha256 must be 64 lower-case hex digits (swf auth hash-token)".into(),
+            ));
+        }
+        if let Some(s) = t
+            .scopes
+            .iter()
+            .find(|s| !["read", "submit", "admin"].contains(&s.as_str()))
+        {
+            return Err(bad(format!(
+                "unknown scope `{s}` (use read, submit, admin)"
+            )));
+        }
+    }
+    Ok(parsed.tokens)
 }
 
 /// Allow-lists for the built-in handlers; empty means the handler may run nothing.
@@ -409,6 +522,17 @@ impl Config {
         }
         let mut loaded = Self::from_toml_str(&text, &source, &env)?;
         loaded.config.source = Some(path.to_path_buf());
+        if let Some(file) = loaded.config.auth.tokens_file.clone() {
+            loaded.config.auth.tokens = load_tokens(&file)?;
+        }
+        if loaded.config.auth.enabled && loaded.config.auth.tokens.is_empty() {
+            loaded.warnings.push(
+                "key `auth.tokens_file`: auth is enabled and no token is configured, so every \
+                 /v1 call will be refused with 401 (set auth.tokens_file, or auth.enabled = false \
+                 on a trusted network)"
+                    .to_string(),
+            );
+        }
         if let Some(file) = loaded.config.regions_file.clone() {
             let regions = load_regions(&file)?;
             let c = &loaded.config;
@@ -478,6 +602,10 @@ impl Config {
             handlers: HandlersConfig::default(),
             routing: RoutingConfig::default(),
             drills: DrillHooks::default(),
+            auth: AuthConfig {
+                enabled: false,
+                ..AuthConfig::default()
+            },
             regions: Vec::new(),
             source: None,
         }
@@ -725,7 +853,12 @@ fn slot(path: &[&str]) -> Slot {
         ["node_id" | "region" | "write_region" | "regions_file" | "mode"] => Slot::Leaf(Str),
         ["enable_client" | "enable_executor"] => Slot::Leaf(Bool),
         ["api" | "database" | "worker_pools" | "executor" | "limits" | "handlers" | "routing"
-        | "drills"] => Slot::Table,
+        | "drills" | "auth"] => Slot::Table,
+        ["auth", "enabled" | "protect_metrics" | "protect_info"] => Slot::Leaf(Bool),
+        ["auth", "tokens_file"] => Slot::Leaf(Str),
+        ["limits", "request_timeout_ms" | "max_concurrent_requests" | "per_token_rate_per_s"] => {
+            Slot::Leaf(Int)
+        }
         ["drills", "fence_command" | "promote_command" | "kill_command" | "rejoin_command"] => {
             Slot::Leaf(Str)
         }
@@ -854,6 +987,16 @@ struct RawConfig {
     handlers: Option<RawHandlers>,
     routing: Option<RawRouting>,
     drills: Option<RawDrills>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    enabled: Option<bool>,
+    tokens_file: Option<String>,
+    protect_metrics: Option<bool>,
+    protect_info: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -915,6 +1058,9 @@ struct RawLimits {
     max_id_len: Option<i64>,
     max_goal_len: Option<i64>,
     max_json_depth: Option<i64>,
+    request_timeout_ms: Option<i64>,
+    max_concurrent_requests: Option<i64>,
+    per_token_rate_per_s: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -964,6 +1110,25 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
     let limits = build_limits(raw.limits.unwrap_or_default(), ctx)?;
     let handlers = build_handlers(raw.handlers.unwrap_or_default(), ctx)?;
     let routing = build_routing(raw.routing.unwrap_or_default(), ctx)?;
+    let a = raw.auth.unwrap_or_default();
+    let auth = AuthConfig {
+        enabled: a.enabled.unwrap_or(true),
+        tokens_file: match a.tokens_file {
+            Some(f) if f.is_empty() => {
+                return Err(ctx.invalid("auth.tokens_file", "must not be empty"))
+            }
+            Some(f) => Some(
+                Path::new(&ctx.file)
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(f),
+            ),
+            None => None,
+        },
+        protect_metrics: a.protect_metrics.unwrap_or(false),
+        protect_info: a.protect_info.unwrap_or(false),
+        tokens: Vec::new(),
+    };
     let d = raw.drills.unwrap_or_default();
     let mut drills = DrillHooks::default();
     for (key, v, slot) in [
@@ -1030,6 +1195,7 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
         handlers,
         routing,
         drills,
+        auth,
         regions: Vec::new(),
         source,
     })
@@ -1172,6 +1338,25 @@ fn build_limits(raw: RawLimits, ctx: &Ctx) -> Result<LimitsConfig, ConfigError> 
         max_id_len: positive("max_id_len", raw.max_id_len, d.max_id_len)?,
         max_goal_len: positive("max_goal_len", raw.max_goal_len, d.max_goal_len)?,
         max_json_depth: positive("max_json_depth", raw.max_json_depth, d.max_json_depth)?,
+        request_timeout_ms: ctx.ranged(
+            "limits.request_timeout_ms",
+            raw.request_timeout_ms,
+            d.request_timeout_ms as i64,
+            1,
+            MAX_MS,
+        )?,
+        max_concurrent_requests: positive(
+            "max_concurrent_requests",
+            raw.max_concurrent_requests,
+            d.max_concurrent_requests,
+        )?,
+        per_token_rate_per_s: ctx.ranged(
+            "limits.per_token_rate_per_s",
+            raw.per_token_rate_per_s,
+            d.per_token_rate_per_s as i64,
+            1,
+            1_000_000,
+        )?,
     })
 }
 

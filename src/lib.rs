@@ -10,6 +10,7 @@
 //! - [`drill`]: switchover and failover drills with a measured report;
 //!   [`drill_load`] is the load they generate and verify.
 //! - [`api`]: HTTP routes, headers and error bodies (axum on hyper).
+//! - [`auth`]: bearer tokens with scopes, per-token rate limits.
 //! - [`node`]: assembles a node's subsystems from its config; supervision, shutdown.
 //! - [`client`]: the client role: submit, status, lineage, list, cancel.
 //! - [`executor`]: the executor role: worker pools, claims, handlers, completions.
@@ -39,6 +40,7 @@
 //! - PostgreSQL servers started by this process never outlive it.
 
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod bench;
 pub mod cache;

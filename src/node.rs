@@ -185,6 +185,14 @@ impl Node {
             heartbeat_ms: config.executor.heartbeat_interval_ms,
             control,
             drill_running: Arc::default(),
+            auth: Arc::new(crate::auth::Auth::new(
+                &config.auth,
+                config.limits.per_token_rate_per_s,
+            )),
+            inflight: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_concurrent_requests,
+            )),
+            request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         });
         {
             let shutdown = shutdown.clone();

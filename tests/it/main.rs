@@ -2,6 +2,7 @@
 //! One crate (one link, one PostgreSQL server); each test gets its own database.
 
 mod api;
+mod auth;
 mod cli;
 mod drills;
 mod engine;

@@ -1,0 +1,283 @@
+//! API authentication and request limits.
+//!
+//! Bearer tokens are configured as SHA-256 hashes with scopes `read`,
+//! `submit` and `admin` (admin implies the others); a presented token is
+//! hashed and compared with every configured hash in constant time. Each
+//! route needs one scope; `/health` and `/health/ready` are always open,
+//! `/metrics` and `/health/info` as configured. Tokens never reach logs or
+//! responses. Per-token rate limits use a token bucket (twice the rate).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::AuthConfig;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Read,
+    Submit,
+    Admin,
+}
+
+impl Scope {
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "read" => Some(Scope::Read),
+            "submit" => Some(Scope::Submit),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Submit => "submit",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+struct Token {
+    name: String,
+    hash: [u8; 32],
+    scopes: Vec<Scope>,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No or unknown token (401).
+    Unauthorized(String),
+    /// A known token without the scope (403).
+    Forbidden(String),
+    /// Over the token's rate (429).
+    RateLimited(String),
+}
+
+/// The node's authenticator.
+pub struct Auth {
+    enabled: bool,
+    protect_metrics: bool,
+    protect_info: bool,
+    tokens: Vec<Token>,
+    rate_per_s: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Lower-case hex SHA-256 of a token, as the tokens file stores it.
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Equal in constant time for equal lengths.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Auth {
+    pub fn new(cfg: &AuthConfig, rate_per_s: u64) -> Auth {
+        Auth {
+            enabled: cfg.enabled,
+            protect_metrics: cfg.protect_metrics,
+            protect_info: cfg.protect_info,
+            tokens: cfg
+                .tokens
+                .iter()
+                .filter_map(|t| {
+                    Some(Token {
+                        name: t.name.clone(),
+                        hash: unhex(&t.sha256)?,
+                        scopes: t.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                    })
+                })
+                .collect(),
+            rate_per_s: rate_per_s as f64,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The scope a request needs, or None when it is open.
+    pub fn required(&self, method: &str, path: &str) -> Option<Scope> {
+        if !self.enabled {
+            return None;
+        }
+        match path {
+            "/health" | "/health/ready" => None,
+            "/metrics" => self.protect_metrics.then_some(Scope::Read),
+            "/health/info" => self.protect_info.then_some(Scope::Read),
+            p if p.starts_with("/v1/admin") => Some(Scope::Admin),
+            "/v1/workflows" if method == "POST" => Some(Scope::Submit),
+            p if p.starts_with("/v1/") && method == "POST" && p.ends_with("/cancel") => {
+                Some(Scope::Submit)
+            }
+            p if p.starts_with("/v1") => Some(Scope::Read),
+            _ => None,
+        }
+    }
+
+    /// Checks an `Authorization` header value against `scope`; returns the
+    /// token's name.
+    pub fn check(&self, header: Option<&str>, scope: Scope) -> Result<String, Denied> {
+        let presented = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Denied::Unauthorized("missing bearer token (Authorization: Bearer <token>)".into())
+            })?;
+        let hash = unhex(&hash_token(presented)).expect("a hash is 32 bytes");
+        // Compare with every token, so timing does not tell which matched.
+        let mut found: Option<&Token> = None;
+        for t in &self.tokens {
+            if ct_eq(&t.hash, &hash) {
+                found = Some(t);
+            }
+        }
+        let t = found.ok_or_else(|| Denied::Unauthorized("unknown bearer token".into()))?;
+        if !(t.scopes.contains(&scope) || t.scopes.contains(&Scope::Admin)) {
+            return Err(Denied::Forbidden(format!(
+                "token `{}` lacks the `{}` scope this call needs",
+                t.name,
+                scope.as_str()
+            )));
+        }
+        self.take(&t.name)?;
+        Ok(t.name.clone())
+    }
+
+    fn take(&self, name: &str) -> Result<(), Denied> {
+        let mut b = self.buckets.lock().expect("bucket lock");
+        let cap = self.rate_per_s * 2.0;
+        let now = Instant::now();
+        let (level, at) = b.entry(name.to_string()).or_insert((cap, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * self.rate_per_s).min(cap);
+        *at = now;
+        if *level < 1.0 {
+            return Err(Denied::RateLimited(format!(
+                "token `{name}` is over its rate of {} requests/s (limits.per_token_rate_per_s)",
+                self.rate_per_s
+            )));
+        }
+        *level -= 1.0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenSpec;
+
+    fn auth(rate: u64) -> Auth {
+        let tok = |name: &str, secret: &str, scopes: &[&str]| TokenSpec {
+            name: name.into(),
+            sha256: hash_token(secret),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        };
+        Auth::new(
+            &AuthConfig {
+                enabled: true,
+                tokens: vec![
+                    tok("reader", "r-secret", &["read"]),
+                    tok("writer", "w-secret", &["read", "submit"]),
+                    tok("ops", "a-secret", &["admin"]),
+                ],
+                ..AuthConfig::default()
+            },
+            rate,
+        )
+    }
+
+    #[test]
+    fn route_by_token_scope_table() {
+        let a = auth(1000);
+        // (method, path, token, expected: Ok / 401 / 403)
+        let cases = [
+            ("GET", "/health", None, "open"),
+            ("GET", "/health/ready", None, "open"),
+            ("GET", "/metrics", None, "open"),
+            ("GET", "/v1/workflows", None, "401"),
+            ("GET", "/v1/workflows", Some("Bearer nope"), "401"),
+            ("GET", "/v1/workflows", Some("Basic r-secret"), "401"),
+            ("GET", "/v1/workflows/x", Some("Bearer r-secret"), "ok"),
+            ("POST", "/v1/workflows", Some("Bearer r-secret"), "403"),
+            ("POST", "/v1/workflows", Some("Bearer w-secret"), "ok"),
+            (
+                "POST",
+                "/v1/workflows/x/cancel",
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                "/v1/workflows/x/cancel",
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            ("POST", "/v1/admin/drills", Some("Bearer w-secret"), "403"),
+            ("POST", "/v1/admin/drills", Some("Bearer a-secret"), "ok"),
+            ("GET", "/v1/regions", Some("Bearer a-secret"), "ok"),
+        ];
+        for (method, path, header, want) in cases {
+            let got = match a.required(method, path) {
+                None => "open",
+                Some(scope) => match a.check(header, scope) {
+                    Ok(_) => "ok",
+                    Err(Denied::Unauthorized(_)) => "401",
+                    Err(Denied::Forbidden(_)) => "403",
+                    Err(Denied::RateLimited(_)) => "429",
+                },
+            };
+            assert_eq!(got, want, "{method} {path} {header:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_per_token() {
+        let a = auth(5);
+        let ok = (0..30)
+            .filter(|_| a.check(Some("Bearer r-secret"), Scope::Read).is_ok())
+            .count();
+        assert!((10..=11).contains(&ok), "{ok} allowed from a bucket of 10");
+        // Another token has its own bucket.
+        assert!(a.check(Some("Bearer w-secret"), Scope::Read).is_ok());
+    }
+
+    #[test]
+    fn disabled_auth_opens_everything_and_hashes_are_hex() {
+        let a = Auth::new(
+            &AuthConfig {
+                enabled: false,
+                ..AuthConfig::default()
+            },
+            10,
+        );
+        assert_eq!(a.required("POST", "/v1/admin/drills"), None);
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
