@@ -605,6 +605,11 @@ async fn regions(State(st): State<ApiState>) -> ApiResult {
 
 /// Runs a drill from this node and answers with its report (one drill at a time).
 async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
+    let authorization = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes = to_bytes(req.into_body(), st.max_body_bytes)
         .await
         .map_err(|_| too_large(st.max_body_bytes))?;
@@ -623,7 +628,7 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
         ));
     };
     use crate::drill::DrillError;
-    match crate::drill::run(&st.router, st.control.as_deref(), &body).await {
+    match crate::drill::run(&st.router, st.control.as_deref(), &body, authorization).await {
         Ok(report) => Ok(Json(report).into_response()),
         Err(DrillError::UnknownRegion(r)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -697,6 +702,15 @@ async fn metrics_text(State(st): State<ApiState>) -> Response {
         for (s, n) in by {
             metrics::gauge!("swf_runs", "status" => s).set(n as f64);
         }
+    }
+    let reachable = st.router.write_store().ping().await.is_ok();
+    metrics::gauge!("swf_primary_reachable").set(if reachable { 1.0 } else { 0.0 });
+    if let Ok(nodes) = store.nodes().await {
+        let unhealthy = nodes
+            .iter()
+            .filter(|n| !healthy(n.last_heartbeat_at, st.heartbeat_ms))
+            .count();
+        metrics::gauge!("swf_nodes_unhealthy").set(unhealthy as f64);
     }
     if let Some(ex) = &st.executor {
         for p in ex.status() {

@@ -262,10 +262,13 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Runs a drill from this node.
+/// `authorization` is the caller's `Authorization` header, which the load
+/// presents to every node.
 pub async fn run(
     router: &Router,
     control: Option<&dyn ClusterControl>,
     req: &DrillRequest,
+    authorization: Option<String>,
 ) -> Result<DrillReport, DrillError> {
     let mut tl = Timeline::new();
     router.discover_primary().await.map_err(failed)?;
@@ -308,6 +311,7 @@ pub async fn run(
             // is an answer rather than an indeterminate write.
             request_timeout: Duration::from_secs(8),
             label: label.clone(),
+            authorization: authorization.clone(),
         })
     });
     if load.is_some() {

@@ -53,6 +53,9 @@ pub struct LoadSpec {
     pub request_timeout: Duration,
     /// Put in every goal: `drill-<label>-<n>`.
     pub label: String,
+    /// `Authorization` header value sent with every request (the drill
+    /// caller's own token, so the load has exactly its rights).
+    pub authorization: Option<String>,
 }
 
 /// How one attempted write ended.
@@ -167,7 +170,16 @@ impl LoadHandle {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn start(spec: LoadSpec) -> LoadHandle {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = spec
+            .authorization
+            .as_deref()
+            .and_then(|a| reqwest::header::HeaderValue::from_str(a).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(spec.request_timeout)
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build()
@@ -724,6 +736,7 @@ mod tests {
             rate_per_s: rate,
             request_timeout: Duration::from_secs(2),
             label: label.to_string(),
+            authorization: None,
         }
     }
 

@@ -122,6 +122,8 @@ async fn routes_headers_and_error_codes() {
         "swf_tasks_completed_total",
         "swf_queue_depth",
         "swf_runs",
+        "swf_primary_reachable 1",
+        "swf_nodes_unhealthy",
     ] {
         assert!(text.contains(name), "metrics lack {name}");
     }

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod cli;
+mod deploy;
 mod drills;
 mod engine;
 mod harness;
