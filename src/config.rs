@@ -157,18 +157,26 @@ struct RegionsFile {
     regions: Vec<RegionSpec>,
 }
 
-/// Loads and validates a regions file: unique valid names, postgres URLs.
-pub fn load_regions(path: &Path) -> Result<Vec<RegionSpec>, ConfigError> {
-    let file = path.display().to_string();
+/// Reads a side file (regions, tokens) as `T`; errors name the file and `key`.
+fn read_toml_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    key: &str,
+) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         path: path.to_path_buf(),
         error,
     })?;
-    let parsed: RegionsFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-        file: file.clone(),
-        key: "regions".into(),
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        file: path.display().to_string(),
+        key: key.into(),
         message: e.message().to_string(),
-    })?;
+    })
+}
+
+/// Loads and validates a regions file: unique valid names, postgres URLs.
+pub fn load_regions(path: &Path) -> Result<Vec<RegionSpec>, ConfigError> {
+    let file = path.display().to_string();
+    let parsed: RegionsFile = read_toml_file(path, "regions")?;
     let mut seen = std::collections::BTreeSet::new();
     for (i, r) in parsed.regions.iter().enumerate() {
         let key = format!("regions[{i}]");
@@ -364,15 +372,7 @@ struct TokensFile {
 /// Loads and validates a tokens file.
 pub fn load_tokens(path: &Path) -> Result<Vec<TokenSpec>, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let parsed: TokensFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-        file: file.clone(),
-        key: "tokens".into(),
-        message: e.message().to_string(),
-    })?;
+    let parsed: TokensFile = read_toml_file(path, "tokens")?;
     for (i, t) in parsed.tokens.iter().enumerate() {
         let bad = |message: String| ConfigError::Invalid {
             file: file.clone(),

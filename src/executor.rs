@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::batch::Batcher;
 use crate::handlers::{HandlerError, Registry, TaskContext};
@@ -162,21 +162,24 @@ impl Executor {
             let ex = ex.clone();
             let shutdown = shutdown.clone();
             let ready = ready.clone();
-            tasks.spawn(async move { ex.listen_loop(shutdown, ready).await });
+            tasks.spawn(async move { ex.listen_loop(shutdown, ready).await }.in_current_span());
         }
         for pool in ex.pools.clone() {
             ex.claiming.fetch_add(1, Ordering::SeqCst);
             let ex = ex.clone();
             let shutdown = shutdown.clone();
             let ready = ready.clone();
-            tasks.spawn(async move {
-                // Claim only once the queues exist (the listener creates them).
-                tokio::select! {
-                    _ = ready.cancelled() => ex.clone().claim_loop(pool, shutdown).await,
-                    _ = shutdown.cancelled() => {}
+            tasks.spawn(
+                async move {
+                    // Claim only once the queues exist (the listener creates them).
+                    tokio::select! {
+                        _ = ready.cancelled() => ex.clone().claim_loop(pool, shutdown).await,
+                        _ = shutdown.cancelled() => {}
+                    }
+                    ex.claiming.fetch_sub(1, Ordering::SeqCst);
                 }
-                ex.claiming.fetch_sub(1, Ordering::SeqCst);
-            });
+                .in_current_span(),
+            );
         }
         ex
     }
@@ -343,43 +346,48 @@ impl Executor {
         let reporting = Arc::new(AtomicBool::new(false));
         let flag = reporting.clone();
         let mut guard = self.in_flight.lock().expect("in_flight lock");
-        let handle = tokio::spawn(async move {
-            let finish = ex.run_handler(&a, t).await;
-            flag.store(true, Ordering::SeqCst);
-            if let Some(finish) = finish {
-                let finish = finish.sanitized();
-                let failed = matches!(finish, Finish::Failed { .. });
-                match ex.finisher.call((a.clone(), finish)).await {
-                    Ok(Ok(FinishResult::Stale)) => {
-                        debug!(run_id = %a.run_id, step_id = %a.step_id, attempt = a.attempt,
+        let span = tracing::info_span!("task", run_id = %t.run_id, step_id = %t.step_id,
+                                       attempt = t.attempt, pool = %pool.spec.name);
+        let handle = tokio::spawn(
+            async move {
+                let finish = ex.run_handler(&a, t).await;
+                flag.store(true, Ordering::SeqCst);
+                if let Some(finish) = finish {
+                    let finish = finish.sanitized();
+                    let failed = matches!(finish, Finish::Failed { .. });
+                    match ex.finisher.call((a.clone(), finish)).await {
+                        Ok(Ok(FinishResult::Stale)) => {
+                            debug!(run_id = %a.run_id, step_id = %a.step_id, attempt = a.attempt,
                                "completion refused: attempt is stale");
-                    }
-                    Ok(Ok(_)) => {
-                        // This node saw the run change: its cached reads are old.
-                        ex.router.cache().invalidate(a.run_id).await;
-                        let c = if failed {
-                            &pool.failed
-                        } else {
-                            &pool.completed
-                        };
-                        c.fetch_add(1, Ordering::Relaxed);
-                        let name = if failed {
-                            "swf_tasks_failed_total"
-                        } else {
-                            "swf_tasks_completed_total"
-                        };
-                        metrics::counter!(name, "pool" => pool.spec.name.clone()).increment(1);
-                    }
-                    Ok(Err(e)) => {
-                        warn!(run_id = %a.run_id, step_id = %a.step_id, error = %e,
+                        }
+                        Ok(Ok(_)) => {
+                            // This node saw the run change: its cached reads are old.
+                            ex.router.cache().invalidate(a.run_id).await;
+                            let c = if failed {
+                                &pool.failed
+                            } else {
+                                &pool.completed
+                            };
+                            c.fetch_add(1, Ordering::Relaxed);
+                            let name = if failed {
+                                "swf_tasks_failed_total"
+                            } else {
+                                "swf_tasks_completed_total"
+                            };
+                            metrics::counter!(name, "pool" => pool.spec.name.clone()).increment(1);
+                        }
+                        Ok(Err(e)) => {
+                            warn!(run_id = %a.run_id, step_id = %a.step_id, error = %e,
                               "report task outcome; the visibility timeout will re-deliver it");
+                        }
+                        Err(_) => {}
                     }
-                    Err(_) => {}
                 }
+                ex.in_flight.lock().expect("in_flight lock").remove(&a);
+                drop(permit);
             }
-            ex.in_flight.lock().expect("in_flight lock").remove(&a);
-            drop(permit);
-        });
+            .instrument(span),
+        );
         guard.insert(
             key,
             InFlight {

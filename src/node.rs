@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::api::{self, ApiState, NodeInfo};
 use crate::client::Client;
@@ -68,6 +68,8 @@ impl Node {
                     as Arc<dyn ClusterControl>
             })
         });
+        // Every line this node logs carries its id and region.
+        let span = tracing::info_span!("node", node_id = %config.node_id, region = %config.region);
         // Install the recorder before anything records.
         let _ = crate::telemetry::prometheus();
         let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;
@@ -109,9 +111,12 @@ impl Node {
         {
             let router = router.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let _ = router.spawn_tracker(shutdown).await;
-            });
+            tasks.spawn(
+                async move {
+                    let _ = router.spawn_tracker(shutdown).await;
+                }
+                .instrument(span.clone()),
+            );
         }
 
         let client = config.enable_client.then(|| {
@@ -151,6 +156,7 @@ impl Node {
                     backoff_cap_ms: BACKOFF_CAP_MS,
                 },
             };
+            let _in_node = span.enter();
             Executor::start(
                 router.clone(),
                 registry.clone(),
@@ -196,14 +202,17 @@ impl Node {
         });
         {
             let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    error!(error = %e, "HTTP server stopped");
+            tasks.spawn(
+                async move {
+                    let r = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                        .await;
+                    if let Err(e) = r {
+                        error!(error = %e, "HTTP server stopped");
+                    }
                 }
-            });
+                .instrument(span.clone()),
+            );
         }
         {
             let shutdown = shutdown.clone();
@@ -212,33 +221,36 @@ impl Node {
             let info = info.clone();
             let interval = Duration::from_millis(config.executor.heartbeat_interval_ms);
             let started_at = chrono::Utc::now();
-            tasks.spawn(async move {
-                loop {
-                    let pools = ex
-                        .as_ref()
-                        .map(|e| serde_json::to_value(e.status()).unwrap_or_default())
-                        .unwrap_or_else(|| serde_json::json!([]));
-                    let row = NodeRow {
-                        node_id: info.node_id.clone(),
-                        node_type: info.node_type.clone(),
-                        roles: info.roles.clone(),
-                        region: info.region.clone(),
-                        api_url: Some(info.public_url.clone()),
-                        pools,
-                        version: info.version.clone(),
-                        started_at,
-                        last_heartbeat_at: chrono::Utc::now(),
-                    };
-                    if let Err(e) = router.write_store().heartbeat(&row).await {
-                        warn!(error = %e, "heartbeat");
-                        router.write_failed().await;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = shutdown.cancelled() => return,
+            tasks.spawn(
+                async move {
+                    loop {
+                        let pools = ex
+                            .as_ref()
+                            .map(|e| serde_json::to_value(e.status()).unwrap_or_default())
+                            .unwrap_or_else(|| serde_json::json!([]));
+                        let row = NodeRow {
+                            node_id: info.node_id.clone(),
+                            node_type: info.node_type.clone(),
+                            roles: info.roles.clone(),
+                            region: info.region.clone(),
+                            api_url: Some(info.public_url.clone()),
+                            pools,
+                            version: info.version.clone(),
+                            started_at,
+                            last_heartbeat_at: chrono::Utc::now(),
+                        };
+                        if let Err(e) = router.write_store().heartbeat(&row).await {
+                            warn!(error = %e, "heartbeat");
+                            router.write_failed().await;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(interval) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
                     }
                 }
-            });
+                .instrument(span.clone()),
+            );
         }
         info!(node_id = %info.node_id, node_type = %info.node_type, region = %info.region,
               addr = %addr, "node started");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use crate::cache::{CacheSettings, CachedDoc, LineageCache};
 use crate::config::RoutingConfig;
@@ -249,7 +249,7 @@ impl Router {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move { me.track(shutdown).await })
+        tokio::spawn(async move { me.track(shutdown).await }.in_current_span())
     }
 
     async fn track(self: Arc<Self>, shutdown: CancellationToken) {
@@ -262,38 +262,42 @@ impl Router {
             let me = self.clone();
             let samples = samples.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    {
-                        let probe =
-                            tokio::time::timeout(PROBE_TIMEOUT, me.write_store().position()).await;
-                        match probe
-                            .unwrap_or_else(|_| Err(StoreError::Unavailable("no answer".into())))
+            tokio::spawn(
+                async move {
+                    loop {
                         {
-                            Ok((false, _, lsn)) if !me.local_state().is_primary => {
-                                let mut q = samples.lock().expect("samples lock");
-                                if q.back().is_none_or(|(l, _)| lsn > *l) {
-                                    q.push_back((lsn, Instant::now()));
+                            let probe =
+                                tokio::time::timeout(PROBE_TIMEOUT, me.write_store().position())
+                                    .await;
+                            match probe.unwrap_or_else(|_| {
+                                Err(StoreError::Unavailable("no answer".into()))
+                            }) {
+                                Ok((false, _, lsn)) if !me.local_state().is_primary => {
+                                    let mut q = samples.lock().expect("samples lock");
+                                    if q.back().is_none_or(|(l, _)| lsn > *l) {
+                                        q.push_back((lsn, Instant::now()));
+                                    }
+                                    if q.len() > 10_000 {
+                                        q.pop_front();
+                                    }
                                 }
-                                if q.len() > 10_000 {
-                                    q.pop_front();
+                                Ok((false, _, _)) => {}
+                                // The primary is gone or became a replica: find the new one.
+                                Ok((true, _, _)) => me.write_failed().await,
+                                Err(e) => {
+                                    debug!(error = %e, "sample the primary's WAL position");
+                                    me.write_failed().await;
                                 }
-                            }
-                            Ok((false, _, _)) => {}
-                            // The primary is gone or became a replica: find the new one.
-                            Ok((true, _, _)) => me.write_failed().await,
-                            Err(e) => {
-                                debug!(error = %e, "sample the primary's WAL position");
-                                me.write_failed().await;
                             }
                         }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                        _ = shutdown.cancelled() => return,
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
                     }
                 }
-            });
+                .in_current_span(),
+            );
         }
         let mut last_ok = Instant::now() - Duration::from_secs(60);
         let tick = Duration::from_millis(if self.regions.is_empty() { 50 } else { 2 });

@@ -323,3 +323,103 @@ fn is_zombie(pid: i32) -> bool {
         .map(|s| s.split_whitespace().nth(2) == Some("Z"))
         .unwrap_or(true)
 }
+
+#[tokio::test]
+async fn concurrent_migrate_commands_all_succeed() {
+    // An empty database (not from the migrated template).
+    let name = format!("m_{}", uuid::Uuid::new_v4().simple());
+    let admin = sql(&pg_url("postgres")).await;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = pg_url(&name);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                run(swf().args(["migrate", "--database-url", &url]))
+            })
+        })
+        .collect();
+    for r in runs {
+        let (code, out, err) = r.await.unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("database migrated"), "{out}");
+    }
+    // Migrated exactly once, and usable: a node starts on it.
+    let pool = sql(&url).await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    pool.close().await;
+    let node = start_node(node_config("migrated", &url), Registry::with_builtins()).await;
+    assert_eq!(Api::new(&node.url()).get("/health/ready").await.status, 200);
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn serve_logs_json_with_node_fields_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let db = fresh_db().await;
+    let dir = tempdir();
+    let cfg = dir.join("node.toml");
+    let port = singularity_workflow::pgserver::free_port().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = \"json-1\"\nregion = \"us-east\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{db}\"\n[auth]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let mut child = swf()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&cfg)
+        .env("SWF_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = |what: &str| {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no log line while waiting for {what}"))
+    };
+    let started: Value = loop {
+        let line = next_line("node started");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"] == "node started" {
+            break v;
+        }
+    };
+    assert_eq!(started["node_id"], "json-1");
+    assert_eq!(started["region"], "us-east");
+    let api = Api::new(&format!("http://127.0.0.1:{port}"));
+    assert_eq!(api.get("/health").await.status, 200);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    loop {
+        let line = next_line("node stopped");
+        if line.contains("node stopped") {
+            assert!(line.contains("json-1"), "{line}");
+            break;
+        }
+    }
+    let status = wait_for("swf serve to exit", 30, || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}
