@@ -259,3 +259,125 @@ async fn list_paginates_and_filters() {
     assert_eq!(c.body["runs"][0]["run_id"], cancelled.as_str());
     node.kill().await;
 }
+
+/// Random JSON (and random bytes) against the submit endpoint: never a
+/// panic or a 5xx, only the specified codes, and the node keeps serving.
+#[tokio::test]
+async fn submit_survives_random_input() {
+    use rand::{Rng, SeedableRng};
+    let db = fresh_db().await;
+    let mut cfg = node_config("fuzz", &db);
+    cfg.enable_executor = false;
+    cfg.limits.max_body_bytes = 16 * 1024;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    const KEYS: &[&str] = &[
+        "goal",
+        "steps",
+        "input",
+        "idempotency_key",
+        "decomposer",
+        "id",
+        "handler",
+        "depends_on",
+        "queue",
+        "max_attempts",
+        "timeout_ms",
+        "region",
+        "x",
+    ];
+    fn value(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
+        let pick = if depth > 4 {
+            rng.random_range(0..4)
+        } else {
+            rng.random_range(0..7)
+        };
+        match pick {
+            0 => Value::Null,
+            1 => json!(rng.random_bool(0.5)),
+            2 => json!(rng.random_range(-1_000_000i64..1_000_000)),
+            3 => {
+                let words = [
+                    "a", "noop", "echo", "fail", "us-east", "", "a b", "\u{0}", "💥", "default",
+                ];
+                json!(words[rng.random_range(0..words.len())])
+            }
+            4 => json!(rng.random::<f64>() * 1e12),
+            5 => Value::Array(
+                (0..rng.random_range(0..5))
+                    .map(|_| value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.random_range(0..6))
+                    .map(|_| {
+                        (
+                            KEYS[rng.random_range(0..KEYS.len())].to_string(),
+                            value(rng, depth + 1),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+    let allowed = [
+        "invalid_json",
+        "invalid_workflow",
+        "unknown_handler",
+        "unknown_region",
+        "payload_too_large",
+    ];
+    let (mut created, mut repeated) = (0, 0);
+    for i in 0..400 {
+        let body: Vec<u8> = if i % 10 == 0 {
+            (0..rng.random_range(0..64))
+                .map(|_| rng.random::<u8>())
+                .collect()
+        } else {
+            // Mostly workflow-shaped objects, so validation paths are exercised.
+            let mut v = value(&mut rng, 0);
+            if i % 2 == 0 {
+                let steps: Vec<Value> = (0..rng.random_range(0..4))
+                    .map(|_| {
+                        let mut s = json!({"id": format!("s{}", rng.random_range(0..3)), "handler": "noop"});
+                        if rng.random_bool(0.5) {
+                            s[KEYS[rng.random_range(0..KEYS.len())]] = value(&mut rng, 2);
+                        }
+                        s
+                    })
+                    .collect();
+                v = json!({"goal": "fuzz", "steps": steps});
+            }
+            serde_json::to_vec(&v).unwrap()
+        };
+        let a = api.post_raw("/v1/workflows", body.clone()).await;
+        match a.status {
+            201 => created += 1,
+            200 => repeated += 1, // an idempotency key seen before
+            400 | 413 => assert!(
+                allowed.contains(&a.code()),
+                "{}: {}",
+                a.code(),
+                String::from_utf8_lossy(&body)
+            ),
+            s => panic!(
+                "status {s} for {}: {}",
+                String::from_utf8_lossy(&body),
+                a.body
+            ),
+        }
+    }
+    assert!(created > 0, "no random workflow was valid");
+    assert_eq!(api.get("/health/ready").await.status, 200);
+    let pool = sql(&db).await;
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs, created,
+        "only accepted submits stored runs ({repeated} repeats)"
+    );
+    node.kill().await;
+}
