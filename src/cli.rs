@@ -196,8 +196,9 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
+            let stop = crate::dev::shutdown_signal();
             let node = Node::start(loaded.config, Registry::with_builtins()).await?;
-            node.run_until(crate::dev::shutdown_signal()).await?;
+            node.run_until(stop).await?;
             Ok(0)
         }
         Command::Migrate { database_url } => {

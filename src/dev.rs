@@ -456,6 +456,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&opts.data_dir)
             .with_context(|| format!("remove {} (--fresh)", opts.data_dir.display()))?;
     }
+    let stop = shutdown_signal();
     let cluster = DevCluster::start(&opts, Registry::with_builtins()).await?;
     let c = &cluster.cluster;
     let wan = opts.wan_latency_ms;
@@ -499,29 +500,30 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     }
     println!();
     println!("Ctrl-C stops the nodes and PostgreSQL.");
-    shutdown_signal().await;
+    stop.await;
     cluster.stop().await;
     Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Registered now, not when first polled: a signal that arrives while
+    // the node is still starting must stop it gracefully, not kill it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(int.take()) => {}
+            _ = wait(term.take()) => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
