@@ -350,7 +350,16 @@ async fn switchover_can_be_delegated_to_hook_commands() {
     assert_eq!(r.body["old_primary_fenced"], true);
     let ran = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(ran, "fence us-east\npromote eu-west us-east eu-west\n");
-    assert_eq!(us.get("/v1/regions").await.body["write_region"], "eu-west");
+    // The other nodes follow on their own (the hook fenced without ending
+    // their sessions, so they notice at their next write).
+    wait_for("us-east's node to follow the new primary", 30, || {
+        let us = us.clone();
+        async move {
+            let r = us.get("/v1/regions").await.body;
+            (r["write_region"] == "eu-west").then_some(())
+        }
+    })
+    .await;
     // A failing hook is an error that shows the command's own words.
     let failing =
         singularity_workflow::drill::HookControl::new(singularity_workflow::config::DrillHooks {
