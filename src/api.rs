@@ -318,9 +318,7 @@ async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
         }
     };
     let (parts, body) = req.into_parts();
-    let bytes = to_bytes(body, st.max_body_bytes)
-        .await
-        .map_err(|_| too_large(st.max_body_bytes))?;
+    let bytes = read_parts_body(&parts.headers, body, st.max_body_bytes).await?;
     let path = parts
         .uri
         .path_and_query()
@@ -444,20 +442,7 @@ fn with_token(mut resp: Response, token: &Token) -> Response {
 
 async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
     let c = client(&st)?;
-    let limit = st.max_body_bytes;
-    if let Some(len) = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(too_large(limit));
-        }
-    }
-    let bytes = to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| too_large(limit))?;
+    let bytes = read_body(req, st.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -486,6 +471,28 @@ async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
     let body =
         json!({"run_id": out.run_id, "status": status, "consistency_token": out.token.to_string()});
     Ok(with_token((code, Json(body)).into_response(), &out.token))
+}
+
+/// Reads a request body of at most `limit` bytes (refused up front when
+/// its declared length is already over), or 413 `payload_too_large`.
+async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    read_parts_body(&parts.headers, body, limit).await
+}
+
+async fn read_parts_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large(limit));
+    }
+    to_bytes(body, limit).await.map_err(|_| too_large(limit))
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -610,9 +617,7 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let bytes = to_bytes(req.into_body(), st.max_body_bytes)
-        .await
-        .map_err(|_| too_large(st.max_body_bytes))?;
+    let bytes = read_body(req, st.max_body_bytes).await?;
     let body: crate::drill::DrillRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

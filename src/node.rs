@@ -98,14 +98,6 @@ impl Node {
             .discover_primary()
             .await
             .context("find the primary database")?;
-        let info = Arc::new(NodeInfo {
-            node_id: config.node_id.clone(),
-            node_type: config.node_type().as_str().to_string(),
-            roles: config.roles().iter().map(|r| r.to_string()).collect(),
-            region: config.region.clone(),
-            public_url: config.api.public_url.clone(),
-            version: VERSION.to_string(),
-        });
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         {
@@ -176,8 +168,12 @@ impl Node {
             config.api.public_url.clone()
         };
         let info = Arc::new(NodeInfo {
-            public_url: public_url.clone(),
-            ..(*info).clone()
+            node_id: config.node_id.clone(),
+            node_type: config.node_type().as_str().to_string(),
+            roles: config.roles().iter().map(|r| r.to_string()).collect(),
+            region: config.region.clone(),
+            public_url,
+            version: VERSION.to_string(),
         });
         let app = api::router(ApiState {
             info: info.clone(),

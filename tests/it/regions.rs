@@ -30,6 +30,12 @@ async fn two_nodes(executors: bool) -> (String, Api, Api, Vec<singularity_workfl
     (db, us_api, eu_api, vec![us, eu])
 }
 
+/// GET `path` with a consistency token.
+async fn read_with_token(api: &Api, path: &str, token: &str) -> Answer {
+    api.send(get_with(api, path, &[("swf-consistency-token", token)]))
+        .await
+}
+
 const ONE: &str = r#"{"goal": "g", "steps": [{"id": "a", "handler": "noop"}]}"#;
 
 #[tokio::test]
@@ -44,13 +50,7 @@ async fn reads_follow_tokens_and_the_cache() {
     assert_eq!(a.header("swf-served-by"), Some("eu-west-1"));
     let token_a = a.body["consistency_token"].as_str().unwrap().to_string();
     let run_a = a.body["run_id"].as_str().unwrap().to_string();
-    let r = eu_api
-        .send(get_with(
-            &eu_api,
-            &format!("/v1/workflows/{run_a}"),
-            &[("swf-consistency-token", &token_a)],
-        ))
-        .await;
+    let r = read_with_token(&eu_api, &format!("/v1/workflows/{run_a}"), &token_a).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("swf-read-source"), Some("replica"));
     assert_eq!(r.header("swf-region"), Some("eu-west"));
@@ -75,22 +75,10 @@ async fn reads_follow_tokens_and_the_cache() {
     // older token is still served by the cache.
     let b = eu_api.post("/v1/workflows", &wf).await;
     let token_b = b.body["consistency_token"].as_str().unwrap().to_string();
-    let r = eu_api
-        .send(get_with(
-            &eu_api,
-            &format!("/v1/workflows/{run_a}"),
-            &[("swf-consistency-token", &token_b)],
-        ))
-        .await;
+    let r = read_with_token(&eu_api, &format!("/v1/workflows/{run_a}"), &token_b).await;
     assert_eq!(r.status, 200);
     assert_ne!(r.header("swf-read-source"), Some("cache"));
-    let r = eu_api
-        .send(get_with(
-            &eu_api,
-            &format!("/v1/workflows/{run_a}"),
-            &[("swf-consistency-token", &token_a)],
-        ))
-        .await;
+    let r = read_with_token(&eu_api, &format!("/v1/workflows/{run_a}"), &token_a).await;
     assert_eq!(r.header("swf-read-source"), Some("cache"));
 
     // Reads without a token go to the local replica; on the primary's node,
@@ -168,23 +156,11 @@ async fn token_reads_never_stale_while_replay_is_paused() {
 
     // The replica cannot show the write: the token read goes to the primary
     // (after the bounded wait) and finds it.
-    let r = api
-        .send(get_with(
-            &api,
-            &format!("/v1/workflows/{run}"),
-            &[("swf-consistency-token", &token)],
-        ))
-        .await;
+    let r = read_with_token(&api, &format!("/v1/workflows/{run}"), &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("swf-read-source"), Some("primary"));
     assert_eq!(r.body["run_id"], run.as_str());
-    let l = api
-        .send(get_with(
-            &api,
-            &format!("/v1/workflows/{run}/lineage"),
-            &[("swf-consistency-token", &token)],
-        ))
-        .await;
+    let l = read_with_token(&api, &format!("/v1/workflows/{run}/lineage"), &token).await;
     assert_eq!(l.status, 200);
     assert_ne!(l.header("swf-read-source"), Some("replica"));
 
@@ -210,13 +186,7 @@ async fn token_reads_never_stale_while_replay_is_paused() {
         let api = api.clone();
         let (run, token) = (run.clone(), token.clone());
         async move {
-            let r = api
-                .send(get_with(
-                    &api,
-                    &format!("/v1/workflows/{run}"),
-                    &[("swf-consistency-token", &token)],
-                ))
-                .await;
+            let r = read_with_token(&api, &format!("/v1/workflows/{run}"), &token).await;
             assert_eq!(r.status, 200);
             assert_eq!(
                 r.body["run_id"],
