@@ -64,6 +64,8 @@ pub struct ApiState {
     /// Permits for requests served at once (limits.max_concurrent_requests).
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub request_timeout: std::time::Duration,
+    /// What this node trusts and presents when it calls other nodes.
+    pub peer_tls: crate::tls::ClientTls,
 }
 
 /// Forwards region-pinned calls to another region's node over a pooled
@@ -74,8 +76,9 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(timeout: std::time::Duration) -> Forwarder {
-        let http = reqwest::Client::builder()
+    pub fn new(timeout: std::time::Duration, tls: &crate::tls::ClientTls) -> Forwarder {
+        let http = tls
+            .builder()
             .timeout(timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build()
@@ -171,8 +174,28 @@ async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Respon
         .unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().to_string();
     let is_v1 = req.uri().path().starts_with("/v1");
+    // Every line logged while serving the request carries these fields.
+    let span = tracing::info_span!("request",
+        node_id = %st.info.node_id, region = %st.info.region,
+        method = %method, route = %route, run_id = tracing::field::Empty);
+    if let Some(id) = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/workflows/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| Uuid::parse_str(id).ok())
+    {
+        span.record("run_id", tracing::field::display(id));
+    }
     let start = Instant::now();
-    let mut resp = next.run(req).await;
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            ms = start.elapsed().as_secs_f64() * 1000.0,
+            "request served"
+        )
+    });
     metrics::histogram!("swf_http_request_duration_seconds",
         "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
     .record(start.elapsed().as_secs_f64());
@@ -335,7 +358,7 @@ async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
     let resp = out
         .send()
         .await
-        .map_err(|e| unavailable(format!("forward to {target}: {e}")))?;
+        .map_err(|e| unavailable(format!("forward to {target}: {}", error_chain(&e))))?;
     let status = resp.status();
     let mut builder = Response::builder().status(status.as_u16());
     for (name, value) in resp.headers() {
@@ -353,6 +376,22 @@ async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
     builder
         .body(Body::from(body))
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "internal", e.to_string()))
+}
+
+/// An error and its causes on one line (reqwest's own message omits why a
+/// connection failed, e.g. a certificate from an unknown CA).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn is_hop_header(name: &str) -> bool {
@@ -633,7 +672,15 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
         ));
     };
     use crate::drill::DrillError;
-    match crate::drill::run(&st.router, st.control.as_deref(), &body, authorization).await {
+    match crate::drill::run(
+        &st.router,
+        st.control.as_deref(),
+        &body,
+        authorization,
+        &st.peer_tls,
+    )
+    .await
+    {
         Ok(report) => Ok(Json(report).into_response()),
         Err(DrillError::UnknownRegion(r)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// API token (sent as `Authorization: Bearer`).
+    #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsArgs,
 }
 
 fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
@@ -95,7 +100,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             url
         }
     };
-    let http = reqwest::Client::builder()
+    let http = args
+        .tls
+        .client()?
+        .builder()
+        .default_headers(crate::cli::bearer_headers(args.token.as_deref())?)
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -496,7 +505,7 @@ impl Embedded {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         eprintln!("starting an embedded cluster under {}", dir.display());
-        let pg = crate::dev::start_primary(&dir.join("pg"), "bench").await?;
+        let pg = crate::dev::start_primary(&dir.join("pg"), "bench", None).await?;
         let db = pg.url(crate::dev::DEV_DATABASE);
         crate::dev::prepare_database(&pg.url("postgres"), &db, crate::dev::DEV_DATABASE).await?;
         let mut cfg = crate::config::Config::for_dev(

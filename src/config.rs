@@ -31,6 +31,9 @@ pub const IGNORED_ENV: &[&str] = &[
     "SWF_LOG",
     "SWF_API_URL",
     "SWF_TOKEN",
+    "SWF_CA_CERT",
+    "SWF_CLIENT_CERT",
+    "SWF_CLIENT_KEY",
     "SWF_TEST_KEEP",
 ];
 
@@ -219,6 +222,35 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// What peers use to forward pinned calls; no trailing slash.
     pub public_url: String,
+    /// PEM certificate chain and key: the API serves HTTPS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: clients must present a certificate it signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// PEM CA that peers' certificates are verified against when this node
+    /// calls them (forwarding, drills); unset: the built-in web roots.
+    pub peer_ca: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// The server's TLS files, when the API serves HTTPS.
+    pub fn server_tls(&self) -> Option<crate::tls::ServerTlsFiles> {
+        Some(crate::tls::ServerTlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.client_ca.clone(),
+        })
+    }
+
+    /// What this node trusts and presents when it calls other nodes.
+    pub fn client_tls(&self) -> Result<crate::tls::ClientTls, crate::tls::TlsError> {
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        crate::tls::ClientTls::from_files(
+            self.peer_ca.as_deref(),
+            identity,
+            ("api.peer_ca", "api.tls_cert", "api.tls_key"),
+        )
+    }
 }
 
 impl Default for ApiConfig {
@@ -227,6 +259,10 @@ impl Default for ApiConfig {
         ApiConfig {
             listen,
             public_url: format!("http://{listen}"),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            peer_ca: None,
         }
     }
 }
@@ -591,6 +627,7 @@ impl Config {
             api: ApiConfig {
                 listen,
                 public_url: format!("http://{listen}"),
+                ..ApiConfig::default()
             },
             database: DatabaseConfig {
                 url: database_url.into(),
@@ -867,7 +904,9 @@ fn slot(path: &[&str]) -> Slot {
         | "cache_entries"
         | "cache_running_ttl_ms"
         | "forward_timeout_ms"] => Slot::Leaf(Int),
-        ["api", "listen" | "public_url"] => Slot::Leaf(Str),
+        ["api", "listen" | "public_url" | "tls_cert" | "tls_key" | "client_ca" | "peer_ca"] => {
+            Slot::Leaf(Str)
+        }
         ["database", "url"] => Slot::Leaf(Str),
         ["database", "max_connections"] => Slot::Leaf(Int),
         ["worker_pools", _] => Slot::Table,
@@ -1023,6 +1062,10 @@ struct RawRouting {
 struct RawApi {
     listen: Option<String>,
     public_url: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    client_ca: Option<String>,
+    peer_ca: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1261,10 +1304,65 @@ fn build_api(raw: RawApi, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<ApiCo
                      reach http://{listen}; set api.public_url"
                 ));
             }
-            format!("http://{listen}")
+            format!(
+                "{}://{listen}",
+                if raw.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+            )
         }
     };
-    Ok(ApiConfig { listen, public_url })
+    let file = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() => Err(ctx.invalid(key, "must not be empty")),
+            Some(s) => {
+                let path = Path::new(&ctx.file)
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(s.trim());
+                if let Err(e) = std::fs::File::open(&path) {
+                    return Err(ctx.invalid(key, format!("cannot read {}: {e}", path.display())));
+                }
+                Ok(Some(path))
+            }
+        }
+    };
+    let tls_cert = file("api.tls_cert", raw.tls_cert)?;
+    let tls_key = file("api.tls_key", raw.tls_key)?;
+    let client_ca = file("api.client_ca", raw.client_ca)?;
+    let peer_ca = file("api.peer_ca", raw.peer_ca)?;
+    match (&tls_cert, &tls_key) {
+        (Some(_), None) => {
+            return Err(ctx.invalid("api.tls_key", "must be set when api.tls_cert is set"))
+        }
+        (None, Some(_)) => {
+            return Err(ctx.invalid("api.tls_cert", "must be set when api.tls_key is set"))
+        }
+        _ => {}
+    }
+    if client_ca.is_some() && tls_cert.is_none() {
+        return Err(ctx.invalid(
+            "api.client_ca",
+            "needs api.tls_cert and api.tls_key (mutual TLS is TLS first)",
+        ));
+    }
+    if tls_cert.is_some() && public_url.starts_with("http://") {
+        warnings.push(format!(
+            "key `api.public_url` is {public_url} but the API serves HTTPS (api.tls_cert is \
+             set): peers forwarding to it will fail; use https://"
+        ));
+    }
+    Ok(ApiConfig {
+        listen,
+        public_url,
+        tls_cert,
+        tls_key,
+        client_ca,
+        peer_ca,
+    })
 }
 
 fn build_database(raw: RawDatabase, ctx: &Ctx) -> Result<DatabaseConfig, ConfigError> {
@@ -1534,6 +1632,10 @@ pub fn check_report(config: &Config) -> serde_json::Value {
         "api": {
             "listen": config.api.listen.to_string(),
             "public_url": config.api.public_url,
+            "tls_cert": config.api.tls_cert.as_ref().map(|p| p.display().to_string()),
+            "tls_key": config.api.tls_key.as_ref().map(|p| p.display().to_string()),
+            "client_ca": config.api.client_ca.as_ref().map(|p| p.display().to_string()),
+            "peer_ca": config.api.peer_ca.as_ref().map(|p| p.display().to_string()),
         },
         "database": {"url": config.database.redacted_url()},
         "worker_pools": pools,
@@ -1559,6 +1661,18 @@ pub fn check_report_text(config: &Config) -> String {
         ("write_region", config.write_region.clone()),
         ("api.listen", config.api.listen.to_string()),
         ("api.public_url", config.api.public_url.clone()),
+        (
+            "api.tls",
+            match (&config.api.tls_cert, &config.api.client_ca) {
+                (None, _) => "off (plain HTTP)".to_string(),
+                (Some(c), None) => format!("on, certificate {}", c.display()),
+                (Some(c), Some(ca)) => format!(
+                    "on, certificate {}, client certificates required (CA {})",
+                    c.display(),
+                    ca.display()
+                ),
+            },
+        ),
         ("database.url", config.database.redacted_url()),
         (
             "regions_file",

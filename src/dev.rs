@@ -33,6 +33,10 @@ pub struct DevOptions {
     pub base_port: u16,
     pub wan_latency_ms: u64,
     pub fresh: bool,
+    /// HTTPS on every API, TLS (verify-full) on every database link and
+    /// replication, auth on with an admin token; all from a throwaway CA
+    /// under `data_dir/tls`.
+    pub tls: bool,
 }
 
 /// `cluster.json`: what scripts need to reach the dev cluster.
@@ -40,6 +44,12 @@ pub struct DevOptions {
 pub struct ClusterFile {
     pub write_region: String,
     pub regions: Vec<ClusterRegion>,
+    /// With `--tls`: the CA that signed every certificate of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// With `--tls`: the file holding the admin token (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,12 +84,21 @@ pub async fn prepare_database(
 }
 
 /// Locates the binaries, initialises (if needed) and starts a primary.
-pub async fn start_primary(data_dir: &Path, name: &str) -> anyhow::Result<PgServer> {
+/// With `tls`, the server accepts TLS with those files.
+pub async fn start_primary(
+    data_dir: &Path,
+    name: &str,
+    tls: Option<&pgserver::PgTls>,
+) -> anyhow::Result<PgServer> {
     let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
     let dir = data_dir.to_path_buf();
     let name = name.to_string();
+    let tls = tls.cloned();
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
         pgserver::init_primary(&bins, &dir)?;
+        if let Some(t) = &tls {
+            pgserver::install_server_tls(&dir, t)?;
+        }
         let port = pgserver::free_port()?;
         Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
     })
@@ -89,17 +108,23 @@ pub async fn start_primary(data_dir: &Path, name: &str) -> anyhow::Result<PgServ
 
 /// Initialises (if needed) and starts a streaming replica of the primary
 /// reachable at `upstream_port` (the primary, or a delay proxy before it).
+/// With `tls`, it accepts TLS and replicates over TLS.
 pub async fn start_replica(
     data_dir: &Path,
     name: &str,
     upstream_port: u16,
     port: Option<u16>,
+    tls: Option<&pgserver::PgTls>,
 ) -> anyhow::Result<PgServer> {
     let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
     let dir = data_dir.to_path_buf();
     let name = name.to_string();
+    let tls = tls.cloned();
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
         pgserver::init_replica(&bins, upstream_port, &dir)?;
+        if let Some(t) = &tls {
+            pgserver::install_server_tls(&dir, t)?;
+        }
         pgserver::set_primary_conninfo(&dir, upstream_port, &name)?;
         let port = match port {
             Some(p) => p,
@@ -125,9 +150,81 @@ pub struct DevControl {
     proxies: tokio::sync::Mutex<Vec<DelayProxy>>,
     wan: Duration,
     cluster_path: PathBuf,
+    tls: Option<DevTls>,
+}
+
+/// What `swf dev --tls` runs with.
+#[derive(Debug, Clone)]
+struct DevTls {
+    pki: crate::tls::DevPki,
+    pg: pgserver::PgTls,
+    /// The admin token (printed; its hash is the node's only token).
+    token: String,
+    token_file: PathBuf,
+}
+
+impl DevTls {
+    /// Reuses or creates `data_dir/tls` and `data_dir/admin.token`.
+    fn ensure(data_dir: &Path) -> anyhow::Result<DevTls> {
+        let pki = crate::tls::DevPki::ensure(&data_dir.join("tls"), "swf dev CA")
+            .context("create the dev CA and certificates")?;
+        let read =
+            |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+        let pg = pgserver::PgTls {
+            cert_pem: read(&pki.cert)?,
+            key_pem: read(&pki.key)?,
+            ca_pem: read(&pki.ca_cert)?,
+        };
+        let token_file = data_dir.join("admin.token");
+        let token = match std::fs::read_to_string(&token_file) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let bytes: [u8; 24] = rand::random();
+                let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                crate::tls::write_private(&token_file, &format!("{t}\n"))
+                    .with_context(|| format!("write {}", token_file.display()))?;
+                t
+            }
+        };
+        Ok(DevTls {
+            pki,
+            pg,
+            token,
+            token_file,
+        })
+    }
+
+    /// Puts HTTPS, peer verification and auth with the admin token into a node's config.
+    fn apply(&self, config: &mut Config) {
+        config.api.tls_cert = Some(self.pki.cert.clone());
+        config.api.tls_key = Some(self.pki.key.clone());
+        config.api.peer_ca = Some(self.pki.ca_cert.clone());
+        config.api.public_url = format!("https://{}", config.api.listen);
+        config.auth.enabled = true;
+        config.auth.tokens = vec![crate::config::TokenSpec {
+            name: "dev-admin".into(),
+            sha256: crate::auth::hash_token(&self.token),
+            scopes: vec!["read".into(), "submit".into(), "admin".into()],
+        }];
+    }
 }
 
 impl DevControl {
+    /// URL of database `db` behind `port`: verify-full TLS with `--tls`.
+    fn url(&self, port: u16, db: &str) -> String {
+        match &self.tls {
+            Some(t) => format!(
+                "postgres://postgres@127.0.0.1:{port}/{db}?sslmode=verify-full&sslrootcert={}",
+                t.pki.ca_cert.display()
+            ),
+            None => format!("postgres://postgres@127.0.0.1:{port}/{db}"),
+        }
+    }
+
+    fn pg_tls(&self) -> Option<&pgserver::PgTls> {
+        self.tls.as_ref().map(|t| &t.pg)
+    }
+
     async fn link(&self, target: u16, name: String) -> anyhow::Result<u16> {
         if self.wan.is_zero() {
             return Ok(target);
@@ -223,7 +320,7 @@ impl ClusterControl for DevControl {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("remove {}", dir.display()))?;
             }
-            let server = start_replica(&dir, &region, upstream, Some(port)).await?;
+            let server = start_replica(&dir, &region, upstream, Some(port), self.pg_tls()).await?;
             self.dbs
                 .lock()
                 .await
@@ -240,8 +337,7 @@ impl ClusterControl for DevControl {
             let (upstream, dir, port) = self.upstream(&region, &primary).await?;
             pgserver::set_primary_conninfo(&dir, upstream, &region)?;
             // primary_conninfo is reloadable (PostgreSQL 13 and later).
-            let store =
-                Store::connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), 1)?;
+            let store = Store::connect_lazy(&self.url(port, "postgres"), 1)?;
             store.execute_admin("SELECT pg_reload_conf()").await?;
             store.close().await;
             Ok(())
@@ -277,10 +373,6 @@ pub struct DevCluster {
     order: Vec<String>,
 }
 
-fn db_url(port: u16) -> String {
-    format!("postgres://postgres@127.0.0.1:{port}/{DEV_DATABASE}")
-}
-
 impl DevCluster {
     /// Starts (or restarts, reusing `data_dir`) the cluster of `opts`.
     pub async fn start(opts: &DevOptions, registry: Registry) -> anyhow::Result<DevCluster> {
@@ -305,6 +397,11 @@ impl DevCluster {
             proxies: tokio::sync::Mutex::new(Vec::new()),
             wan,
             cluster_path: data_dir.join("cluster.json"),
+            tls: if opts.tls {
+                Some(DevTls::ensure(&data_dir)?)
+            } else {
+                None
+            },
         });
         let mut order = vec![primary.clone()];
         order.extend(regions.iter().filter(|r| **r != primary).cloned());
@@ -337,9 +434,14 @@ impl DevCluster {
             "starting PostgreSQL primary for region {primary} under {}",
             data_dir.display()
         );
-        let pg = start_primary(&pg_dir(primary), primary).await?;
+        let pg = start_primary(&pg_dir(primary), primary, control.pg_tls()).await?;
         let primary_port = pg.port();
-        prepare_database(&pg.url("postgres"), &pg.url(DEV_DATABASE), DEV_DATABASE).await?;
+        prepare_database(
+            &control.url(primary_port, "postgres"),
+            &control.url(primary_port, DEV_DATABASE),
+            DEV_DATABASE,
+        )
+        .await?;
         control.dbs.lock().await.insert(
             primary.to_string(),
             DevDb {
@@ -354,7 +456,7 @@ impl DevCluster {
                 .link(primary_port, format!("replication {primary}->{r}"))
                 .await?;
             eprintln!("starting PostgreSQL replica for region {r}");
-            let pg = start_replica(&pg_dir(r), r, upstream, None).await?;
+            let pg = start_replica(&pg_dir(r), r, upstream, None, control.pg_tls()).await?;
             control.dbs.lock().await.insert(
                 r.clone(),
                 DevDb {
@@ -389,16 +491,29 @@ impl DevCluster {
                     let api = control
                         .link(api_addr(j).port(), format!("api {r}->{other}"))
                         .await?;
-                    (db, Some(format!("http://127.0.0.1:{api}")))
+                    let scheme = if control.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    (db, Some(format!("{scheme}://127.0.0.1:{api}")))
                 };
                 specs.push(RegionSpec {
                     name: other.clone(),
-                    database_url: db_url(db),
+                    database_url: control.url(db, DEV_DATABASE),
                     api_url: api,
                 });
             }
-            let mut config =
-                Config::for_dev(format!("{r}-1"), r, primary, api_addr(i), db_url(ports[r]));
+            let mut config = Config::for_dev(
+                format!("{r}-1"),
+                r,
+                primary,
+                api_addr(i),
+                control.url(ports[r], DEV_DATABASE),
+            );
+            if let Some(t) = &control.tls {
+                t.apply(&mut config);
+            }
             if regions.len() > 1 {
                 config.regions = specs;
             }
@@ -416,10 +531,12 @@ impl DevCluster {
                 .map(|(r, n)| ClusterRegion {
                     name: r.clone(),
                     api_url: n.url(),
-                    database_url: db_url(ports[r]),
+                    database_url: control.url(ports[r], DEV_DATABASE),
                     role: if r == primary { "primary" } else { "replica" }.into(),
                 })
                 .collect(),
+            ca_cert: control.tls.as_ref().map(|t| t.pki.ca_cert.clone()),
+            token_file: control.tls.as_ref().map(|t| t.token_file.clone()),
         };
         std::fs::write(&control.cluster_path, serde_json::to_vec_pretty(&cluster)?)
             .with_context(|| format!("write {}", control.cluster_path.display()))?;
@@ -482,10 +599,34 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     }
     println!("  cluster    {}", cluster.cluster_path.display());
     let api_url = &c.regions[0].api_url;
+    // With --tls, every example needs the CA and the token.
+    let (curl, env) = match (&c.ca_cert, &cluster.control.tls) {
+        (Some(ca), Some(t)) => {
+            println!();
+            println!("TLS on (CA {}); auth on. Admin token:", ca.display());
+            println!("  {}", t.token);
+            println!("  (also in {})", t.token_file.display());
+            (
+                format!(
+                    "curl -s --cacert {} -H \"authorization: Bearer $SWF_TOKEN\"",
+                    ca.display()
+                ),
+                Some(format!(
+                    "export SWF_CA_CERT={} SWF_TOKEN=$(cat {})",
+                    ca.display(),
+                    t.token_file.display()
+                )),
+            )
+        }
+        _ => ("curl -s".to_string(), None),
+    };
     println!();
     println!("Try it:");
+    if let Some(env) = env {
+        println!("  {env}");
+    }
     println!(
-        "  curl -s -XPOST {api_url}/v1/workflows -H 'content-type: application/json' \\\n    -d '{{\"goal\":\"demo\",\"steps\":[{{\"id\":\"a\",\"handler\":\"noop\"}},{{\"id\":\"b\",\"handler\":\"echo\",\"depends_on\":[\"a\"]}}]}}'"
+        "  {curl} -XPOST {api_url}/v1/workflows -H 'content-type: application/json' \\\n    -d '{{\"goal\":\"demo\",\"steps\":[{{\"id\":\"a\",\"handler\":\"noop\"}},{{\"id\":\"b\",\"handler\":\"echo\",\"depends_on\":[\"a\"]}}]}}'"
     );
     println!("  swf status --api {api_url} <run_id> --wait");
     if c.regions.len() > 1 {

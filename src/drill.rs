@@ -269,6 +269,7 @@ pub async fn run(
     control: Option<&dyn ClusterControl>,
     req: &DrillRequest,
     authorization: Option<String>,
+    tls: &crate::tls::ClientTls,
 ) -> Result<DrillReport, DrillError> {
     let mut tl = Timeline::new();
     router.discover_primary().await.map_err(failed)?;
@@ -312,6 +313,7 @@ pub async fn run(
             request_timeout: Duration::from_secs(8),
             label: label.clone(),
             authorization: authorization.clone(),
+            tls: tls.clone(),
         })
     });
     if load.is_some() {
@@ -374,7 +376,8 @@ pub async fn run(
             c.repoint(&r.name, &to).await.map_err(failed)?;
         }
     }
-    let (rerouted, total) = wait_rerouted(&all_nodes, &to, epoch_after).await;
+    let (rerouted, total) =
+        wait_rerouted(&all_nodes, &to, epoch_after, authorization.as_deref(), tls).await;
     tl.mark("re-route nodes");
     let rerouted_at = Instant::now();
 
@@ -599,8 +602,20 @@ async fn node_urls(router: &Router) -> anyhow::Result<(Vec<String>, Vec<String>)
 }
 
 /// Waits until every node reports the new write region and epoch.
-async fn wait_rerouted(urls: &[String], to: &str, epoch: u64) -> (usize, usize) {
-    let http = reqwest::Client::builder()
+async fn wait_rerouted(
+    urls: &[String],
+    to: &str,
+    epoch: u64,
+    authorization: Option<&str>,
+    tls: &crate::tls::ClientTls,
+) -> (usize, usize) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(v) = authorization.and_then(|a| reqwest::header::HeaderValue::from_str(a).ok()) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    let http = tls
+        .builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(2))
         .build()
         .expect("HTTP client builds");

@@ -56,6 +56,8 @@ pub struct LoadSpec {
     /// `Authorization` header value sent with every request (the drill
     /// caller's own token, so the load has exactly its rights).
     pub authorization: Option<String>,
+    /// What the load's HTTP client trusts and presents (HTTPS nodes).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// How one attempted write ended.
@@ -178,7 +180,9 @@ impl LoadHandle {
         {
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let http = spec
+            .tls
+            .builder()
             .default_headers(headers)
             .connect_timeout(spec.request_timeout)
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
@@ -737,6 +741,7 @@ mod tests {
             request_timeout: Duration::from_secs(2),
             label: label.to_string(),
             authorization: None,
+            tls: crate::tls::ClientTls::default(),
         }
     }
 

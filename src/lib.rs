@@ -25,6 +25,7 @@
 //! - [`pgserver`]: starts and stops PostgreSQL server processes (dev, tests).
 //! - [`proxy`]: the TCP delay proxy that puts WAN latency (or a partition) on dev links.
 //! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`tls`]: rustls for the API server and every HTTP client; the dev PKI.
 //!
 //! Invariants:
 //! - Only `store` issues SQL. Engine transitions are PL/pgSQL functions in
@@ -58,5 +59,6 @@ pub mod proxy;
 pub mod router;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod workflow;

@@ -38,6 +38,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Node {
     info: Arc<NodeInfo>,
     addr: SocketAddr,
+    server_tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     executor: Option<Arc<Executor>>,
@@ -158,12 +159,22 @@ impl Node {
             )
         });
 
+        let server_tls = match config.api.server_tls() {
+            Some(files) => Some(Arc::new(crate::tls::ServerTls::load(files)?)),
+            None => None,
+        };
+        let peer_tls = config.api.client_tls()?;
+        let scheme = if server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("listen on {} (api.listen)", config.api.listen))?;
         let addr = listener.local_addr()?;
         let public_url = if config.api.listen.port() == 0 {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         } else {
             config.api.public_url.clone()
         };
@@ -181,9 +192,10 @@ impl Node {
             executor: executor.clone(),
             router: router.clone(),
             max_body_bytes: config.limits.max_body_bytes,
-            forwarder: crate::api::Forwarder::new(std::time::Duration::from_millis(
-                config.routing.forward_timeout_ms,
-            )),
+            forwarder: crate::api::Forwarder::new(
+                std::time::Duration::from_millis(config.routing.forward_timeout_ms),
+                &peer_tls,
+            ),
             heartbeat_ms: config.executor.heartbeat_interval_ms,
             control,
             drill_running: Arc::default(),
@@ -195,16 +207,44 @@ impl Node {
                 config.limits.max_concurrent_requests,
             )),
             request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+            peer_tls,
         });
         {
             let shutdown = shutdown.clone();
+            let server_tls = server_tls.clone();
             tasks.spawn(
                 async move {
-                    let r = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                        .await;
-                    if let Err(e) = r {
-                        error!(error = %e, "HTTP server stopped");
+                    match server_tls {
+                        Some(tls) => crate::tls::serve(listener, app, tls, shutdown).await,
+                        None => {
+                            let r = axum::serve(listener, app)
+                                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                                .await;
+                            if let Err(e) = r {
+                                error!(error = %e, "HTTP server stopped");
+                            }
+                        }
+                    }
+                }
+                .instrument(span.clone()),
+            );
+        }
+        if let Some(tls) = server_tls.clone() {
+            // SIGHUP re-reads the certificate files (after a renewal).
+            let shutdown = shutdown.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("install the SIGHUP handler")?;
+            tasks.spawn(
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = hup.recv() => match tls.reload() {
+                                Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                                Err(e) => error!(error = %e,
+                                    "SIGHUP: TLS reload failed; the certificate in use stays"),
+                            },
+                            _ = shutdown.cancelled() => return,
+                        }
                     }
                 }
                 .instrument(span.clone()),
@@ -253,6 +293,7 @@ impl Node {
         Ok(Node {
             info,
             addr,
+            server_tls,
             shutdown,
             tasks,
             executor,
@@ -265,9 +306,24 @@ impl Node {
         self.addr
     }
 
-    /// Base URL of the API (`http://host:port`).
+    /// Base URL of the API (`http://host:port`, `https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Re-reads the API's certificate, key and client CA (what SIGHUP does).
+    /// Open connections keep their session. Without TLS there is nothing to do.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.server_tls {
+            tls.reload()?;
+            info!(node_id = %self.info.node_id, "TLS certificate reloaded");
+        }
+        Ok(())
     }
 
     pub fn node_id(&self) -> &str {

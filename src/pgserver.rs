@@ -44,6 +44,10 @@ const FIX_HINT: &str = "install PostgreSQL server binaries, e.g. `apt-get instal
 const SUPERUSER: &str = "postgres";
 const HOST: &str = "127.0.0.1";
 const CONF_FILE: &str = "swf.conf";
+/// Included (if present) TLS settings written by [`install_server_tls`].
+const TLS_CONF_FILE: &str = "swf-tls.conf";
+/// The CA a TLS-enabled server's replication connection verifies its upstream with.
+const TLS_CA_FILE: &str = "swf-ca.crt";
 
 /// Settings written into `<data_dir>/swf.conf`, included from `postgresql.conf`. The port is
 /// deliberately absent: it is passed with `-p` at start so a restart can move ports. `fsync` and
@@ -722,13 +726,67 @@ pub fn set_primary_conninfo(
         .filter(|l| !l.trim_start().starts_with("primary_conninfo"))
         .map(|l| format!("{l}\n"))
         .collect();
+    // A server with TLS installed also replicates over TLS, verifying its upstream.
+    let ca = data_dir.join(TLS_CA_FILE);
+    // sslcert names a file that does not exist: otherwise libpq looks in
+    // $HOME/.postgresql, which the server user may not be allowed to read.
+    let tls = if ca.exists() {
+        format!(
+            " sslmode=verify-full sslrootcert={} sslcert={}",
+            ca.display(),
+            data_dir.join("swf-no-client-cert.crt").display()
+        )
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "primary_conninfo = 'host={HOST} port={port} user={SUPERUSER} application_name={application_name}'\n"
+        "primary_conninfo = 'host={HOST} port={port} user={SUPERUSER} application_name={application_name}{tls}'\n"
     ));
     fs::write(&path, out).map_err(|source| PgError::Io {
         context: format!("write {}", path.display()),
         source,
     })
+}
+
+/// PEM texts a server needs for TLS.
+#[derive(Debug, Clone)]
+pub struct PgTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Verifies the upstream of a replica's replication connection.
+    pub ca_pem: String,
+}
+
+/// Makes the server in `data_dir` accept TLS (from its next start): writes
+/// `server.crt`, `server.key` (mode 0600, owned by the server user) and
+/// the CA into the data dir, and `ssl = on` into an included `swf-tls.conf`.
+/// Idempotent. Clients choose TLS with `sslmode` (plain connections stay
+/// allowed by pg_hba); replicas set up afterwards replicate over TLS.
+pub fn install_server_tls(data_dir: &Path, tls: &PgTls) -> Result<(), PgError> {
+    let data_dir = absolute(data_dir)?;
+    let user = run_as()?;
+    let user = user.as_ref();
+    write_owned(&data_dir.join("server.crt"), &tls.cert_pem, false, user)?;
+    write_owned(&data_dir.join("server.key"), &tls.key_pem, false, user)?;
+    write_owned(&data_dir.join(TLS_CA_FILE), &tls.ca_pem, false, user)?;
+    write_owned(
+        &data_dir.join(TLS_CONF_FILE),
+        "# Written by singularity-workflow (pgserver): TLS for clients and replication.\n\
+         ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        false,
+        user,
+    )?;
+    let conf = data_dir.join("postgresql.conf");
+    let text = fs::read_to_string(&conf).map_err(io_err(format!("read {}", conf.display())))?;
+    if !text.contains(TLS_CONF_FILE) {
+        write_owned(
+            &conf,
+            &format!("include_if_exists '{TLS_CONF_FILE}'\n"),
+            true,
+            user,
+        )?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

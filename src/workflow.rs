@@ -117,7 +117,7 @@ pub fn validate(
     }
     if spec.goal.chars().count() > limits.max_goal_len {
         return invalid(format!(
-            "`goal` is longer than {} characters",
+            "`goal` is longer than {} characters (limits.max_goal_len)",
             limits.max_goal_len
         ));
     }
@@ -158,7 +158,7 @@ pub fn validate(
     for (i, step) in spec.steps.iter().enumerate() {
         if !valid_step_id(&step.id, limits.max_id_len) {
             return invalid(format!(
-                "step id `{}` is invalid: use 1 to {} characters of letters, digits, `_`, `-` or `.`",
+                "step id `{}` is invalid: use 1 to {} characters (limits.max_id_len) of letters, digits, `_`, `-` or `.`",
                 truncate(&step.id),
                 limits.max_id_len
             ));

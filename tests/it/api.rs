@@ -381,3 +381,75 @@ async fn submit_survives_random_input() {
     );
     node.kill().await;
 }
+
+#[tokio::test]
+async fn each_workflow_limit_is_named_in_its_error_and_changes_nothing() {
+    let db = fresh_db().await;
+    let mut c = node_config("limits-1", &db);
+    c.limits.max_steps = 3;
+    c.limits.max_id_len = 8;
+    c.limits.max_goal_len = 10;
+    c.limits.max_json_depth = 3;
+    c.limits.max_body_bytes = 2000;
+    let node = start_node(c, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let step = |id: &str| json!({"id": id, "handler": "noop"});
+    let deep = json!({"a": {"b": {"c": {"d": 1}}}});
+    // Right at each limit: accepted.
+    let ok = json!({"goal": "x".repeat(10), "input": {"a": {"b": {"c": 1}}},
+        "steps": [step("abcdefgh"), step("b"), step("c")]});
+    api.submit(&ok).await;
+    let before = run_count(&db).await;
+    // One past each limit: (body, code, the limit's key in the message).
+    let cases = [
+        (
+            json!({"goal": "g", "steps": [step("a"), step("b"), step("c"), step("d")]}),
+            400,
+            "invalid_workflow",
+            "limits.max_steps",
+        ),
+        (
+            json!({"goal": "g", "steps": [step("abcdefghi")]}),
+            400,
+            "invalid_workflow",
+            "limits.max_id_len",
+        ),
+        (
+            json!({"goal": "x".repeat(11), "steps": [step("a")]}),
+            400,
+            "invalid_workflow",
+            "limits.max_goal_len",
+        ),
+        (
+            json!({"goal": "g", "input": deep, "steps": [step("a")]}),
+            400,
+            "invalid_workflow",
+            "limits.max_json_depth",
+        ),
+        (
+            json!({"goal": "g", "steps": [{"id": "a", "handler": "noop", "input": deep}]}),
+            400,
+            "invalid_workflow",
+            "limits.max_json_depth",
+        ),
+        (
+            json!({"goal": "g", "input": "x".repeat(2000), "steps": [step("a")]}),
+            413,
+            "payload_too_large",
+            "limits.max_body_bytes",
+        ),
+    ];
+    for (body, status, code, key) in cases {
+        let a = api.post("/v1/workflows", &body).await;
+        assert_eq!((a.status, a.code()), (status, code), "{body}: {}", a.body);
+        let msg = a.body["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(key), "{key} not named in {msg:?}");
+    }
+    assert_eq!(
+        run_count(&db).await,
+        before,
+        "a refused workflow was stored"
+    );
+    let mut node = node;
+    node.shutdown().await;
+}

@@ -168,10 +168,11 @@ fn start_dev(dir: &std::path::Path, port: u16, fresh: bool) -> std::process::Chi
         "us-east,eu-west",
         "--wan-latency-ms",
         "5",
+        "--tls",
     ])
     .args(["--base-port", &port.to_string(), "--data-dir"])
     .arg(dir.join("dev"))
-    .stdout(Stdio::null())
+    .stdout(std::fs::File::create(dir.join("dev.out")).unwrap())
     .stderr(Stdio::null());
     if fresh {
         cmd.arg("--fresh");
@@ -208,7 +209,39 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
     assert_eq!(doc["write_region"], "us-east");
     assert_eq!(doc["regions"][1]["name"], "eu-west");
     assert_eq!(doc["regions"][1]["role"], "replica");
-    let eu = Api::new(doc["regions"][1]["api_url"].as_str().unwrap());
+    // --tls: HTTPS from the dev CA, verify-full database URLs, auth on.
+    let eu_url = doc["regions"][1]["api_url"].as_str().unwrap().to_string();
+    assert!(eu_url.starts_with("https://"), "{eu_url}");
+    assert!(
+        doc["regions"][0]["database_url"]
+            .as_str()
+            .unwrap()
+            .contains("sslmode=verify-full"),
+        "{doc}"
+    );
+    let ca = std::path::PathBuf::from(doc["ca_cert"].as_str().expect("ca_cert"));
+    let admin_token = std::fs::read_to_string(doc["token_file"].as_str().expect("token_file"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let printed = std::fs::read_to_string(dir.join("dev.out")).unwrap();
+    assert!(printed.contains(&admin_token), "the admin token is printed");
+    let tls =
+        singularity_workflow::tls::ClientTls::from_files(Some(&ca), None, ("ca", "", "")).unwrap();
+    let anonymous = Api {
+        base: eu_url.clone(),
+        http: tls.builder().build().unwrap(),
+    };
+    let a = anonymous.get("/v1/workflows").await;
+    assert_eq!((a.status, a.code()), (401, "unauthorized"));
+    let eu = Api {
+        base: eu_url.clone(),
+        http: tls
+            .builder()
+            .default_headers(singularity_workflow::cli::bearer_headers(Some(&admin_token)).unwrap())
+            .build()
+            .unwrap(),
+    };
     // Submitted in eu-west, read back at once in eu-west with the token.
     let a = eu
         .post(
@@ -283,16 +316,19 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
         .base
         .replace(&format!(":{}", port + 1), &format!(":{port}"));
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run(swf().args([
-            "drill",
-            "switchover",
-            "--to",
-            "eu-west",
-            "--api",
-            &us_url,
-            "--load",
-            "20",
-        ]))
+        run(swf()
+            .env("SWF_CA_CERT", &ca)
+            .env("SWF_TOKEN", &admin_token)
+            .args([
+                "drill",
+                "switchover",
+                "--to",
+                "eu-west",
+                "--api",
+                &us_url,
+                "--load",
+                "20",
+            ]))
     })
     .await
     .unwrap();
@@ -378,7 +414,7 @@ async fn serve_logs_json_with_node_fields_and_stops_on_sigterm() {
     let mut child = swf()
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&cfg)
-        .env("SWF_LOG", "info")
+        .env("SWF_LOG", "info,singularity_workflow::api=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -408,6 +444,21 @@ async fn serve_logs_json_with_node_fields_and_stops_on_sigterm() {
     assert_eq!(started["region"], "us-east");
     let api = Api::new(&format!("http://127.0.0.1:{port}"));
     assert_eq!(api.get("/health").await.status, 200);
+    // A request handler's lines carry the node, region and run.
+    let run_id = api
+        .submit(&json!({"goal": "log", "steps": [{"id": "a", "handler": "noop"}]}))
+        .await;
+    api.status(&run_id).await;
+    loop {
+        let line = next_line("the status request's log line");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"] == "request served" && line.contains(&run_id) {
+            assert_eq!(v["span"]["node_id"], "json-1", "{line}");
+            assert_eq!(v["span"]["region"], "us-east", "{line}");
+            assert_eq!(v["span"]["run_id"], run_id.as_str(), "{line}");
+            break;
+        }
+    }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     loop {
         let line = next_line("node stopped");

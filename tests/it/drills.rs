@@ -18,6 +18,7 @@ fn options() -> DevOptions {
         base_port: free_port_pair(),
         wan_latency_ms: 2,
         fresh: true,
+        tls: false,
     }
 }
 

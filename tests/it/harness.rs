@@ -44,6 +44,17 @@ fn pg() -> &'static Pg {
             let bins = PgBinaries::locate().expect("PostgreSQL binaries");
             let data = root.join("primary");
             pgserver::init_primary(&bins, &data).expect("initdb");
+            // TLS on the shared servers (clients choose it with sslmode; the
+            // replicas replicate over verify-full TLS).
+            let pki = singularity_workflow::tls::DevPki::ensure(&root.join("tls"), "test CA")
+                .expect("test PKI");
+            let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("PKI file");
+            let tls = pgserver::PgTls {
+                cert_pem: read(&pki.cert),
+                key_pem: read(&pki.key),
+                ca_pem: read(&pki.ca_cert),
+            };
+            pgserver::install_server_tls(&data, &tls).expect("install TLS");
             let server = start_with_retry(&bins, &data);
             let port = server.port();
             let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -91,6 +102,28 @@ fn start_with_retry(bins: &PgBinaries, data: &std::path::Path) -> PgServer {
         }
     }
     panic!("start PostgreSQL: {last:?}");
+}
+
+/// The test CA and the certificate (localhost, 127.0.0.1) the shared
+/// PostgreSQL servers present; also usable for test nodes' APIs.
+pub fn pki() -> singularity_workflow::tls::DevPki {
+    singularity_workflow::tls::DevPki::ensure(&pg().root.join("tls"), "test CA").expect("test PKI")
+}
+
+/// A second, unrelated CA and certificate: what a rogue server presents.
+pub fn rogue_pki() -> singularity_workflow::tls::DevPki {
+    static ROGUE: OnceLock<singularity_workflow::tls::DevPki> = OnceLock::new();
+    ROGUE
+        .get_or_init(|| {
+            singularity_workflow::tls::DevPki::ensure(&pg().root.join("rogue-tls"), "rogue CA")
+                .expect("rogue PKI")
+        })
+        .clone()
+}
+
+/// `url` with verify-full TLS against `ca`.
+pub fn tls_url(url: &str, ca: &std::path::Path) -> String {
+    format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display())
 }
 
 pub fn pg_url(db: &str) -> String {

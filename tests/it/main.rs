@@ -10,3 +10,4 @@ mod engine;
 mod harness;
 mod regions;
 mod roles;
+mod tls;

@@ -1,0 +1,435 @@
+//! TLS (rustls on ring) for the API server and for every HTTP client a node
+//! or the CLI opens, plus the throwaway PKI `swf dev --tls` and the tests use.
+//!
+//! - [`ServerTls`]: the API's certificate, key and optional client CA
+//!   (mutual TLS). [`ServerTls::reload`] re-reads the files (on SIGHUP);
+//!   connections already open keep their session, new handshakes get the new
+//!   certificate. A reload that fails keeps the old configuration.
+//! - [`serve`]: the HTTPS accept loop (hyper http1 over tokio-rustls) with a
+//!   graceful shutdown like `axum::serve`'s.
+//! - [`ClientTls`]: what a client trusts (a CA file; then only that CA) and
+//!   the identity it presents when a peer asks for one.
+//! - [`DevPki`]: a CA and one certificate for `localhost`/`127.0.0.1`/`::1`
+//!   valid for both server and client authentication.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS setting that cannot be used; the message names the key and file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError(format!("{key}: cannot read {}: {e}", path.display())))
+}
+
+/// Every certificate in a PEM file; at least one.
+pub fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(key, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("{key}: {} is not PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "{key}: {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(key, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        TlsError(format!(
+            "{key}: {} holds no usable PEM private key: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn roots(key: &str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in read_certs(key, path)? {
+        store.add(cert).map_err(|e| {
+            TlsError(format!(
+                "{key}: {} holds a certificate that cannot be a trust anchor: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(store)
+}
+
+/// The files the API serves TLS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs("api.tls_cert", &files.cert)?;
+    let key = read_key("api.tls_key", &files.key)?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots("api.client_ca", ca)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError(format!("api.client_ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        TlsError(format!(
+            "api.tls_key: {} does not fit the certificate in {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        ))
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The API's TLS configuration, swappable at run time.
+#[derive(Debug)]
+pub struct ServerTls {
+    files: ServerTlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Reads and checks the files.
+    pub fn load(files: ServerTlsFiles) -> Result<ServerTls, TlsError> {
+        let config = server_config(&files)?;
+        Ok(ServerTls {
+            files,
+            current: RwLock::new(config),
+        })
+    }
+
+    /// Re-reads the files; on error the configuration in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = server_config(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+}
+
+/// Serves `app` over HTTPS on `listener` until `shutdown`, then lets open
+/// requests finish (idle keep-alive connections close at once).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Arc<ServerTls>,
+    shutdown: CancellationToken,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    warn!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tls.acceptor();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let stream = tokio::select! {
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                debug!(%peer, error = %e, "HTTPS connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// What an HTTP client trusts and presents.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    ca_pem: Option<Vec<u8>>,
+    identity_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// `ca`: trust only the certificates in this PEM file (instead of the
+    /// built-in web roots). `identity`: certificate and key PEM files
+    /// presented to servers that ask for a client certificate.
+    /// `keys` name the settings in errors, e.g. `("api.peer_ca", "api.tls_cert", "api.tls_key")`.
+    pub fn from_files(
+        ca: Option<&Path>,
+        identity: Option<(&Path, &Path)>,
+        keys: (&str, &str, &str),
+    ) -> Result<ClientTls, TlsError> {
+        let ca_pem = match ca {
+            Some(p) => {
+                read_certs(keys.0, p)?;
+                let pem = read(keys.0, p)?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| TlsError(format!("{}: {}: {e}", keys.0, p.display())))?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let identity_pem = match identity {
+            Some((cert, key)) => {
+                read_certs(keys.1, cert)?;
+                read_key(keys.2, key)?;
+                let mut pem = read(keys.1, cert)?;
+                pem.push(b'\n');
+                pem.extend(read(keys.2, key)?);
+                reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    TlsError(format!(
+                        "{} / {}: {} and {} do not make a client identity: {e}",
+                        keys.1,
+                        keys.2,
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(ClientTls {
+            ca_pem,
+            identity_pem,
+        })
+    }
+
+    /// A reqwest builder with this trust and identity applied.
+    pub fn builder(&self) -> reqwest::ClientBuilder {
+        let mut b = reqwest::Client::builder().use_rustls_tls();
+        if let Some(pem) = &self.ca_pem {
+            b = b.tls_built_in_root_certs(false);
+            for cert in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        if let Some(pem) = &self.identity_pem {
+            if let Ok(id) = reqwest::Identity::from_pem(pem) {
+                b = b.identity(id);
+            }
+        }
+        b
+    }
+}
+
+/// Files of a throwaway PKI: one CA and one certificate signed by it.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl DevPki {
+    /// Reuses `dir/{ca.pem,node.pem,node.key}` when all exist, else
+    /// generates a new CA (its key is not kept) and a certificate for
+    /// `localhost`, `127.0.0.1` and `::1`, for server and client use.
+    pub fn ensure(dir: &Path, ca_name: &str) -> anyhow::Result<DevPki> {
+        let pki = DevPki {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node.key"),
+        };
+        if pki.ca_cert.exists() && pki.cert.exists() && pki.key.exists() {
+            return Ok(pki);
+        }
+        std::fs::create_dir_all(dir)?;
+        let (ca_pem, cert_pem, key_pem) = generate(ca_name)?;
+        write_private(&pki.key, &key_pem)?;
+        std::fs::write(&pki.cert, cert_pem)?;
+        std::fs::write(&pki.ca_cert, ca_pem)?;
+        Ok(pki)
+    }
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+/// (CA PEM, leaf certificate PEM, leaf key PEM).
+fn generate(ca_name: &str) -> anyhow::Result<(String, String, String)> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let mut leaf = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "singularity-workflow node");
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+    Ok((ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_pki_loads_as_server_and_client_config_and_is_reused() {
+        let dir = std::env::temp_dir().join(format!("swf-pki-{}", uuid::Uuid::new_v4()));
+        let a = DevPki::ensure(&dir, "test CA").unwrap();
+        let before = std::fs::read(&a.cert).unwrap();
+        let b = DevPki::ensure(&dir, "test CA").unwrap();
+        assert_eq!(
+            before,
+            std::fs::read(&b.cert).unwrap(),
+            "reused, not regenerated"
+        );
+        let files = ServerTlsFiles {
+            cert: a.cert.clone(),
+            key: a.key.clone(),
+            client_ca: Some(a.ca_cert.clone()),
+        };
+        let tls = ServerTls::load(files).unwrap();
+        tls.reload().unwrap();
+        ClientTls::from_files(
+            Some(&a.ca_cert),
+            Some((&a.cert, &a.key)),
+            ("ca", "cert", "key"),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_files_name_the_key_and_file() {
+        let dir = std::env::temp_dir().join(format!("swf-pki-{}", uuid::Uuid::new_v4()));
+        let pki = DevPki::ensure(&dir, "test CA").unwrap();
+        let missing = dir.join("nope.pem");
+        let err = ServerTls::load(ServerTlsFiles {
+            cert: missing.clone(),
+            key: pki.key.clone(),
+            client_ca: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("api.tls_cert") && err.contains("nope.pem"),
+            "{err}"
+        );
+        // A key file given as the certificate: no certificate in it.
+        let err = ServerTls::load(ServerTlsFiles {
+            cert: pki.key.clone(),
+            key: pki.key.clone(),
+            client_ca: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        // A key that belongs to another certificate.
+        let other = DevPki::ensure(&dir.join("other"), "other CA").unwrap();
+        let err = ServerTls::load(ServerTlsFiles {
+            cert: pki.cert.clone(),
+            key: other.key.clone(),
+            client_ca: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
