@@ -249,6 +249,16 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            // The TLS files load as the node would load them.
+            if let Some(files) = loaded.config.api.server_tls() {
+                crate::tls::ServerTls::load(files)
+                    .with_context(|| format!("{}: TLS", file.display()))?;
+            }
+            loaded
+                .config
+                .api
+                .client_tls()
+                .with_context(|| format!("{}: TLS", file.display()))?;
             if json {
                 println!(
                     "{}",

@@ -158,6 +158,31 @@ fn config_check_and_migrate_commands() {
         err.contains("api.listn") && err.contains("bad.toml"),
         "{err}"
     );
+    // TLS files are loaded as the node would: a key given as the
+    // certificate is refused naming the key; the right files pass.
+    let pki = pki();
+    let tls = |cert: &std::path::Path| {
+        format!(
+            "region = \"us-east\"\n[database]\nurl = \"postgres://x\"\n[auth]\nenabled = false\n\
+             [api]\npublic_url = \"https://a:1\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            pki.key.display()
+        )
+    };
+    std::fs::write(&bad, tls(&pki.key)).unwrap();
+    let (code, _, err) = run(swf().args(["config", "check"]).arg(&bad));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("api.tls_cert") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    std::fs::write(&bad, tls(&pki.cert)).unwrap();
+    let (code, out, err) = run(swf().args(["config", "check"]).arg(&bad));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("api.tls") && out.contains("on, certificate"),
+        "{out}"
+    );
 }
 
 fn start_dev(dir: &std::path::Path, port: u16, fresh: bool) -> std::process::Child {
