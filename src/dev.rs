@@ -90,20 +90,7 @@ pub async fn start_primary(
     name: &str,
     tls: Option<&pgserver::PgTls>,
 ) -> anyhow::Result<PgServer> {
-    let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
-    let dir = data_dir.to_path_buf();
-    let name = name.to_string();
-    let tls = tls.cloned();
-    let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
-        pgserver::init_primary(&bins, &dir)?;
-        if let Some(t) = &tls {
-            pgserver::install_server_tls(&dir, t)?;
-        }
-        let port = pgserver::free_port()?;
-        Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
-    })
-    .await??;
-    Ok(server)
+    start_server(data_dir, name, None, None, tls).await
 }
 
 /// Initialises (if needed) and starts a streaming replica of the primary
@@ -116,24 +103,41 @@ pub async fn start_replica(
     port: Option<u16>,
     tls: Option<&pgserver::PgTls>,
 ) -> anyhow::Result<PgServer> {
+    start_server(data_dir, name, Some(upstream_port), port, tls).await
+}
+
+/// A primary (`upstream` None) or a replica of the server at `upstream`,
+/// on `port` or a free one.
+async fn start_server(
+    data_dir: &Path,
+    name: &str,
+    upstream: Option<u16>,
+    port: Option<u16>,
+    tls: Option<&pgserver::PgTls>,
+) -> anyhow::Result<PgServer> {
     let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
     let dir = data_dir.to_path_buf();
     let name = name.to_string();
     let tls = tls.cloned();
-    let server = tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
-        pgserver::init_replica(&bins, upstream_port, &dir)?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
+        match upstream {
+            None => pgserver::init_primary(&bins, &dir)?,
+            Some(up) => pgserver::init_replica(&bins, up, &dir)?,
+        }
+        // TLS before primary_conninfo: a replica with TLS replicates over it.
         if let Some(t) = &tls {
             pgserver::install_server_tls(&dir, t)?;
         }
-        pgserver::set_primary_conninfo(&dir, upstream_port, &name)?;
+        if let Some(up) = upstream {
+            pgserver::set_primary_conninfo(&dir, up, &name)?;
+        }
         let port = match port {
             Some(p) => p,
             None => pgserver::free_port()?,
         };
         Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
     })
-    .await??;
-    Ok(server)
+    .await?
 }
 
 /// One region's dev database.

@@ -13,20 +13,6 @@ fn diamond(goal: &str) -> Value {
         {"id": "d", "handler": "echo", "depends_on": ["b", "c"]}]})
 }
 
-async fn run_count(db: &str) -> i64 {
-    let pool = sql(db).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.runs")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let m: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.steps")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    n * 1_000_000 + m
-}
-
 #[tokio::test]
 async fn diamond_outputs_flow_through_deps() {
     let db = fresh_db().await;
@@ -128,7 +114,7 @@ async fn routes_headers_and_error_codes() {
         assert!(text.contains(name), "metrics lack {name}");
     }
 
-    let before = run_count(&db).await;
+    let before = stored(&db).await;
     // (body, expected status, expected code)
     let bad: Vec<(String, u16, &str)> = vec![
         ("{not json".into(), 400, "invalid_json"),
@@ -153,11 +139,7 @@ async fn routes_headers_and_error_codes() {
         .post_raw("/v1/workflows", reqwest::Body::wrap_stream(chunks))
         .await;
     assert_eq!((a.status, a.code()), (413, "payload_too_large"));
-    assert_eq!(
-        run_count(&db).await,
-        before,
-        "bad input changed the database"
-    );
+    assert_eq!(stored(&db).await, before, "bad input changed the database");
 
     // Unknown and malformed run ids.
     let unknown = uuid::Uuid::new_v4();
@@ -176,14 +158,10 @@ async fn routes_headers_and_error_codes() {
     assert_eq!(api.get("/no/such/route").await.code(), "not_found");
 
     // Region pinning without other regions.
-    let pinned = |r: &str| {
-        api.http
-            .get(format!("{}/v1/workflows/{run_id}", api.base))
-            .header("swf-region", r)
-    };
-    let a = api.send(pinned("mars")).await;
+    let run_path = format!("/v1/workflows/{run_id}");
+    let a = api.get_in("mars", &run_path).await;
     assert_eq!((a.status, a.code()), (400, "unknown_region"));
-    let a = api.send(pinned("us-east")).await;
+    let a = api.get_in("us-east", &run_path).await;
     assert_eq!(a.status, 200);
 
     // Bad list parameters and a bad token.
@@ -399,7 +377,7 @@ async fn each_workflow_limit_is_named_in_its_error_and_changes_nothing() {
     let ok = json!({"goal": "x".repeat(10), "input": {"a": {"b": {"c": 1}}},
         "steps": [step("abcdefgh"), step("b"), step("c")]});
     api.submit(&ok).await;
-    let before = run_count(&db).await;
+    let before = stored(&db).await;
     // One past each limit: (body, code, the limit's key in the message).
     let cases = [
         (
@@ -445,11 +423,7 @@ async fn each_workflow_limit_is_named_in_its_error_and_changes_nothing() {
         let msg = a.body["error"]["message"].as_str().unwrap_or("");
         assert!(msg.contains(key), "{key} not named in {msg:?}");
     }
-    assert_eq!(
-        run_count(&db).await,
-        before,
-        "a refused workflow was stored"
-    );
+    assert_eq!(stored(&db).await, before, "a refused workflow was stored");
     let mut node = node;
     node.shutdown().await;
 }

@@ -289,13 +289,7 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
         r.header("swf-read-source"),
         Some("replica" | "cache")
     ));
-    let pinned = eu
-        .send(
-            eu.http
-                .get(format!("{}/v1/workflows/{id}", eu.base))
-                .header("swf-region", "us-east"),
-        )
-        .await;
+    let pinned = eu.get_in("us-east", &format!("/v1/workflows/{id}")).await;
     assert_eq!(pinned.header("swf-region"), Some("us-east"));
     assert_eq!(eu.wait_terminal(&id, 30).await["status"], "completed");
     let regions = eu.get("/v1/regions").await.body;

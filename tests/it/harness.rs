@@ -211,6 +211,22 @@ pub async fn fresh_db() -> String {
     pg_url(&name)
 }
 
+/// How much is stored: runs x 1,000,000 + steps, to check that refused
+/// input stored nothing.
+pub async fn stored(db: &str) -> i64 {
+    let pool = sql(db).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.runs")
+        .fetch_one(&pool)
+        .await
+        .expect("count runs");
+    let m: i64 = sqlx::query_scalar("SELECT count(*) FROM swf.steps")
+        .fetch_one(&pool)
+        .await
+        .expect("count steps");
+    pool.close().await;
+    n * 1_000_000 + m
+}
+
 /// A raw SQL pool for assertions on the database itself.
 pub async fn sql(url: &str) -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
@@ -301,6 +317,27 @@ impl Api {
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
+    }
+
+    /// GET pinned to `region` (`swf-region`).
+    pub async fn get_in(&self, region: &str, path: &str) -> Answer {
+        self.send(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .header("swf-region", region),
+        )
+        .await
+    }
+
+    /// POST pinned to `region` (`swf-region`).
+    pub async fn post_in(&self, region: &str, path: &str, body: &Value) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("swf-region", region)
+                .json(body),
+        )
+        .await
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Answer {

@@ -232,37 +232,21 @@ async fn pinned_calls_are_forwarded_once() {
 
     // A pinned submit and read through eu-west are served by us-east.
     let wf: Value = serde_json::from_str(ONE).unwrap();
-    let a = eu_api
-        .send(
-            eu_api
-                .http
-                .post(format!("{}/v1/workflows", eu_api.base))
-                .header("swf-region", "us-east")
-                .json(&wf),
-        )
-        .await;
+    let a = eu_api.post_in("us-east", "/v1/workflows", &wf).await;
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.header("swf-region"), Some("us-east"));
     assert_eq!(a.header("swf-served-by"), Some("us-east-1"));
     assert!(a.header("swf-consistency-token").is_some());
     let run = a.body["run_id"].as_str().unwrap();
     let r = eu_api
-        .send(get_with(
-            &eu_api,
-            &format!("/v1/workflows/{run}"),
-            &[("swf-region", "us-east")],
-        ))
+        .get_in("us-east", &format!("/v1/workflows/{run}"))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("swf-region"), Some("us-east"));
     assert_eq!(r.header("swf-read-source"), Some("primary"));
     // Pinned to its own region: served locally.
     let r = eu_api
-        .send(get_with(
-            &eu_api,
-            &format!("/v1/workflows/{run}"),
-            &[("swf-region", "eu-west")],
-        ))
+        .get_in("eu-west", &format!("/v1/workflows/{run}"))
         .await;
     assert_eq!(r.header("swf-served-by"), Some("eu-west-1"));
 

@@ -60,16 +60,6 @@ async fn ssl_of_node_connections(url: &str) -> Vec<bool> {
     rows
 }
 
-async fn run_count(url: &str) -> i64 {
-    let pool = sql(url).await;
-    let n = sqlx::query_scalar("SELECT count(*) FROM swf.runs")
-        .fetch_one(&pool)
-        .await
-        .expect("count runs");
-    pool.close().await;
-    n
-}
-
 #[tokio::test]
 async fn https_mutual_tls_forwarding_and_verify_full_database_links() {
     let pki = pki();
@@ -126,13 +116,7 @@ async fn https_mutual_tls_forwarding_and_verify_full_database_links() {
         let api = api.clone();
         let id = id.clone();
         async move {
-            let a = api
-                .send(
-                    api.http
-                        .get(format!("{}/v1/workflows/{id}", api.base))
-                        .header("swf-region", "us-east"),
-                )
-                .await;
+            let a = api.get_in("us-east", &format!("/v1/workflows/{id}")).await;
             (a.status == 200).then(|| a.header("swf-served-by").unwrap_or("").to_string())
         }
     })
@@ -190,16 +174,9 @@ async fn certificates_from_another_ca_are_refused_and_change_nothing() {
         }
     })
     .await;
-    let before = run_count(&db).await;
-    let a = eu_api
-        .send(
-            eu_api
-                .http
-                .post(format!("{}/v1/workflows", eu_api.base))
-                .header("swf-region", "us-east")
-                .json(&json!({"goal": "pinned", "steps": [{"id": "a", "handler": "noop"}]})),
-        )
-        .await;
+    let before = stored(&db).await;
+    let wf = json!({"goal": "pinned", "steps": [{"id": "a", "handler": "noop"}]});
+    let a = eu_api.post_in("us-east", "/v1/workflows", &wf).await;
     assert_eq!(
         (a.status, a.code()),
         (503, "region_unavailable"),
@@ -208,11 +185,7 @@ async fn certificates_from_another_ca_are_refused_and_change_nothing() {
     );
     let msg = a.body["error"]["message"].as_str().unwrap_or("");
     assert!(msg.contains("certificate"), "{msg}");
-    assert_eq!(
-        run_count(&db).await,
-        before,
-        "a refused forward stored a run"
-    );
+    assert_eq!(stored(&db).await, before, "a refused forward stored a run");
     // A client trusting the real CA refuses the rogue node too.
     let err = reachable(&client(&pki, None), &us.url()).await.unwrap_err();
     assert!(err.contains("certificate"), "{err}");
