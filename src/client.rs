@@ -43,11 +43,10 @@ pub enum ClientError {
 
 impl ClientError {
     fn from_write(e: StoreError) -> Self {
-        match e {
-            StoreError::ReadOnly | StoreError::StaleEpoch(_) | StoreError::Unavailable(_) => {
-                ClientError::WriteUnavailable(e.to_string())
-            }
-            other => ClientError::Internal(other.to_string()),
+        if e.is_transient() {
+            ClientError::WriteUnavailable(e.to_string())
+        } else {
+            ClientError::Internal(e.to_string())
         }
     }
 
@@ -130,10 +129,6 @@ impl Client {
             node_id: node_id.to_string(),
             submitter,
         }
-    }
-
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
     }
 
     /// Validates and stores a workflow. A 2xx-worthy answer means the run

@@ -126,12 +126,6 @@ impl Registry {
     pub fn decomposer(&self, name: &str) -> Option<Arc<dyn Decomposer>> {
         self.decomposers.get(name).cloned()
     }
-
-    pub fn handler_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.handlers.keys().cloned().collect();
-        v.sort();
-        v
-    }
 }
 
 #[cfg(test)]

@@ -482,11 +482,7 @@ impl Router {
                 // Already re-routed: go again at once.
                 Err(StoreError::Unavailable(m)) if m == PRIMARY_MOVED && Instant::now() < until => {
                 }
-                Err(
-                    e @ (StoreError::ReadOnly
-                    | StoreError::StaleEpoch(_)
-                    | StoreError::Unavailable(_)),
-                ) if Instant::now() + delay < until => {
+                Err(e) if e.is_transient() && Instant::now() + delay < until => {
                     debug!(error = %e, "write path unavailable; rediscovering the primary");
                     self.write_failed().await;
                     tokio::time::sleep(delay).await;

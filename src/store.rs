@@ -139,8 +139,12 @@ impl Finish {
     }
 }
 
-/// Replaces NUL characters in every string and key of `v`.
+/// Replaces NUL characters in every string and key of `v`; a value without
+/// any (nearly always) is returned as it is, not rebuilt.
 pub fn strip_nul(v: Value) -> Value {
+    if !crate::workflow::has_nul(&v) {
+        return v;
+    }
     match v {
         Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
         Value::Array(a) => Value::Array(a.into_iter().map(strip_nul).collect()),
@@ -536,43 +540,24 @@ impl Store {
                 })),
             }
         }
+        // One statement, so one round trip and one implicit transaction: a
+        // mixed batch commits both halves together, and an answer is never
+        // an error for work that was in fact recorded. Both functions take
+        // an empty array.
+        let rows = sqlx::query(
+            "SELECT run_id, step_id, attempt, result FROM swf.complete_tasks($1, $2)
+             UNION ALL
+             SELECT run_id, step_id, attempt, result FROM swf.fail_tasks($3, $2, $4, $5)",
+        )
+        .bind(Value::Array(done))
+        .bind(epoch as i64)
+        .bind(Value::Array(failed))
+        .bind(leases.backoff_base_ms)
+        .bind(leases.backoff_cap_ms)
+        .fetch_all(&self.pool)
+        .await?;
         let mut answers = std::collections::HashMap::new();
-        // A mixed batch commits both halves together, so an answer is never
-        // an error for work that was in fact recorded.
-        let mut tx = if !done.is_empty() && !failed.is_empty() {
-            Some(self.pool.begin().await?)
-        } else {
-            None
-        };
-        if !done.is_empty() {
-            let q = sqlx::query(
-                "SELECT run_id, step_id, attempt, result FROM swf.complete_tasks($1, $2)",
-            )
-            .bind(Value::Array(done))
-            .bind(epoch as i64);
-            let rows = match tx.as_mut() {
-                Some(tx) => q.fetch_all(&mut **tx).await?,
-                None => q.fetch_all(&self.pool).await?,
-            };
-            collect_results(rows, &mut answers)?;
-        }
-        if !failed.is_empty() {
-            let q = sqlx::query(
-                "SELECT run_id, step_id, attempt, result FROM swf.fail_tasks($1, $2, $3, $4)",
-            )
-            .bind(Value::Array(failed))
-            .bind(epoch as i64)
-            .bind(leases.backoff_base_ms)
-            .bind(leases.backoff_cap_ms);
-            let rows = match tx.as_mut() {
-                Some(tx) => q.fetch_all(&mut **tx).await?,
-                None => q.fetch_all(&self.pool).await?,
-            };
-            collect_results(rows, &mut answers)?;
-        }
-        if let Some(tx) = tx {
-            tx.commit().await?;
-        }
+        collect_results(rows, &mut answers)?;
         // Duplicates within one batch get the later answer ("stale"), which
         // is exactly what the engine said to the second report.
         Ok(items

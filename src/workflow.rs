@@ -285,7 +285,7 @@ fn check_depth(what: &str, v: Option<&Value>, max: usize) -> Result<(), Validati
     }
 }
 
-fn has_nul(v: &Value) -> bool {
+pub(crate) fn has_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(has_nul),
