@@ -323,47 +323,64 @@ pub async fn run(
 
     router.take_primary_lost_at();
     let fault = Instant::now();
-    match req.kind {
-        DrillKind::Switchover => {
-            let hooked = match control {
-                Some(c) => c.fence(&from, &to).await.map_err(failed)?,
-                None => false,
-            };
-            // The last WAL position the old primary will ever have (read
-            // after a hook's fence too, where it is still reachable).
-            let last = if hooked {
-                old.position().await.ok().map(|(_, _, l)| l)
-            } else {
-                Some(old.fence().await.map_err(failed)?)
-            };
-            tl.mark("fence old primary");
-            if let Some(c) = control {
-                c.stop(&from).await.map_err(failed)?;
-                tl.mark("stop old primary");
+    // Set once this drill has fenced the old primary with SQL: if the move
+    // then fails before a promotion, the fence is lifted again so the
+    // cluster is not left without a writable primary.
+    let mut fenced_here = false;
+    let moved = async {
+        match req.kind {
+            DrillKind::Switchover => {
+                let hooked = match control {
+                    Some(c) => c.fence(&from, &to).await.map_err(failed)?,
+                    None => false,
+                };
+                // The last WAL position the old primary will ever have (read
+                // after a hook's fence too, where it is still reachable).
+                let last = if hooked {
+                    old.position().await.ok().map(|(_, _, l)| l)
+                } else {
+                    fenced_here = true;
+                    Some(old.fence().await.map_err(failed)?)
+                };
+                tl.mark("fence old primary");
+                if let Some(c) = control {
+                    c.stop(&from).await.map_err(failed)?;
+                    tl.mark("stop old primary");
+                }
+                if let Some(last) = last {
+                    wait_replayed(&target, last).await?;
+                    tl.mark("target caught up");
+                }
             }
-            if let Some(last) = last {
-                wait_replayed(&target, last).await?;
-                tl.mark("target caught up");
+            DrillKind::Failover => {
+                if let Some(c) = control {
+                    c.kill(&from).await.map_err(failed)?;
+                }
+                tl.mark("lose old primary");
             }
         }
-        DrillKind::Failover => {
-            if let Some(c) = control {
-                c.kill(&from).await.map_err(failed)?;
-            }
-            tl.mark("lose old primary");
+        let hooked = match control {
+            Some(c) => c.promote(&from, &to).await.map_err(failed)?,
+            None => false,
+        };
+        let epoch_after = if hooked {
+            wait_out_of_recovery(&target).await?;
+            target.bump_epoch(&to).await.map_err(failed)?
+        } else {
+            target.promote(&to).await.map_err(failed)?
+        };
+        tl.mark("promote target");
+        Ok::<u64, DrillError>(epoch_after)
+    }
+    .await;
+    if moved.is_err() && fenced_here {
+        match old.unfence().await {
+            Ok(()) => tracing::warn!(region = %from, "drill aborted: the old primary is unfenced"),
+            Err(e) => tracing::error!(region = %from, error = %e,
+                "drill aborted and the old primary could not be unfenced"),
         }
     }
-    let hooked = match control {
-        Some(c) => c.promote(&from, &to).await.map_err(failed)?,
-        None => false,
-    };
-    let epoch_after = if hooked {
-        wait_out_of_recovery(&target).await?;
-        target.bump_epoch(&to).await.map_err(failed)?
-    } else {
-        target.promote(&to).await.map_err(failed)?
-    };
-    tl.mark("promote target");
+    let epoch_after = moved?;
     router.observe_epoch(epoch_after);
     router.discover_primary().await.map_err(failed)?;
     if let Some(c) = control {
