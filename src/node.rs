@@ -25,9 +25,6 @@ use crate::handlers::Registry;
 use crate::router::{RegionDb, Router};
 use crate::store::{Leases, NodeRow, Store};
 use crate::workflow::Limits;
-
-/// Default heartbeat interval; a node is unhealthy after 3 missed beats.
-pub const HEARTBEAT_DEFAULT_MS: u64 = 5_000;
 /// Retry backoff: base 1 s, doubling, capped at 60 s (DESIGN section 8).
 const BACKOFF_BASE_MS: i32 = 1_000;
 const BACKOFF_CAP_MS: i32 = 60_000;
@@ -104,12 +101,7 @@ impl Node {
         {
             let router = router.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(
-                async move {
-                    let _ = router.spawn_tracker(shutdown).await;
-                }
-                .instrument(span.clone()),
-            );
+            tasks.spawn(router.track(shutdown).instrument(span.clone()));
         }
 
         let client = config.enable_client.then(|| {
@@ -275,9 +267,16 @@ impl Node {
                             started_at,
                             last_heartbeat_at: chrono::Utc::now(),
                         };
-                        if let Err(e) = router.write_store().heartbeat(&row).await {
+                        // Through the router's write path: bounded attempts,
+                        // rediscovery and retry when the primary moves.
+                        let beat = router
+                            .write(interval, |store, _epoch| {
+                                let row = &row;
+                                async move { store.heartbeat(row).await }
+                            })
+                            .await;
+                        if let Err(e) = beat {
                             warn!(error = %e, "heartbeat");
-                            router.write_failed().await;
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(interval) => {}
@@ -299,11 +298,6 @@ impl Node {
             executor,
             store,
         })
-    }
-
-    /// The address the API listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// Base URL of the API (`http://host:port`, `https://` with TLS).

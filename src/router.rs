@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
 use crate::cache::{CacheSettings, CachedDoc, LineageCache};
 use crate::config::RoutingConfig;
@@ -107,8 +107,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one write attempt may take before the write path counts as
 /// unavailable (and the primary is looked for again).
 const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-
-const PRIMARY_MOVED: &str = "the primary moved";
 
 /// One region's database as this node reaches it.
 #[derive(Clone)]
@@ -243,62 +241,59 @@ impl Router {
         Ok(())
     }
 
-    /// Starts the tracker task; it stops with `shutdown`.
-    pub fn spawn_tracker(
-        self: &Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move { me.track(shutdown).await }.in_current_span())
+    /// The tracker: polls the local database and, with other regions,
+    /// samples the primary in a concurrent loop of its own (a WAN round trip
+    /// must not slow the local polling). Runs until `shutdown`; dropping the
+    /// future (a node's JoinSet aborting it) stops both loops.
+    pub async fn track(self: Arc<Self>, shutdown: CancellationToken) {
+        // Primary WAL positions and when they were seen; the replica's time
+        // lag is the age of the oldest position it has not replayed yet.
+        let samples: Arc<Mutex<VecDeque<(Lsn, Instant)>>> = Arc::default();
+        let sampler = async {
+            if !self.regions.is_empty() {
+                self.sample_primary(&samples, &shutdown).await;
+            }
+        };
+        tokio::join!(sampler, self.poll_local(&samples, &shutdown));
     }
 
-    async fn track(self: Arc<Self>, shutdown: CancellationToken) {
-        // Primary WAL positions and when they were seen, sampled by a task of
-        // their own (a WAN round trip must not slow the local polling); the
-        // replica's time lag is the age of the oldest position it has not
-        // replayed yet.
-        let samples: Arc<Mutex<VecDeque<(Lsn, Instant)>>> = Arc::default();
-        if !self.regions.is_empty() {
-            let me = self.clone();
-            let samples = samples.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(
-                async move {
-                    loop {
-                        {
-                            let probe =
-                                tokio::time::timeout(PROBE_TIMEOUT, me.write_store().position())
-                                    .await;
-                            match probe.unwrap_or_else(|_| {
-                                Err(StoreError::Unavailable("no answer".into()))
-                            }) {
-                                Ok((false, _, lsn)) if !me.local_state().is_primary => {
-                                    let mut q = samples.lock().expect("samples lock");
-                                    if q.back().is_none_or(|(l, _)| lsn > *l) {
-                                        q.push_back((lsn, Instant::now()));
-                                    }
-                                    if q.len() > 10_000 {
-                                        q.pop_front();
-                                    }
-                                }
-                                Ok((false, _, _)) => {}
-                                // The primary is gone or became a replica: find the new one.
-                                Ok((true, _, _)) => me.write_failed().await,
-                                Err(e) => {
-                                    debug!(error = %e, "sample the primary's WAL position");
-                                    me.write_failed().await;
-                                }
-                            }
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                            _ = shutdown.cancelled() => return,
-                        }
+    async fn sample_primary(
+        &self,
+        samples: &Mutex<VecDeque<(Lsn, Instant)>>,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, self.write_store().position()).await;
+            match probe.unwrap_or_else(|_| Err(StoreError::Unavailable("no answer".into()))) {
+                Ok((false, _, lsn)) if !self.local_state().is_primary => {
+                    let mut q = samples.lock().expect("samples lock");
+                    if q.back().is_none_or(|(l, _)| lsn > *l) {
+                        q.push_back((lsn, Instant::now()));
+                    }
+                    if q.len() > 10_000 {
+                        q.pop_front();
                     }
                 }
-                .in_current_span(),
-            );
+                Ok((false, _, _)) => {}
+                // The primary is gone or became a replica: find the new one.
+                Ok((true, _, _)) => self.write_failed().await,
+                Err(e) => {
+                    debug!(error = %e, "sample the primary's WAL position");
+                    self.write_failed().await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
+    }
+
+    async fn poll_local(
+        &self,
+        samples: &Mutex<VecDeque<(Lsn, Instant)>>,
+        shutdown: &CancellationToken,
+    ) {
         let mut last_ok = Instant::now() - Duration::from_secs(60);
         let tick = Duration::from_millis(if self.regions.is_empty() { 50 } else { 2 });
         loop {
@@ -475,13 +470,16 @@ impl Router {
                     })
                 }
                 // A write stuck on a primary that was just replaced (e.g.
-                // waiting to connect to a stopped server) retries on the new one.
-                _ = moved.changed() => Err(StoreError::Unavailable(PRIMARY_MOVED.into())),
+                // waiting to connect to a stopped server) retries on the new
+                // one at once: it is already re-routed.
+                _ = moved.changed() => {
+                    if Instant::now() < until {
+                        continue;
+                    }
+                    Err(StoreError::Unavailable("the primary moved".into()))
+                }
             };
             match attempt {
-                // Already re-routed: go again at once.
-                Err(StoreError::Unavailable(m)) if m == PRIMARY_MOVED && Instant::now() < until => {
-                }
                 Err(e) if e.is_transient() && Instant::now() + delay < until => {
                     debug!(error = %e, "write path unavailable; rediscovering the primary");
                     self.write_failed().await;
