@@ -355,10 +355,12 @@ async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
         }
     }
     out = out.header(H_FORWARDED_BY, &st.info.node_id).body(bytes);
-    let resp = out
-        .send()
-        .await
-        .map_err(|e| unavailable(format!("forward to {target}: {}", error_chain(&e))))?;
+    let resp = out.send().await.map_err(|e| {
+        unavailable(format!(
+            "forward to {target}: {}",
+            crate::tls::error_chain(&e)
+        ))
+    })?;
     let status = resp.status();
     let mut builder = Response::builder().status(status.as_u16());
     for (name, value) in resp.headers() {
@@ -376,22 +378,6 @@ async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
     builder
         .body(Body::from(body))
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "internal", e.to_string()))
-}
-
-/// An error and its causes on one line (reqwest's own message omits why a
-/// connection failed, e.g. a certificate from an unknown CA).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 fn is_hop_header(name: &str) -> bool {
@@ -654,8 +640,7 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
     let authorization = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .cloned();
     let bytes = read_body(req, st.max_body_bytes).await?;
     let body: crate::drill::DrillRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(

@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
-    pub tls: crate::cli::TlsArgs,
+    pub tls: crate::tls::TlsArgs,
 }
 
 fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
@@ -102,9 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     };
     let http = args
         .tls
-        .client()?
-        .builder()
-        .default_headers(crate::cli::bearer_headers(args.token.as_deref())?)
+        .builder(args.token.as_deref())?
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(60))
         .build()?;

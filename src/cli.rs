@@ -162,32 +162,7 @@ pub struct ApiArgs {
     #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
-    pub tls: TlsArgs,
-}
-
-/// How the CLI verifies an HTTPS API and identifies itself to it.
-#[derive(Debug, Args, Clone, Default)]
-pub struct TlsArgs {
-    /// PEM CA certificate to verify the API's certificate against (instead of
-    /// the built-in web roots), e.g. `.swf/dev/tls/ca.pem` for `swf dev --tls`.
-    #[arg(long, env = "SWF_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-    /// PEM client certificate, for nodes that require one (api.client_ca).
-    #[arg(long, env = "SWF_CLIENT_CERT", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-    /// PEM key of --client-cert.
-    #[arg(long, env = "SWF_CLIENT_KEY", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
-}
-
-impl TlsArgs {
-    pub fn client(&self) -> anyhow::Result<crate::tls::ClientTls> {
-        Ok(crate::tls::ClientTls::from_files(
-            self.ca_cert.as_deref(),
-            self.client_cert.as_deref().zip(self.client_key.as_deref()),
-            ("--ca-cert", "--client-cert", "--client-key"),
-        )?)
-    }
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Entry point of the binary: returns the process exit code.
@@ -317,27 +292,13 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
     }
 }
 
-/// The `Authorization: Bearer` header for a token, marked sensitive (never logged).
-pub fn bearer_headers(token: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(t) = token {
-        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
-            .context("--token holds characters an HTTP header cannot")?;
-        v.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, v);
-    }
-    Ok(headers)
-}
-
 /// An HTTP client that sends the API token, if one is given, and trusts
 /// what `--ca-cert` says.
 fn http(api: &ApiArgs, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     Ok(api
         .tls
-        .client()?
-        .builder()
+        .builder(api.token.as_deref())?
         .timeout(timeout)
-        .default_headers(bearer_headers(api.token.as_deref())?)
         .build()?)
 }
 

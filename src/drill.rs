@@ -268,7 +268,7 @@ pub async fn run(
     router: &Router,
     control: Option<&dyn ClusterControl>,
     req: &DrillRequest,
-    authorization: Option<String>,
+    authorization: Option<reqwest::header::HeaderValue>,
     tls: &crate::tls::ClientTls,
 ) -> Result<DrillReport, DrillError> {
     let mut tl = Timeline::new();
@@ -394,7 +394,7 @@ pub async fn run(
         }
     }
     let (rerouted, total) =
-        wait_rerouted(&all_nodes, &to, epoch_after, authorization.as_deref(), tls).await;
+        wait_rerouted(&all_nodes, &to, epoch_after, authorization.as_ref(), tls).await;
     tl.mark("re-route nodes");
     let rerouted_at = Instant::now();
 
@@ -623,16 +623,11 @@ async fn wait_rerouted(
     urls: &[String],
     to: &str,
     epoch: u64,
-    authorization: Option<&str>,
+    authorization: Option<&reqwest::header::HeaderValue>,
     tls: &crate::tls::ClientTls,
 ) -> (usize, usize) {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(v) = authorization.and_then(|a| reqwest::header::HeaderValue::from_str(a).ok()) {
-        headers.insert(reqwest::header::AUTHORIZATION, v);
-    }
     let http = tls
-        .builder()
-        .default_headers(headers)
+        .builder_with_auth(authorization)
         .timeout(Duration::from_secs(2))
         .build()
         .expect("HTTP client builds");

@@ -55,7 +55,7 @@ pub struct LoadSpec {
     pub label: String,
     /// `Authorization` header value sent with every request (the drill
     /// caller's own token, so the load has exactly its rights).
-    pub authorization: Option<String>,
+    pub authorization: Option<reqwest::header::HeaderValue>,
     /// What the load's HTTP client trusts and presents (HTTPS nodes).
     pub tls: crate::tls::ClientTls,
 }
@@ -172,18 +172,9 @@ impl LoadHandle {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn start(spec: LoadSpec) -> LoadHandle {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(v) = spec
-            .authorization
-            .as_deref()
-            .and_then(|a| reqwest::header::HeaderValue::from_str(a).ok())
-        {
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
         let http = spec
             .tls
-            .builder()
-            .default_headers(headers)
+            .builder_with_auth(spec.authorization.as_ref())
             .connect_timeout(spec.request_timeout)
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build()
@@ -428,7 +419,7 @@ impl Submit {
                         error: format!("no answer within {:?}: {e}", self.timeout),
                     }
                 }
-                Err(e) => Retryable::Ambiguous(e.to_string()),
+                Err(e) => Retryable::Ambiguous(crate::tls::error_chain(&e)),
             };
             if let Retryable::Ambiguous(e) = &why {
                 lost_answer = Some(e.clone());

@@ -207,15 +207,16 @@ pub async fn serve(
 /// What an HTTP client trusts and presents.
 #[derive(Clone, Default)]
 pub struct ClientTls {
-    ca_pem: Option<Vec<u8>>,
-    identity_pem: Option<Vec<u8>>,
+    /// When set, the only trust anchors (no built-in web roots).
+    roots: Option<Vec<reqwest::Certificate>>,
+    identity: Option<reqwest::Identity>,
 }
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
-            .field("ca", &self.ca_pem.is_some())
-            .field("identity", &self.identity_pem.is_some())
+            .field("ca", &self.roots.is_some())
+            .field("identity", &self.identity.is_some())
             .finish()
     }
 }
@@ -230,24 +231,28 @@ impl ClientTls {
         identity: Option<(&Path, &Path)>,
         keys: (&str, &str, &str),
     ) -> Result<ClientTls, TlsError> {
-        let ca_pem = match ca {
+        let roots = match ca {
             Some(p) => {
-                read_certs(keys.0, p)?;
                 let pem = read(keys.0, p)?;
-                reqwest::Certificate::from_pem_bundle(&pem)
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
                     .map_err(|e| TlsError(format!("{}: {}: {e}", keys.0, p.display())))?;
-                Some(pem)
+                if certs.is_empty() {
+                    return Err(TlsError(format!(
+                        "{}: {} holds no PEM certificate",
+                        keys.0,
+                        p.display()
+                    )));
+                }
+                Some(certs)
             }
             None => None,
         };
-        let identity_pem = match identity {
+        let identity = match identity {
             Some((cert, key)) => {
-                read_certs(keys.1, cert)?;
-                read_key(keys.2, key)?;
                 let mut pem = read(keys.1, cert)?;
                 pem.push(b'\n');
                 pem.extend(read(keys.2, key)?);
-                reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
                     TlsError(format!(
                         "{} / {}: {} and {} do not make a client identity: {e}",
                         keys.1,
@@ -255,32 +260,93 @@ impl ClientTls {
                         cert.display(),
                         key.display()
                     ))
-                })?;
-                Some(pem)
+                })?)
             }
             None => None,
         };
-        Ok(ClientTls {
-            ca_pem,
-            identity_pem,
-        })
+        Ok(ClientTls { roots, identity })
     }
 
     /// A reqwest builder with this trust and identity applied.
     pub fn builder(&self) -> reqwest::ClientBuilder {
         let mut b = reqwest::Client::builder().use_rustls_tls();
-        if let Some(pem) = &self.ca_pem {
+        if let Some(roots) = &self.roots {
             b = b.tls_built_in_root_certs(false);
-            for cert in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
-                b = b.add_root_certificate(cert);
+            for cert in roots {
+                b = b.add_root_certificate(cert.clone());
             }
         }
-        if let Some(pem) = &self.identity_pem {
-            if let Ok(id) = reqwest::Identity::from_pem(pem) {
-                b = b.identity(id);
-            }
+        if let Some(id) = &self.identity {
+            b = b.identity(id.clone());
         }
         b
+    }
+
+    /// [`ClientTls::builder`] that also sends `authorization` with every request.
+    pub fn builder_with_auth(
+        &self,
+        authorization: Option<&reqwest::header::HeaderValue>,
+    ) -> reqwest::ClientBuilder {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = authorization {
+            headers.insert(reqwest::header::AUTHORIZATION, v.clone());
+        }
+        self.builder().default_headers(headers)
+    }
+}
+
+/// The `Authorization: Bearer` value for a token, marked sensitive (never logged).
+pub fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, TlsError> {
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| TlsError("the token holds characters an HTTP header cannot".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// An error and its causes on one line (reqwest's own message omits why a
+/// connection failed, e.g. a certificate from an unknown CA).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// How a command reaches an HTTPS API: what it trusts and presents.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM CA certificate to verify the API's certificate against (instead of
+    /// the built-in web roots), e.g. `.swf/dev/tls/ca.pem` for `swf dev --tls`.
+    #[arg(long, env = "SWF_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for nodes that require one (api.client_ca).
+    #[arg(long, env = "SWF_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, env = "SWF_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn client(&self) -> Result<ClientTls, TlsError> {
+        ClientTls::from_files(
+            self.ca_cert.as_deref(),
+            self.client_cert.as_deref().zip(self.client_key.as_deref()),
+            ("--ca-cert", "--client-cert", "--client-key"),
+        )
+    }
+
+    /// A client builder with this TLS and, if given, the bearer token.
+    pub fn builder(&self, token: Option<&str>) -> Result<reqwest::ClientBuilder, TlsError> {
+        let auth = token.map(bearer).transpose()?;
+        Ok(self.client()?.builder_with_auth(auth.as_ref()))
     }
 }
 

@@ -262,8 +262,9 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
     let eu = Api {
         base: eu_url.clone(),
         http: tls
-            .builder()
-            .default_headers(singularity_workflow::cli::bearer_headers(Some(&admin_token)).unwrap())
+            .builder_with_auth(Some(
+                &singularity_workflow::tls::bearer(&admin_token).unwrap(),
+            ))
             .build()
             .unwrap(),
     };

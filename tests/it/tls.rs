@@ -35,15 +35,7 @@ fn client(ca: &DevPki, identity: Option<&DevPki>) -> reqwest::Client {
 async fn reachable(http: &reqwest::Client, base: &str) -> Result<u16, String> {
     match http.get(format!("{base}/health")).send().await {
         Ok(r) => Ok(r.status().as_u16()),
-        Err(e) => {
-            let mut s = e.to_string();
-            let mut c = std::error::Error::source(&e);
-            while let Some(x) = c {
-                s.push_str(&format!(": {x}"));
-                c = x.source();
-            }
-            Err(s)
-        }
+        Err(e) => Err(singularity_workflow::tls::error_chain(&e)),
     }
 }
 
