@@ -410,8 +410,7 @@ async fn peer_url(st: &ApiState, region: &str) -> Option<String> {
     let nodes = st.router.local_store().nodes().await.ok()?;
     nodes
         .into_iter()
-        .filter(|n| n.region == region && n.roles.iter().any(|r| r == "client"))
-        .filter(|n| healthy(n.last_heartbeat_at, st.heartbeat_ms))
+        .filter(|n| n.region == region && n.is_client() && n.is_healthy(st.heartbeat_ms))
         .find_map(|n| n.api_url)
 }
 
@@ -584,11 +583,6 @@ async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult
     Ok(with_token(Json(body).into_response(), &token))
 }
 
-/// Nodes not heard from for this long are unhealthy (3 missed heartbeats).
-pub fn healthy(last: chrono::DateTime<chrono::Utc>, interval_ms: u64) -> bool {
-    (chrono::Utc::now() - last).num_milliseconds() <= (3 * interval_ms) as i64
-}
-
 async fn regions(State(st): State<ApiState>) -> ApiResult {
     let primary = st.router.write_store();
     let unavailable = |e: crate::store::StoreError| ClientError::Unavailable(e.to_string());
@@ -613,7 +607,7 @@ async fn regions(State(st): State<ApiState>) -> ApiResult {
                 .map(|n| {
                     json!({"node_id": n.node_id, "node_type": n.node_type, "api_url": n.api_url,
                            "last_heartbeat_at": n.last_heartbeat_at,
-                           "healthy": healthy(n.last_heartbeat_at, st.heartbeat_ms)})
+                           "healthy": n.is_healthy(st.heartbeat_ms)})
                 })
                 .collect();
             let primary_here = *r == write_region;
@@ -663,6 +657,7 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
         &body,
         authorization,
         &st.peer_tls,
+        st.heartbeat_ms,
     )
     .await
     {
@@ -745,7 +740,7 @@ async fn metrics_text(State(st): State<ApiState>) -> Response {
     if let Ok(nodes) = store.nodes().await {
         let unhealthy = nodes
             .iter()
-            .filter(|n| !healthy(n.last_heartbeat_at, st.heartbeat_ms))
+            .filter(|n| !n.is_healthy(st.heartbeat_ms))
             .count();
         metrics::gauge!("swf_nodes_unhealthy").set(unhealthy as f64);
     }

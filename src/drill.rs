@@ -270,6 +270,7 @@ pub async fn run(
     req: &DrillRequest,
     authorization: Option<reqwest::header::HeaderValue>,
     tls: &crate::tls::ClientTls,
+    heartbeat_ms: u64,
 ) -> Result<DrillReport, DrillError> {
     let mut tl = Timeline::new();
     router.discover_primary().await.map_err(failed)?;
@@ -302,7 +303,7 @@ pub async fn run(
     preflight(&old, &target, &to, req.max_lag_ms).await?;
     tl.mark("preflight");
 
-    let (targets, all_nodes) = node_urls(router).await.map_err(failed)?;
+    let (targets, all_nodes) = node_urls(router, heartbeat_ms).await.map_err(failed)?;
     let label = format!("{}", Uuid::new_v4().simple());
     let load = (req.load > 0.0).then(|| {
         LoadHandle::start(LoadSpec {
@@ -402,7 +403,11 @@ pub async fn run(
         c.rejoin(&from, &to).await.map_err(failed)?;
         tl.mark("rejoin old primary as replica");
     }
-    let had_load = load.is_some();
+    // How long the load had been running when the fault came: its
+    // first failure is measured from the load's own start.
+    let fault_offset = load
+        .as_ref()
+        .map(|l| ms(fault.saturating_duration_since(l.started_at())));
     let attempts = match load {
         Some(l) => {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -459,7 +464,7 @@ pub async fn run(
         .map(|t| ms(t - fault));
     let load_noticed = summary
         .first_failure_ms
-        .zip(load_fault_offset(&tl, had_load))
+        .zip(fault_offset)
         .map(|(f, off)| f.saturating_sub(off));
     let detection_ms = match (noticed, load_noticed) {
         (Some(a), Some(b)) => a.min(b),
@@ -523,18 +528,6 @@ pub async fn run(
         phases: tl.phases,
         ok,
     })
-}
-
-/// The load starts right after preflight; the fault comes after the
-/// warm-up phase. Returns the fault's offset from the load's start.
-fn load_fault_offset(tl: &Timeline, with_load: bool) -> Option<u64> {
-    if !with_load {
-        return None;
-    }
-    tl.phases
-        .iter()
-        .find(|p| p.name == "load warm-up")
-        .map(|p| p.ms)
 }
 
 /// Refuses a target that is not a healthy replica close behind the primary.
@@ -603,15 +596,20 @@ async fn wait_replayed(target: &Store, lsn: crate::token::Lsn) -> Result<(), Dri
 }
 
 /// API URLs of the healthy nodes: (client nodes: load targets, all: to re-route).
-async fn node_urls(router: &Router) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+/// API URLs of the healthy client nodes, and of all healthy nodes (by the
+/// same heartbeat rule as `/v1/regions`).
+async fn node_urls(
+    router: &Router,
+    heartbeat_ms: u64,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let nodes = router.write_store().nodes().await?;
     let healthy: Vec<_> = nodes
         .into_iter()
-        .filter(|n| crate::api::healthy(n.last_heartbeat_at, 15_000))
+        .filter(|n| n.is_healthy(heartbeat_ms))
         .collect();
     let clients = healthy
         .iter()
-        .filter(|n| n.roles.iter().any(|r| r == "client"))
+        .filter(|n| n.is_client())
         .filter_map(|n| n.api_url.clone())
         .collect();
     let all = healthy.into_iter().filter_map(|n| n.api_url).collect();

@@ -201,6 +201,11 @@ impl LoadHandle {
         self.stop_within(STOP_BOUND).await
     }
 
+    /// When the load started; `sent_at_ms` and `done_at_ms` count from here.
+    pub fn started_at(&self) -> Instant {
+        self.shared.start
+    }
+
     /// Writes acknowledged so far.
     pub fn acked_so_far(&self) -> u64 {
         self.shared.acked.load(Ordering::Relaxed)

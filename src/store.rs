@@ -188,6 +188,18 @@ pub struct NodeRow {
     pub last_heartbeat_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl NodeRow {
+    /// Heard from within 3 heartbeat intervals.
+    pub fn is_healthy(&self, interval_ms: u64) -> bool {
+        (chrono::Utc::now() - self.last_heartbeat_at).num_milliseconds() <= (3 * interval_ms) as i64
+    }
+
+    /// Runs the client role (serves `/v1`).
+    pub fn is_client(&self) -> bool {
+        self.roles.iter().any(|r| r == "client")
+    }
+}
+
 /// One row of `GET /v1/workflows`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunSummary {
