@@ -158,12 +158,7 @@ async fn submit(http: &reqwest::Client, api: &str, wf: &Value) -> anyhow::Result
 
 async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(Value, String)> {
     let r = http.get(url).send().await?;
-    let src = r
-        .headers()
-        .get("swf-read-source")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown")
-        .to_string();
+    let src = source_of(&r);
     if !r.status().is_success() {
         bail!("GET {url} answered {}", r.status());
     }
@@ -311,7 +306,7 @@ async fn region_reads(
         let t = Instant::now();
         let r = http
             .get(format!("{api}/v1/workflows/{id}"))
-            .header("swf-consistency-token", &token)
+            .header(crate::api::H_TOKEN, &token)
             .send()
             .await?;
         let src = source_of(&r);
@@ -370,7 +365,7 @@ async fn region_reads(
         let t = Instant::now();
         let r = http
             .get(format!("{api}/v1/workflows/{id}"))
-            .header("swf-region", primary_region)
+            .header(crate::api::H_REGION, primary_region)
             .send()
             .await?;
         let src = source_of(&r);
@@ -398,7 +393,7 @@ async fn region_reads(
 
 fn source_of(r: &reqwest::Response) -> String {
     r.headers()
-        .get("swf-read-source")
+        .get(crate::api::H_READ_SOURCE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("unknown")
         .to_string()

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::config::{self, Config};
+use crate::drill::{DrillKind, DrillRequest};
 use crate::handlers::Registry;
 use crate::node::Node;
 use crate::store::Store;
@@ -110,7 +111,7 @@ pub struct DrillArgs {
     #[arg(long, default_value_t = 0.0)]
     pub load: f64,
     /// Refuse when the target replica lags more than this.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = crate::drill::DEFAULT_MAX_LAG_MS)]
     pub max_lag_ms: u64,
 }
 
@@ -277,8 +278,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(args).await,
-        Command::Drill(DrillCommand::Switchover(a)) => drill("switchover", a).await,
-        Command::Drill(DrillCommand::Failover(a)) => drill("failover", a).await,
+        Command::Drill(DrillCommand::Switchover(a)) => drill(DrillKind::Switchover, a).await,
+        Command::Drill(DrillCommand::Failover(a)) => drill(DrillKind::Failover, a).await,
         Command::Auth(AuthCommand::HashToken) => {
             let mut t = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("read stdin")?;
@@ -532,14 +533,22 @@ pub fn render_regions(doc: &Value) -> String {
     out
 }
 
-async fn drill(kind: &str, a: DrillArgs) -> anyhow::Result<i32> {
+async fn drill(kind: DrillKind, a: DrillArgs) -> anyhow::Result<i32> {
     let url = format!("{}/v1/admin/drills", a.api.api.trim_end_matches('/'));
-    let body = json!({"kind": kind, "to": a.to, "load": a.load, "max_lag_ms": a.max_lag_ms});
+    let body = DrillRequest {
+        kind,
+        to: a.to.clone(),
+        load: a.load,
+        max_lag_ms: a.max_lag_ms,
+    };
     let http = http(&a.api, Duration::from_secs(300))?;
     if !a.api.json {
         eprintln!(
-            "drill: {kind} to {} (load {}/s) via {}",
-            a.to, a.load, a.api.api
+            "drill: {} to {} (load {}/s) via {}",
+            kind.as_str(),
+            a.to,
+            a.load,
+            a.api.api
         );
     }
     let call = http.post(&url).json(&body).send();

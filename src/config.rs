@@ -669,6 +669,20 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// A file named by `key`, relative to the config file's directory.
+    fn path(&self, key: &str, v: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() => Err(self.invalid(key, "must not be empty")),
+            Some(s) => Ok(Some(
+                Path::new(&self.file)
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(s.trim()),
+            )),
+        }
+    }
+
     fn new(file: &str) -> Ctx {
         Ctx {
             file: file.to_string(),
@@ -1138,14 +1152,7 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
         return Err(ctx.invalid("node_id", msg));
     }
 
-    let regions_file = match raw.regions_file {
-        None => None,
-        Some(s) if s.is_empty() => return Err(ctx.invalid("regions_file", "must not be empty")),
-        Some(s) => {
-            let dir = Path::new(&ctx.file).parent().unwrap_or(Path::new(""));
-            Some(dir.join(s))
-        }
-    };
+    let regions_file = ctx.path("regions_file", raw.regions_file)?;
 
     let api = build_api(raw.api.unwrap_or_default(), ctx, warnings)?;
     let database = build_database(raw.database.unwrap_or_default(), ctx)?;
@@ -1156,18 +1163,7 @@ fn build(raw: RawConfig, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config
     let a = raw.auth.unwrap_or_default();
     let auth = AuthConfig {
         enabled: a.enabled.unwrap_or(true),
-        tokens_file: match a.tokens_file {
-            Some(f) if f.is_empty() => {
-                return Err(ctx.invalid("auth.tokens_file", "must not be empty"))
-            }
-            Some(f) => Some(
-                Path::new(&ctx.file)
-                    .parent()
-                    .unwrap_or(Path::new(""))
-                    .join(f),
-            ),
-            None => None,
-        },
+        tokens_file: ctx.path("auth.tokens_file", a.tokens_file)?,
         protect_metrics: a.protect_metrics.unwrap_or(false),
         protect_info: a.protect_info.unwrap_or(false),
         tokens: Vec::new(),
@@ -1314,21 +1310,15 @@ fn build_api(raw: RawApi, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<ApiCo
             )
         }
     };
+    // TLS files must be readable when the config is loaded.
     let file = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
-        match v {
-            None => Ok(None),
-            Some(s) if s.trim().is_empty() => Err(ctx.invalid(key, "must not be empty")),
-            Some(s) => {
-                let path = Path::new(&ctx.file)
-                    .parent()
-                    .unwrap_or(Path::new(""))
-                    .join(s.trim());
-                if let Err(e) = std::fs::File::open(&path) {
-                    return Err(ctx.invalid(key, format!("cannot read {}: {e}", path.display())));
-                }
-                Ok(Some(path))
+        let path = ctx.path(key, v)?;
+        if let Some(p) = &path {
+            if let Err(e) = std::fs::File::open(p) {
+                return Err(ctx.invalid(key, format!("cannot read {}: {e}", p.display())));
             }
         }
+        Ok(path)
     };
     let tls_cert = file("api.tls_cert", raw.tls_cert)?;
     let tls_key = file("api.tls_key", raw.tls_key)?;

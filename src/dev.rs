@@ -60,6 +60,26 @@ pub struct ClusterRegion {
     pub role: String,
 }
 
+impl ClusterFile {
+    /// Makes `region` the write region and the only primary.
+    pub fn set_primary(&mut self, region: &str) {
+        self.write_region = region.to_string();
+        for r in &mut self.regions {
+            r.role = if r.name == region {
+                "primary"
+            } else {
+                "replica"
+            }
+            .into();
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("write {}", path.display()))
+    }
+}
+
 /// Name of the application database inside each dev PostgreSQL server.
 pub const DEV_DATABASE: &str = "swf";
 
@@ -151,7 +171,9 @@ struct DevDb {
 /// [`ClusterControl`] of `swf dev` and of the drill tests.
 pub struct DevControl {
     dbs: tokio::sync::Mutex<std::collections::BTreeMap<String, DevDb>>,
-    proxies: tokio::sync::Mutex<Vec<DelayProxy>>,
+    /// WAN links by name; a link made again (a replica re-pointed or
+    /// re-cloned) replaces and stops the old one.
+    proxies: tokio::sync::Mutex<std::collections::BTreeMap<String, DelayProxy>>,
     wan: Duration,
     cluster_path: PathBuf,
     tls: Option<DevTls>,
@@ -172,13 +194,7 @@ impl DevTls {
     fn ensure(data_dir: &Path) -> anyhow::Result<DevTls> {
         let pki = crate::tls::DevPki::ensure(&data_dir.join("tls"), "swf dev CA")
             .context("create the dev CA and certificates")?;
-        let read =
-            |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
-        let pg = pgserver::PgTls {
-            cert_pem: read(&pki.cert)?,
-            key_pem: read(&pki.key)?,
-            ca_pem: read(&pki.ca_cert)?,
-        };
+        let pg = pgserver::PgTls::from_pki(&pki)?;
         let token_file = data_dir.join("admin.token");
         let token = match std::fs::read_to_string(&token_file) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -241,7 +257,10 @@ impl DevControl {
         )
         .await?;
         let port = p.local_addr().port();
-        self.proxies.lock().await.push(p);
+        let old = self.proxies.lock().await.insert(name, p);
+        if let Some(old) = old {
+            old.shutdown().await;
+        }
         Ok(port)
     }
 
@@ -284,7 +303,8 @@ impl DevControl {
                 let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
             }
         }
-        for p in self.proxies.lock().await.drain(..) {
+        let proxies = std::mem::take(&mut *self.proxies.lock().await);
+        for p in proxies.into_values() {
             p.shutdown().await;
         }
     }
@@ -353,17 +373,8 @@ impl ClusterControl for DevControl {
         Box::pin(async move {
             let text = std::fs::read_to_string(&self.cluster_path)?;
             let mut c: ClusterFile = serde_json::from_str(&text)?;
-            c.write_region = region.clone();
-            for r in &mut c.regions {
-                r.role = if r.name == region {
-                    "primary"
-                } else {
-                    "replica"
-                }
-                .into();
-            }
-            std::fs::write(&self.cluster_path, serde_json::to_vec_pretty(&c)?)?;
-            Ok(())
+            c.set_primary(&region);
+            c.write(&self.cluster_path)
         })
     }
 }
@@ -398,7 +409,7 @@ impl DevCluster {
             .clone();
         let control = Arc::new(DevControl {
             dbs: tokio::sync::Mutex::new(Default::default()),
-            proxies: tokio::sync::Mutex::new(Vec::new()),
+            proxies: tokio::sync::Mutex::new(Default::default()),
             wan,
             cluster_path: data_dir.join("cluster.json"),
             tls: if opts.tls {
@@ -527,8 +538,8 @@ impl DevCluster {
                 .with_context(|| format!("start the node of region {r}"))?;
             nodes.push(node);
         }
-        let cluster = ClusterFile {
-            write_region: primary.to_string(),
+        let mut cluster = ClusterFile {
+            write_region: String::new(),
             regions: regions
                 .iter()
                 .zip(&nodes)
@@ -536,14 +547,14 @@ impl DevCluster {
                     name: r.clone(),
                     api_url: n.url(),
                     database_url: control.url(ports[r], DEV_DATABASE),
-                    role: if r == primary { "primary" } else { "replica" }.into(),
+                    role: String::new(),
                 })
                 .collect(),
             ca_cert: control.tls.as_ref().map(|t| t.pki.ca_cert.clone()),
             token_file: control.tls.as_ref().map(|t| t.token_file.clone()),
         };
-        std::fs::write(&control.cluster_path, serde_json::to_vec_pretty(&cluster)?)
-            .with_context(|| format!("write {}", control.cluster_path.display()))?;
+        cluster.set_primary(primary);
+        cluster.write(&control.cluster_path)?;
         Ok((nodes, cluster))
     }
 

@@ -147,6 +147,15 @@ pub enum DrillKind {
     Failover,
 }
 
+impl DrillKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillKind::Switchover => "switchover",
+            DrillKind::Failover => "failover",
+        }
+    }
+}
+
 /// The body of `POST /v1/admin/drills`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,8 +170,11 @@ pub struct DrillRequest {
     pub max_lag_ms: u64,
 }
 
+/// How far behind a drill's target may be before the drill is refused.
+pub const DEFAULT_MAX_LAG_MS: u64 = 5_000;
+
 fn default_max_lag_ms() -> u64 {
-    5_000
+    DEFAULT_MAX_LAG_MS
 }
 
 /// One timed phase of a drill.

@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
+use crate::api::H_TOKEN;
+
 /// Submits in flight at once; a tick that finds this many is skipped.
 const MAX_IN_FLIGHT: usize = 256;
 /// Pause between two tries of a retryable submit.
@@ -38,7 +40,6 @@ const STOP_BOUND: Duration = Duration::from_secs(10);
 /// above about 1000/s are capped by it.
 const MIN_PERIOD: Duration = Duration::from_micros(100);
 const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
-const TOKEN_HEADER: &str = "swf-consistency-token";
 /// Error text of an attempt that had not settled when the load stopped.
 const IN_FLIGHT_AT_STOP: &str = "still in flight when the load stopped";
 
@@ -456,7 +457,7 @@ impl Submit {
         let resp = self
             .http
             .get(format!("{}/v1/workflows/{run_id}", self.target))
-            .header(TOKEN_HEADER, token)
+            .header(H_TOKEN, token)
             .timeout(self.timeout)
             .send()
             .await
@@ -478,7 +479,7 @@ async fn acked(resp: reqwest::Response) -> Outcome {
     let status = resp.status().as_u16();
     let header_token = resp
         .headers()
-        .get(TOKEN_HEADER)
+        .get(H_TOKEN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let body: Value = match resp.json().await {
@@ -711,7 +712,7 @@ mod tests {
         Path(run_id): Path<String>,
         headers: HeaderMap,
     ) -> (StatusCode, Json<Value>) {
-        if headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) != Some(TOKEN) {
+        if headers.get(H_TOKEN).and_then(|v| v.to_str().ok()) != Some(TOKEN) {
             st.bad_read_tokens.fetch_add(1, Ordering::SeqCst);
         }
         match mode(&st) {

@@ -757,6 +757,20 @@ pub struct PgTls {
     pub ca_pem: String,
 }
 
+impl PgTls {
+    /// The PEM texts of a [`crate::tls::DevPki`]: its certificate and key
+    /// for the server, its CA for replication.
+    pub fn from_pki(pki: &crate::tls::DevPki) -> Result<PgTls, PgError> {
+        let read =
+            |p: &Path| fs::read_to_string(p).map_err(io_err(format!("read {}", p.display())));
+        Ok(PgTls {
+            cert_pem: read(&pki.cert)?,
+            key_pem: read(&pki.key)?,
+            ca_pem: read(&pki.ca_cert)?,
+        })
+    }
+}
+
 /// Makes the server in `data_dir` accept TLS (from its next start): writes
 /// `server.crt`, `server.key` (mode 0600, owned by the server user) and
 /// the CA into the data dir, and `ssl = on` into an included `swf-tls.conf`.

@@ -2,7 +2,8 @@
 //!
 //! `swf dev --wan-latency-ms N` puts a [`DelayProxy`] on every cross-region
 //! link (node to remote PostgreSQL, PostgreSQL streaming replication, node to
-//! remote node); failover drills use [`DelayProxy::set_blocked`] to cut links.
+//! remote node). [`DelayProxy::set_blocked`] can also cut a link (a
+//! partition); no drill uses it yet, it is there for partition experiments.
 //!
 //! It adds latency, not a throughput limit: every chunk read from one side is
 //! stamped with its read time and written to the other side at (read time +

@@ -48,12 +48,7 @@ fn pg() -> &'static Pg {
             // replicas replicate over verify-full TLS).
             let pki = singularity_workflow::tls::DevPki::ensure(&root.join("tls"), "test CA")
                 .expect("test PKI");
-            let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("PKI file");
-            let tls = pgserver::PgTls {
-                cert_pem: read(&pki.cert),
-                key_pem: read(&pki.key),
-                ca_pem: read(&pki.ca_cert),
-            };
+            let tls = pgserver::PgTls::from_pki(&pki).expect("PKI files");
             pgserver::install_server_tls(&data, &tls).expect("install TLS");
             let server = start_with_retry(&bins, &data);
             let port = server.port();
