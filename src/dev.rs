@@ -21,7 +21,7 @@ use crate::config::{Config, RegionSpec};
 use crate::drill::ClusterControl;
 use crate::handlers::Registry;
 use crate::node::Node;
-use crate::pgserver::{self, PgBinaries, PgServer, PgSettings};
+use crate::pgserver::{self, PgBinaries, PgServer};
 use crate::proxy::DelayProxy;
 use crate::store::Store;
 
@@ -151,11 +151,7 @@ async fn start_server(
         if let Some(up) = upstream {
             pgserver::set_primary_conninfo(&dir, up, &name)?;
         }
-        let port = match port {
-            Some(p) => p,
-            None => pgserver::free_port()?,
-        };
-        Ok(PgServer::start(&bins, &dir, PgSettings { port, name })?)
+        Ok(PgServer::start_on(&bins, &dir, &name, port)?)
     })
     .await?
 }

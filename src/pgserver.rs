@@ -1007,6 +1007,41 @@ impl PgServer {
         Ok(ours && ready)
     }
 
+    /// [`PgServer::start`] on `port`, or on a free port when None. A free
+    /// port can be taken by another process before the server binds it, so
+    /// a bind failure is retried on another port (5 tries).
+    pub fn start_on(
+        bins: &PgBinaries,
+        data_dir: &Path,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<PgServer, PgError> {
+        let settings = |port| PgSettings {
+            port,
+            name: name.to_string(),
+        };
+        if let Some(port) = port {
+            return PgServer::start(bins, data_dir, settings(port));
+        }
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port().map_err(io_err("find a free port"))?;
+            match PgServer::start(bins, data_dir, settings(port)) {
+                Err(PgError::Exited { log_tail, .. }) if log_tail.contains("could not bind") => {
+                    last = Some(log_tail)
+                }
+                other => return other,
+            }
+        }
+        Err(PgError::Io {
+            context: format!(
+                "start `{name}`: no free port after 5 tries; last log: {}",
+                last.unwrap_or_default()
+            ),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        })
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -1284,19 +1319,7 @@ mod tests {
 
     /// Starts on a fresh port; retries if another process grabbed the port in the meantime.
     fn start(bins: &PgBinaries, dir: &Path, name: &str) -> PgServer {
-        for _ in 0..3 {
-            let settings = PgSettings {
-                port: free_port().unwrap(),
-                name: name.to_string(),
-            };
-            match PgServer::start(bins, dir, settings) {
-                Err(PgError::Exited { log_tail, .. }) if log_tail.contains("could not bind") => {
-                    continue
-                }
-                other => return other.unwrap(),
-            }
-        }
-        panic!("no free port for {name}");
+        PgServer::start_on(bins, dir, name, None).unwrap()
     }
 
     fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use singularity_workflow::config::Config;
 use singularity_workflow::handlers::Registry;
 use singularity_workflow::node::Node;
-use singularity_workflow::pgserver::{self, PgBinaries, PgServer, PgSettings};
+use singularity_workflow::pgserver::{self, PgBinaries, PgServer};
 
 const TEMPLATE: &str = "swf_template";
 
@@ -50,7 +50,8 @@ fn pg() -> &'static Pg {
                 .expect("test PKI");
             let tls = pgserver::PgTls::from_pki(&pki).expect("PKI files");
             pgserver::install_server_tls(&data, &tls).expect("install TLS");
-            let server = start_with_retry(&bins, &data);
+            let server =
+                PgServer::start_on(&bins, &data, "test-primary", None).expect("start PostgreSQL");
             let port = server.port();
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {
@@ -66,7 +67,8 @@ fn pg() -> &'static Pg {
             let replica_dir = root.join("replica");
             pgserver::init_replica(&bins, port, &replica_dir).expect("pg_basebackup");
             pgserver::set_primary_conninfo(&replica_dir, port, "eu-west").expect("conninfo");
-            let replica = start_with_retry(&bins, &replica_dir);
+            let replica = PgServer::start_on(&bins, &replica_dir, "test-replica", None)
+                .expect("start the replica");
             Pg {
                 _server: Mutex::new(server),
                 port,
@@ -78,25 +80,6 @@ fn pg() -> &'static Pg {
         .join()
         .expect("start PostgreSQL for tests")
     })
-}
-
-fn start_with_retry(bins: &PgBinaries, data: &std::path::Path) -> PgServer {
-    let mut last = None;
-    for _ in 0..5 {
-        let port = pgserver::free_port().expect("free port");
-        match PgServer::start(
-            bins,
-            data,
-            PgSettings {
-                port,
-                name: "test-primary".into(),
-            },
-        ) {
-            Ok(s) => return s,
-            Err(e) => last = Some(e),
-        }
-    }
-    panic!("start PostgreSQL: {last:?}");
 }
 
 /// The test CA and the certificate (localhost, 127.0.0.1) the shared
@@ -159,16 +142,9 @@ pub async fn own_replica(name: &str) -> PgServer {
     let dir = pg()
         .root
         .join(format!("replica-{name}-{}", uuid::Uuid::new_v4().simple()));
-    let port = pg().port;
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        let bins = PgBinaries::locate().expect("binaries");
-        pgserver::init_replica(&bins, port, &dir).expect("pg_basebackup");
-        pgserver::set_primary_conninfo(&dir, port, &name).expect("conninfo");
-        start_with_retry(&bins, &dir)
-    })
-    .await
-    .expect("start replica")
+    singularity_workflow::dev::start_replica(&dir, name, pg().port, None, None)
+        .await
+        .expect("start replica")
 }
 
 /// Configs of two nodes: `us-east` on the primary database `db`, `eu-west`
