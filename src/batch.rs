@@ -5,6 +5,10 @@
 //! gathered, up to `max_batch`, so N concurrent submits or completions cost
 //! about N / max_batch round trips. At most `max_in_flight` batches run at
 //! once; the queue in front is bounded.
+//!
+//! A batch that fails with an error its `split_on` says belongs to one item
+//! (not to the path, e.g. a lost connection) is flushed again item by item,
+//! so one bad item cannot fail the others it was batched with.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,12 +37,19 @@ pub struct Stopped;
 
 impl<I, O, E> Batcher<I, O, E>
 where
-    I: Send + 'static,
+    I: Clone + Send + 'static,
     O: Send + 'static,
     E: Clone + Send + 'static,
 {
-    /// Starts the batcher task. `flush` must return one result per item, in order.
-    pub fn spawn<F, Fut>(max_batch: usize, max_in_flight: usize, flush: F) -> Self
+    /// Starts the batcher task. `flush` must return one result per item, in
+    /// order. When a batch of several fails with an error for which
+    /// `split_on` is true, each item is flushed alone and gets its own answer.
+    pub fn spawn<F, Fut>(
+        max_batch: usize,
+        max_in_flight: usize,
+        split_on: fn(&E) -> bool,
+        flush: F,
+    ) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
@@ -66,10 +77,18 @@ where
                 let flush = flush.clone();
                 tokio::spawn(async move {
                     let (inputs, replies): (Vec<I>, Vec<Reply<O, E>>) = items.into_iter().unzip();
+                    let single = inputs.len() == 1;
+                    let retry = (!single).then(|| inputs.clone());
                     match flush(inputs).await {
                         Ok(outs) => {
                             for (reply, out) in replies.into_iter().zip(outs) {
                                 let _ = reply.send(Ok(out));
+                            }
+                        }
+                        Err(e) if !single && split_on(&e) => {
+                            for (item, reply) in retry.into_iter().flatten().zip(replies) {
+                                let out = flush(vec![item]).await.map(|mut o| o.remove(0));
+                                let _ = reply.send(out);
                             }
                         }
                         Err(e) => {
@@ -102,13 +121,18 @@ mod tests {
     async fn gathers_concurrent_items_and_keeps_order() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        let b: Batcher<u32, u32, String> = Batcher::spawn(16, 1, move |xs: Vec<u32>| {
-            c.fetch_add(1, Ordering::SeqCst);
-            async move {
-                tokio::task::yield_now().await;
-                Ok(xs.into_iter().map(|x| x * 2).collect())
-            }
-        });
+        let b: Batcher<u32, u32, String> = Batcher::spawn(
+            16,
+            1,
+            |_| false,
+            move |xs: Vec<u32>| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::task::yield_now().await;
+                    Ok(xs.into_iter().map(|x| x * 2).collect())
+                }
+            },
+        );
         let futs: Vec<_> = (0..64)
             .map(|i| {
                 let b = b.clone();
@@ -124,8 +148,44 @@ mod tests {
 
     #[tokio::test]
     async fn errors_reach_every_item_of_the_batch() {
-        let b: Batcher<u32, u32, String> =
-            Batcher::spawn(4, 1, |_xs: Vec<u32>| async { Err("boom".to_string()) });
+        let b: Batcher<u32, u32, String> = Batcher::spawn(
+            4,
+            1,
+            |_| false,
+            |_xs: Vec<u32>| async { Err("boom".to_string()) },
+        );
         assert_eq!(b.call(1).await.unwrap().unwrap_err(), "boom");
+    }
+
+    #[tokio::test]
+    async fn an_item_error_is_split_out_and_the_others_succeed() {
+        // Item 13 is bad: any batch holding it fails with an item error.
+        let b: Batcher<u32, u32, String> = Batcher::spawn(
+            64,
+            1,
+            |e: &String| e.starts_with("item"),
+            |xs: Vec<u32>| async move {
+                tokio::task::yield_now().await;
+                if xs.contains(&13) {
+                    Err("item 13 is bad".to_string())
+                } else {
+                    Ok(xs)
+                }
+            },
+        );
+        let futs: Vec<_> = (0..32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.call(i).await.unwrap() })
+            })
+            .collect();
+        for (i, f) in futs.into_iter().enumerate() {
+            let got = f.await.unwrap();
+            if i == 13 {
+                assert_eq!(got.unwrap_err(), "item 13 is bad");
+            } else {
+                assert_eq!(got.unwrap(), i as u32);
+            }
+        }
     }
 }

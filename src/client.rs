@@ -106,6 +106,9 @@ impl Client {
         let submitter = Batcher::spawn(
             MAX_SUBMIT_BATCH,
             SUBMIT_BATCHES_IN_FLIGHT,
+            // A batch refused for a reason other than the write path (e.g.
+            // one run PostgreSQL cannot store) is submitted run by run.
+            |e: &ClientError| matches!(e, ClientError::Internal(_)),
             move |runs: Vec<NewRun>| {
                 let r = r.clone();
                 async move {

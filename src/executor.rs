@@ -83,7 +83,7 @@ impl Pool {
     }
 }
 
-type Finisher = Batcher<(AttemptRef, Finish), FinishResult, String>;
+type Finisher = Batcher<(AttemptRef, Finish), FinishResult, ReportError>;
 
 /// Shared state of a node's executor.
 pub struct Executor {
@@ -143,10 +143,15 @@ impl Executor {
             .collect::<Vec<_>>();
         let r = router.clone();
         let leases = settings.leases;
-        let finisher = Batcher::spawn(64, 4, move |items: Vec<(AttemptRef, Finish)>| {
-            let r = r.clone();
-            async move { finish_with_retry(&r, &items, leases).await }
-        });
+        let finisher = Batcher::spawn(
+            64,
+            4,
+            |e: &ReportError| !e.transient,
+            move |items: Vec<(AttemptRef, Finish)>| {
+                let r = r.clone();
+                async move { finish_batch(&r, &items, leases).await }
+            },
+        );
         let ex = Arc::new(Executor {
             settings,
             router,
@@ -377,7 +382,7 @@ impl Executor {
                             metrics::counter!(name, "pool" => pool.spec.name.clone()).increment(1);
                         }
                         Ok(Err(e)) => {
-                            warn!(run_id = %a.run_id, step_id = %a.step_id, error = %e,
+                            warn!(run_id = %a.run_id, step_id = %a.step_id, error = %e.message,
                               "report task outcome; the visibility timeout will re-deliver it");
                         }
                         Err(_) => {}
@@ -510,44 +515,28 @@ impl Executor {
     }
 }
 
-/// Reports a batch; transient errors are retried. When a batch fails for
-/// good, each item is tried alone, so one bad item cannot fail the others.
-async fn finish_with_retry(
-    router: &Router,
-    items: &[(AttemptRef, Finish)],
-    leases: Leases,
-) -> Result<Vec<FinishResult>, String> {
-    match finish_batch(router, items, leases).await {
-        Err((e, transient)) if items.len() > 1 && !transient => {
-            debug!(error = %e, "finish batch failed; reporting its items one by one");
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                out.push(
-                    finish_batch(router, std::slice::from_ref(item), leases)
-                        .await
-                        .map(|r| r[0])
-                        .unwrap_or_else(|(e, _)| {
-                            warn!(run_id = %item.0.run_id, step_id = %item.0.step_id, error = %e,
-                                  "report task outcome");
-                            FinishResult::Stale
-                        }),
-                );
-            }
-            Ok(out)
-        }
-        other => other.map_err(|(e, _)| e),
-    }
+/// Why a report failed; `transient` errors belong to the write path, the
+/// others to an item (the batcher then reports each item alone).
+#[derive(Debug, Clone)]
+struct ReportError {
+    message: String,
+    transient: bool,
 }
 
+/// Reports a batch through the router's write path (transient errors are
+/// retried there for up to 10 s).
 async fn finish_batch(
     router: &Router,
     items: &[(AttemptRef, Finish)],
     leases: Leases,
-) -> Result<Vec<FinishResult>, (String, bool)> {
+) -> Result<Vec<FinishResult>, ReportError> {
     router
         .write(Duration::from_secs(10), |store, epoch| async move {
             store.finish_tasks(items, leases, epoch).await
         })
         .await
-        .map_err(|e| (e.to_string(), e.is_transient()))
+        .map_err(|e| ReportError {
+            message: e.to_string(),
+            transient: e.is_transient(),
+        })
 }
