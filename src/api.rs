@@ -467,19 +467,22 @@ fn with_token(mut resp: Response, token: &Token) -> Response {
 async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
     let c = client(&st)?;
     let bytes = read_body(req, st.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    let spec: WorkflowSpec = serde_json::from_value(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_workflow",
-            format!("workflow does not match the schema: {e}"),
-        )
+    // Parsed once, straight into the spec; serde says whether the bytes
+    // were not JSON or JSON of the wrong shape.
+    let spec: WorkflowSpec = serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_workflow",
+                format!("workflow does not match the schema: {e}"),
+            ),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("request body is not valid JSON: {e}"),
+            ),
+        }
     })?;
     let out = c.submit(spec).await?;
     let (code, status) = if out.created {
@@ -531,14 +534,14 @@ async fn status(State(st): State<ApiState>, Path(id): Path<String>, h: HeaderMap
     let run_id = parse_run_id(&id)?;
     let token = read_token(&h)?;
     let (doc, src) = client(&st)?.status(run_id, token.as_ref()).await?;
-    Ok(with_read_source(Json(doc).into_response(), src))
+    Ok(with_read_source(Json(&*doc).into_response(), src))
 }
 
 async fn lineage(State(st): State<ApiState>, Path(id): Path<String>, h: HeaderMap) -> ApiResult {
     let run_id = parse_run_id(&id)?;
     let token = read_token(&h)?;
     let (doc, src) = client(&st)?.lineage(run_id, token.as_ref()).await?;
-    Ok(with_read_source(Json(doc).into_response(), src))
+    Ok(with_read_source(Json(&*doc).into_response(), src))
 }
 
 #[derive(Debug, Deserialize)]

@@ -187,7 +187,7 @@ impl Client {
         &self,
         run_id: Uuid,
         token: Option<&Token>,
-    ) -> Result<(Value, ReadSource), ClientError> {
+    ) -> Result<(Arc<Value>, ReadSource), ClientError> {
         self.document(run_id, RunDoc::Status, token).await
     }
 
@@ -196,7 +196,7 @@ impl Client {
         &self,
         run_id: Uuid,
         token: Option<&Token>,
-    ) -> Result<(Value, ReadSource), ClientError> {
+    ) -> Result<(Arc<Value>, ReadSource), ClientError> {
         self.document(run_id, RunDoc::Lineage, token).await
     }
 
@@ -205,20 +205,23 @@ impl Client {
         run_id: Uuid,
         kind: RunDoc,
         token: Option<&Token>,
-    ) -> Result<(Value, ReadSource), ClientError> {
+    ) -> Result<(Arc<Value>, ReadSource), ClientError> {
+        // Documents are shared with the cache, never copied.
         let cache = self.router.cache();
         let cached = cache.get(run_id, kind, token).await;
         let plan = self.router.plan(token, cached.as_ref());
         if let (ReadPlan::Cache, Some(c)) = (plan, cached) {
             metrics::counter!("swf_reads_total", "source" => "cache").increment(1);
-            return Ok(((*c.doc).clone(), ReadSource::Cache));
+            return Ok((c.doc, ReadSource::Cache));
         }
         let (source, floor, doc) = self
             .read_planned(plan, token, |store| async move {
                 store.run_document(run_id, kind).await
             })
             .await?;
-        let doc = doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?;
+        let doc = Arc::new(
+            doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?,
+        );
         let terminal = doc["status"].as_str().is_some_and(|s| s != "running");
         let state = self.router.local_state();
         cache
@@ -226,7 +229,7 @@ impl Client {
                 run_id,
                 kind,
                 CachedDoc {
-                    doc: Arc::new(doc.clone()),
+                    doc: doc.clone(),
                     epoch: state.epoch.max(token.map_or(0, |t| t.epoch)),
                     lsn: floor,
                     terminal,
