@@ -219,9 +219,8 @@ impl Client {
                 store.run_document(run_id, kind).await
             })
             .await?;
-        let doc = Arc::new(
-            doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?,
-        );
+        let doc =
+            Arc::new(doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?);
         let terminal = doc["status"].as_str().is_some_and(|s| s != "running");
         let state = self.router.local_state();
         cache

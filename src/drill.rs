@@ -447,7 +447,7 @@ pub async fn run(
         .collect();
     let (_, lost) = drill_load::classify(&attempts, &present);
     let duplicates = new_primary
-        .duplicate_goals(&format!("drill-{label}-"))
+        .duplicate_goals(&drill_load::goal_prefix(&label))
         .await
         .map_err(failed)? as u64;
     let summary = drill_load::summarize(&attempts);
@@ -485,12 +485,6 @@ pub async fn run(
     // Nodes retry writes while the primary moves, so the load may see no
     // failure at all: a write that waited for the new primary is the
     // unavailability it saw. RTO is the longer of the two.
-    let slowest_write = attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, drill_load::Outcome::Acked { .. }))
-        .map(|a| a.done_at_ms.saturating_sub(a.sent_at_ms))
-        .max()
-        .unwrap_or(0);
     let mut by_latency: Vec<&drill_load::Attempted> = attempts
         .iter()
         .filter(|a| matches!(a.outcome, drill_load::Outcome::Acked { .. }))
@@ -506,6 +500,7 @@ pub async fn run(
             retries: a.retries,
         })
         .collect();
+    let slowest_write = slowest_writes.first().map_or(0, |w| w.ms);
     let rto_ms = if attempts.is_empty() {
         ms(rerouted_at - fault)
     } else {

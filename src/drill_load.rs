@@ -116,7 +116,12 @@ pub struct LoadSummary {
 /// The goal of attempt `n`; unique per attempt, so the drill can find
 /// duplicate runs of one attempt on the new primary.
 pub fn goal(label: &str, n: u64) -> String {
-    format!("drill-{label}-{n}")
+    format!("{}{n}", goal_prefix(label))
+}
+
+/// What every goal of the load labelled `label` starts with.
+pub fn goal_prefix(label: &str) -> String {
+    format!("drill-{label}-")
 }
 
 /// A running load. Dropping it without [`LoadHandle::stop`] stops the ticker

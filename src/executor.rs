@@ -284,14 +284,7 @@ impl Executor {
             match claimed {
                 Ok(tasks) if shutdown.is_cancelled() => {
                     // Claimed while stopping: give them straight back.
-                    let refs: Vec<AttemptRef> = tasks
-                        .iter()
-                        .map(|t| AttemptRef {
-                            run_id: t.run_id,
-                            step_id: t.step_id.clone(),
-                            attempt: t.attempt,
-                        })
-                        .collect();
+                    let refs: Vec<AttemptRef> = tasks.iter().map(|t| t.attempt_ref()).collect();
                     if let Err(e) = self
                         .router
                         .write_store()
@@ -340,11 +333,7 @@ impl Executor {
             warn!(run_id = %t.run_id, step_id = %t.step_id, "no free slot for a claimed task");
             return;
         };
-        let a = AttemptRef {
-            run_id: t.run_id,
-            step_id: t.step_id.clone(),
-            attempt: t.attempt,
-        };
+        let a = t.attempt_ref();
         let pool = pool.clone();
         let ex = self.clone();
         let key = a.clone();

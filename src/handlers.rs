@@ -87,7 +87,7 @@ impl Registry {
     pub fn with_builtins() -> Self {
         let mut r = Registry::default();
         r.register("noop", |ctx: TaskContext| async move {
-            Ok(ctx.input.get("step").cloned().unwrap_or(Value::Null))
+            Ok(ctx.step_input().clone())
         });
         r.register("echo", |ctx: TaskContext| async move { Ok(ctx.input) });
         r.register("sleep", |ctx: TaskContext| async move {

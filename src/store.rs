@@ -109,6 +109,23 @@ pub struct ClaimedTask {
     pub input: Value,
 }
 
+impl ClaimedTask {
+    /// The attempt this claim is.
+    pub fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef {
+            run_id: self.run_id,
+            step_id: self.step_id.clone(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// An LSN as PostgreSQL prints it (`0/19A1D18`).
+fn parse_lsn(text: &str) -> Result<Lsn> {
+    text.parse()
+        .map_err(|_| StoreError::Database(format!("bad LSN {text}")))
+}
+
 /// Identifies one attempt of one step.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::FromRow)]
 pub struct AttemptRef {
@@ -358,8 +375,7 @@ impl Store {
         Ok((
             row.try_get(0)?,
             row.try_get::<i64, _>(1)? as u64,
-            lsn.parse()
-                .map_err(|_| StoreError::Database(format!("bad LSN {lsn}")))?,
+            parse_lsn(&lsn)?,
         ))
     }
 
@@ -398,8 +414,7 @@ impl Store {
             .await?;
         // This connection was opened before the fence: do not reuse it.
         c.detach();
-        lsn.parse()
-            .map_err(|_| StoreError::Database(format!("bad LSN {lsn}")))
+        parse_lsn(&lsn)
     }
 
     /// Undoes [`Store::fence`] (a drill that aborts before promotion).
@@ -759,9 +774,7 @@ fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<Token> {
     let lsn: String = row.try_get("p_lsn")?;
     Ok(Token {
         epoch: epoch as u64,
-        lsn: lsn
-            .parse::<Lsn>()
-            .map_err(|_| StoreError::Database(format!("bad LSN {lsn}")))?,
+        lsn: parse_lsn(&lsn)?,
     })
 }
 
