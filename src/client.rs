@@ -82,7 +82,6 @@ pub struct Client {
     router: Arc<Router>,
     registry: Registry,
     limits: Limits,
-    regions: Arc<Vec<String>>,
     node_id: String,
     submitter: SubmitBatcher,
 }
@@ -94,14 +93,7 @@ const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 const SUBMIT_BATCHES_IN_FLIGHT: usize = 4;
 
 impl Client {
-    /// `regions` are the names steps may be pinned to.
-    pub fn new(
-        router: Arc<Router>,
-        registry: Registry,
-        limits: Limits,
-        regions: Vec<String>,
-        node_id: &str,
-    ) -> Client {
+    pub fn new(router: Arc<Router>, registry: Registry, limits: Limits, node_id: &str) -> Client {
         let r = router.clone();
         let submitter = Batcher::spawn(
             MAX_SUBMIT_BATCH,
@@ -128,7 +120,6 @@ impl Client {
             router,
             registry,
             limits,
-            regions: Arc::new(regions),
             node_id: node_id.to_string(),
             submitter,
         }
@@ -151,7 +142,7 @@ impl Client {
             &spec,
             &self.limits,
             |h| self.registry.has_handler(h),
-            |r| self.regions.iter().any(|x| x == r),
+            |r| self.router.region_names().iter().any(|x| x == r),
         )
         .map_err(|e| match e {
             ValidationError::Invalid(m) => ClientError::InvalidWorkflow(m),

@@ -114,7 +114,6 @@ impl Node {
                     max_goal_len: config.limits.max_goal_len,
                     max_json_depth: config.limits.max_json_depth,
                 },
-                router.region_names(),
                 &config.node_id,
             )
         });

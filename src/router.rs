@@ -126,6 +126,8 @@ pub struct Router {
     region: String,
     local: Store,
     regions: Vec<RegionDb>,
+    /// The regions' names (this one's alone without a regions file).
+    region_names: Vec<String>,
     primary: RwLock<Arc<Primary>>,
     epoch: AtomicU64,
     state: watch::Receiver<LocalState>,
@@ -164,6 +166,11 @@ impl Router {
                 store: local.clone(),
             })),
             local,
+            region_names: if regions.is_empty() {
+                vec![region.to_string()]
+            } else {
+                regions.iter().map(|r| r.name.clone()).collect()
+            },
             regions,
             epoch: AtomicU64::new(1),
             state,
@@ -407,12 +414,8 @@ impl Router {
     }
 
     /// Every region's name (this node's first when it runs alone).
-    pub fn region_names(&self) -> Vec<String> {
-        if self.regions.is_empty() {
-            vec![self.region.clone()]
-        } else {
-            self.regions.iter().map(|r| r.name.clone()).collect()
-        }
+    pub fn region_names(&self) -> &[String] {
+        &self.region_names
     }
 
     pub fn regions(&self) -> &[RegionDb] {
