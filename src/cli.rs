@@ -366,7 +366,7 @@ async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
         let retry_reason = match attempt {
             Ok(resp) if resp.status().as_u16() == 503 => format!("HTTP 503 from {url}"),
             Ok(resp) => break answer(resp).await?,
-            Err(e) if e.is_connect() || e.is_timeout() => e.to_string(),
+            Err(e) if e.is_connect() || e.is_timeout() => crate::tls::error_chain(&e),
             Err(e) => return Err(e).with_context(|| format!("POST {url}")),
         };
         if Instant::now() + delay > deadline {
