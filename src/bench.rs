@@ -52,11 +52,8 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// API token (sent as `Authorization: Bearer`).
-    #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     #[command(flatten)]
-    pub tls: crate::tls::TlsArgs,
+    pub access: crate::tls::AccessArgs,
 }
 
 fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
@@ -101,8 +98,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         }
     };
     let http = args
-        .tls
-        .builder(args.token.as_deref())?
+        .access
+        .builder()?
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(60))
         .build()?;

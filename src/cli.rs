@@ -159,11 +159,8 @@ pub struct ApiArgs {
     /// Print the raw JSON answer.
     #[arg(long)]
     pub json: bool,
-    /// API token (sent as `Authorization: Bearer`).
-    #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     #[command(flatten)]
-    pub tls: crate::tls::TlsArgs,
+    pub access: crate::tls::AccessArgs,
 }
 
 /// Entry point of the binary: returns the process exit code.
@@ -296,11 +293,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
 /// An HTTP client that sends the API token, if one is given, and trusts
 /// what `--ca-cert` says.
 fn http(api: &ApiArgs, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(api
-        .tls
-        .builder(api.token.as_deref())?
-        .timeout(timeout)
-        .build()?)
+    Ok(api.access.builder()?.timeout(timeout).build()?)
 }
 
 /// Turns an API answer into JSON, or an error that shows the API's code.

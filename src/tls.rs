@@ -319,9 +319,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// How a command reaches an HTTPS API: what it trusts and presents.
+/// How a command is let into an API: its token, what it trusts and
+/// what it presents.
 #[derive(Debug, clap::Args, Clone, Default)]
-pub struct TlsArgs {
+pub struct AccessArgs {
+    /// API token (sent as `Authorization: Bearer`).
+    #[arg(long, env = "SWF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// PEM CA certificate to verify the API's certificate against (instead of
     /// the built-in web roots), e.g. `.swf/dev/tls/ca.pem` for `swf dev --tls`.
     #[arg(long, env = "SWF_CA_CERT")]
@@ -334,7 +338,7 @@ pub struct TlsArgs {
     pub client_key: Option<PathBuf>,
 }
 
-impl TlsArgs {
+impl AccessArgs {
     pub fn client(&self) -> Result<ClientTls, TlsError> {
         ClientTls::from_files(
             self.ca_cert.as_deref(),
@@ -344,8 +348,8 @@ impl TlsArgs {
     }
 
     /// A client builder with this TLS and, if given, the bearer token.
-    pub fn builder(&self, token: Option<&str>) -> Result<reqwest::ClientBuilder, TlsError> {
-        let auth = token.map(bearer).transpose()?;
+    pub fn builder(&self) -> Result<reqwest::ClientBuilder, TlsError> {
+        let auth = self.token.as_deref().map(bearer).transpose()?;
         Ok(self.client()?.builder_with_auth(auth.as_ref()))
     }
 }
