@@ -9,8 +9,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 use singularity_workflow::config::Config;
-use singularity_workflow::token::{Lsn, Token};
-use singularity_workflow::workflow::{mq_name, validate, Limits, WorkflowSpec};
+use singularity_workflow::model::token::{Lsn, Token};
+use singularity_workflow::model::workflow::{mq_name, validate, Limits, WorkflowSpec};
 
 fn step(id: &str, deps: &[String]) -> Value {
     json!({ "id": id, "handler": "noop", "depends_on": deps })

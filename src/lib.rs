@@ -41,24 +41,16 @@
 //! - PostgreSQL servers started by this process never outlive it.
 
 pub mod api;
-pub mod auth;
 pub mod batch;
-pub mod bench;
-pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod drill;
-pub mod drill_load;
 pub mod executor;
-pub mod handlers;
+pub mod model;
 pub mod node;
-pub mod pgserver;
-pub mod proxy;
 pub mod router;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
-pub mod token;
-pub mod workflow;

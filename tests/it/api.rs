@@ -1,7 +1,7 @@
 //! Every route and error code of the HTTP API; bad input changes nothing.
 
 use serde_json::{json, Value};
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
 

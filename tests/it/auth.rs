@@ -1,9 +1,9 @@
 //! Authentication and request limits over real HTTP.
 
 use serde_json::json;
-use singularity_workflow::auth::hash_token;
+use singularity_workflow::api::auth::hash_token;
 use singularity_workflow::config::TokenSpec;
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
 

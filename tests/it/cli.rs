@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
 
@@ -252,7 +252,8 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
     let printed = std::fs::read_to_string(dir.join("dev.out")).unwrap();
     assert!(printed.contains(&admin_token), "the admin token is printed");
     let tls =
-        singularity_workflow::tls::ClientTls::from_files(Some(&ca), None, ("ca", "", "")).unwrap();
+        singularity_workflow::api::tls::ClientTls::from_files(Some(&ca), None, ("ca", "", ""))
+            .unwrap();
     let anonymous = Api {
         base: eu_url.clone(),
         http: tls.builder().build().unwrap(),
@@ -263,7 +264,7 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
         base: eu_url.clone(),
         http: tls
             .builder_with_auth(Some(
-                &singularity_workflow::tls::bearer(&admin_token).unwrap(),
+                &singularity_workflow::api::tls::bearer(&admin_token).unwrap(),
             ))
             .build()
             .unwrap(),
@@ -423,7 +424,7 @@ async fn serve_logs_json_with_node_fields_and_stops_on_sigterm() {
     let db = fresh_db().await;
     let dir = tempdir();
     let cfg = dir.join("node.toml");
-    let port = singularity_workflow::pgserver::free_port().unwrap();
+    let port = singularity_workflow::dev::pgserver::free_port().unwrap();
     std::fs::write(
         &cfg,
         format!(

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use singularity_workflow::dev::{DevCluster, DevOptions};
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::executor::handlers::Registry;
 use singularity_workflow::router::{RegionDb, Router};
 use singularity_workflow::store::{Store, StoreError};
 

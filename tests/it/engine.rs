@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use singularity_workflow::handlers::{HandlerError, Registry, TaskContext};
+use singularity_workflow::executor::handlers::{HandlerError, Registry, TaskContext};
+use singularity_workflow::model::workflow::{validate, Limits, WorkflowSpec};
 use singularity_workflow::store::{
     AttemptRef, Finish, FinishResult, Leases, NewRun, RunDoc, Store,
 };
-use singularity_workflow::workflow::{validate, Limits, WorkflowSpec};
 
 use crate::harness::*;
 

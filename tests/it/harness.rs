@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use singularity_workflow::config::Config;
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::dev::pgserver::{self, PgBinaries, PgServer};
+use singularity_workflow::executor::handlers::Registry;
 use singularity_workflow::node::Node;
-use singularity_workflow::pgserver::{self, PgBinaries, PgServer};
 
 const TEMPLATE: &str = "swf_template";
 
@@ -46,7 +46,7 @@ fn pg() -> &'static Pg {
             pgserver::init_primary(&bins, &data).expect("initdb");
             // TLS on the shared servers (clients choose it with sslmode; the
             // replicas replicate over verify-full TLS).
-            let pki = singularity_workflow::tls::DevPki::ensure(&root.join("tls"), "test CA")
+            let pki = singularity_workflow::dev::pki::DevPki::ensure(&root.join("tls"), "test CA")
                 .expect("test PKI");
             let tls = pgserver::PgTls::from_pki(&pki).expect("PKI files");
             pgserver::install_server_tls(&data, &tls).expect("install TLS");
@@ -84,16 +84,17 @@ fn pg() -> &'static Pg {
 
 /// The test CA and the certificate (localhost, 127.0.0.1) the shared
 /// PostgreSQL servers present; also usable for test nodes' APIs.
-pub fn pki() -> singularity_workflow::tls::DevPki {
-    singularity_workflow::tls::DevPki::ensure(&pg().root.join("tls"), "test CA").expect("test PKI")
+pub fn pki() -> singularity_workflow::dev::pki::DevPki {
+    singularity_workflow::dev::pki::DevPki::ensure(&pg().root.join("tls"), "test CA")
+        .expect("test PKI")
 }
 
 /// A second, unrelated CA and certificate: what a rogue server presents.
-pub fn rogue_pki() -> singularity_workflow::tls::DevPki {
-    static ROGUE: OnceLock<singularity_workflow::tls::DevPki> = OnceLock::new();
+pub fn rogue_pki() -> singularity_workflow::dev::pki::DevPki {
+    static ROGUE: OnceLock<singularity_workflow::dev::pki::DevPki> = OnceLock::new();
     ROGUE
         .get_or_init(|| {
-            singularity_workflow::tls::DevPki::ensure(&pg().root.join("rogue-tls"), "rogue CA")
+            singularity_workflow::dev::pki::DevPki::ensure(&pg().root.join("rogue-tls"), "rogue CA")
                 .expect("rogue PKI")
         })
         .clone()

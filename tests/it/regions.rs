@@ -3,7 +3,7 @@
 //! calls and region-pinned steps.
 
 use serde_json::{json, Value};
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
 

@@ -1,7 +1,7 @@
 //! Node roles: an edge node and a worker node cooperating on one database.
 
 use serde_json::json;
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
 

@@ -3,10 +3,11 @@
 //! certificates refused, and certificate reload on SIGHUP.
 
 use serde_json::json;
+use singularity_workflow::api::tls::ClientTls;
 use singularity_workflow::config::Config;
-use singularity_workflow::handlers::Registry;
+use singularity_workflow::dev::pki::DevPki;
+use singularity_workflow::executor::handlers::Registry;
 use singularity_workflow::node::Node;
-use singularity_workflow::tls::{ClientTls, DevPki};
 
 use crate::harness::*;
 
@@ -35,7 +36,7 @@ fn client(ca: &DevPki, identity: Option<&DevPki>) -> reqwest::Client {
 async fn reachable(http: &reqwest::Client, base: &str) -> Result<u16, String> {
     match http.get(format!("{base}/health")).send().await {
         Ok(r) => Ok(r.status().as_u16()),
-        Err(e) => Err(singularity_workflow::tls::error_chain(&e)),
+        Err(e) => Err(singularity_workflow::api::tls::error_chain(&e)),
     }
 }
 

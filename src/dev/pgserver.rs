@@ -758,9 +758,9 @@ pub struct PgTls {
 }
 
 impl PgTls {
-    /// The PEM texts of a [`crate::tls::DevPki`]: its certificate and key
+    /// The PEM texts of a [`crate::dev::pki::DevPki`]: its certificate and key
     /// for the server, its CA for replication.
-    pub fn from_pki(pki: &crate::tls::DevPki) -> Result<PgTls, PgError> {
+    pub fn from_pki(pki: &crate::dev::pki::DevPki) -> Result<PgTls, PgError> {
         let read =
             |p: &Path| fs::read_to_string(p).map_err(io_err(format!("read {}", p.display())));
         Ok(PgTls {

@@ -10,13 +10,13 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
-use crate::cache::CachedDoc;
-use crate::handlers::Registry;
+use crate::executor::handlers::Registry;
+use crate::model::token::Lsn;
+use crate::model::token::Token;
+use crate::model::workflow::{self, Limits, ValidationError, WorkflowSpec};
+use crate::router::cache::CachedDoc;
 use crate::router::{ReadPlan, ReadSource, Router};
 use crate::store::{NewRun, RunDoc, RunSummary, StoreError, Submitted};
-use crate::token::Lsn;
-use crate::token::Token;
-use crate::workflow::{self, Limits, ValidationError, WorkflowSpec};
 
 /// Client-side failures, each with a stable API code.
 #[derive(Debug, Clone, thiserror::Error)]

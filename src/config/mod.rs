@@ -234,8 +234,8 @@ pub struct ApiConfig {
 
 impl ApiConfig {
     /// The server's TLS files, when the API serves HTTPS.
-    pub fn server_tls(&self) -> Option<crate::tls::ServerTlsFiles> {
-        Some(crate::tls::ServerTlsFiles {
+    pub fn server_tls(&self) -> Option<crate::api::tls::ServerTlsFiles> {
+        Some(crate::api::tls::ServerTlsFiles {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone()?,
             client_ca: self.client_ca.clone(),
@@ -243,9 +243,9 @@ impl ApiConfig {
     }
 
     /// What this node trusts and presents when it calls other nodes.
-    pub fn client_tls(&self) -> Result<crate::tls::ClientTls, crate::tls::TlsError> {
+    pub fn client_tls(&self) -> Result<crate::api::tls::ClientTls, crate::api::tls::TlsError> {
         let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-        crate::tls::ClientTls::from_files(
+        crate::api::tls::ClientTls::from_files(
             self.peer_ca.as_deref(),
             identity,
             ("api.peer_ca", "api.tls_cert", "api.tls_key"),

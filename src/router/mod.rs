@@ -13,6 +13,8 @@
 //!
 //! The decision itself is [`plan_read`], a pure function tested as a table.
 
+pub mod cache;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,10 +24,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::cache::{CacheSettings, CachedDoc, LineageCache};
 use crate::config::RoutingConfig;
+use crate::model::token::{Lsn, Token};
+use crate::router::cache::{CacheSettings, CachedDoc, LineageCache};
 use crate::store::{Store, StoreError};
-use crate::token::{Lsn, Token};
 
 /// Where a read was served from (the `swf-read-source` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

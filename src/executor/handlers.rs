@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::workflow::StepSpec;
+use crate::model::workflow::StepSpec;
 
 /// What a handler receives: `{"run": <run input>, "step": <step input>,
 /// "deps": {<dep id>: <its output>}}` plus where it runs.

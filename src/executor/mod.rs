@@ -12,6 +12,8 @@
 //! deadline, then release the rest to the queue. `kill` (tests) drops
 //! everything without telling the database, like a crashed process.
 
+pub mod handlers;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::batch::Batcher;
-use crate::handlers::{HandlerError, Registry, TaskContext};
+use crate::executor::handlers::{HandlerError, Registry, TaskContext};
+use crate::model::workflow::mq_name;
 use crate::router::Router;
 use crate::store::{AttemptRef, ClaimedTask, Finish, FinishResult, Leases};
-use crate::workflow::mq_name;
 
 /// One worker pool as configured.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::{self, Config};
 use crate::drill::{DrillKind, DrillRequest};
-use crate::handlers::Registry;
+use crate::executor::handlers::Registry;
 use crate::node::Node;
 use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
@@ -32,6 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an embedded local cluster: real PostgreSQL plus one hybrid node per region.
+    #[cfg(feature = "dev")]
     Dev(DevArgs),
     /// Run one node from a config file.
     Serve {
@@ -77,7 +78,8 @@ pub enum Command {
         api: ApiArgs,
     },
     /// End-to-end load benchmark against a running cluster (or one it starts).
-    Bench(crate::bench::BenchArgs),
+    #[cfg(feature = "dev")]
+    Bench(crate::dev::bench::BenchArgs),
     /// Failover drills: move the write region and report RTO and lost writes.
     #[command(subcommand)]
     Drill(DrillCommand),
@@ -115,6 +117,7 @@ pub struct DrillArgs {
     pub max_lag_ms: u64,
 }
 
+#[cfg(feature = "dev")]
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where PostgreSQL data, logs and cluster.json live.
@@ -160,7 +163,7 @@ pub struct ApiArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub access: crate::tls::AccessArgs,
+    pub access: crate::api::tls::AccessArgs,
 }
 
 /// Entry point of the binary: returns the process exit code.
@@ -185,6 +188,7 @@ pub fn main() -> i32 {
 
 async fn run(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
+        #[cfg(feature = "dev")]
         Command::Dev(a) => {
             crate::dev::run(crate::dev::DevOptions {
                 data_dir: a.data_dir,
@@ -202,7 +206,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let stop = crate::dev::shutdown_signal();
+            let stop = crate::node::signals::shutdown_signal();
             let node = Node::start(loaded.config, Registry::with_builtins()).await?;
             node.run_until(stop).await?;
             Ok(0)
@@ -224,7 +228,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             }
             // The TLS files load as the node would load them.
             if let Some(files) = loaded.config.api.server_tls() {
-                crate::tls::ServerTls::load(files)
+                crate::api::tls::ServerTls::load(files)
                     .with_context(|| format!("{}: TLS", file.display()))?;
             }
             loaded
@@ -274,7 +278,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Bench(args) => crate::bench::run(args).await,
+        #[cfg(feature = "dev")]
+        Command::Bench(args) => crate::dev::bench::run(args).await,
         Command::Drill(DrillCommand::Switchover(a)) => drill(DrillKind::Switchover, a).await,
         Command::Drill(DrillCommand::Failover(a)) => drill(DrillKind::Failover, a).await,
         Command::Auth(AuthCommand::HashToken) => {
@@ -284,7 +289,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             if t.is_empty() {
                 bail!("no token on standard input");
             }
-            println!("{}", crate::auth::hash_token(t));
+            println!("{}", crate::api::auth::hash_token(t));
             Ok(0)
         }
     }
@@ -359,7 +364,7 @@ async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
         let retry_reason = match attempt {
             Ok(resp) if resp.status().as_u16() == 503 => format!("HTTP 503 from {url}"),
             Ok(resp) => break answer(resp).await?,
-            Err(e) if e.is_connect() || e.is_timeout() => crate::tls::error_chain(&e),
+            Err(e) if e.is_connect() || e.is_timeout() => crate::api::tls::error_chain(&e),
             Err(e) => return Err(e).with_context(|| format!("POST {url}")),
         };
         if Instant::now() + delay > deadline {

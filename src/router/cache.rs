@@ -50,8 +50,8 @@ use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 use uuid::Uuid;
 
+use crate::model::token::{Lsn, Token};
 use crate::store::RunDoc;
-use crate::token::{Lsn, Token};
 
 /// Sizing and lifetimes of a [`LineageCache`].
 #[derive(Debug, Clone)]

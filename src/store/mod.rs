@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool, Row};
 use uuid::Uuid;
 
-use crate::token::{Lsn, Token};
-use crate::workflow::PlannedStep;
+use crate::model::token::{Lsn, Token};
+use crate::model::workflow::PlannedStep;
 
 /// Migrations of the engine schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -159,7 +159,7 @@ impl Finish {
 /// Replaces NUL characters in every string and key of `v`; a value without
 /// any (nearly always) is returned as it is, not rebuilt.
 pub fn strip_nul(v: Value) -> Value {
-    if !crate::workflow::has_nul(&v) {
+    if !crate::model::workflow::has_nul(&v) {
         return v;
     }
     match v {

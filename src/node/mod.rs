@@ -7,6 +7,8 @@
 //! tasks live in one `JoinSet`; one that exits before shutdown is a fatal,
 //! logged event that stops the node.
 
+pub mod signals;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +22,11 @@ use crate::api::{self, ApiState, NodeInfo};
 use crate::client::Client;
 use crate::config::Config;
 use crate::drill::ClusterControl;
+use crate::executor::handlers::Registry;
 use crate::executor::{Executor, ExecutorSettings, PoolSpec};
-use crate::handlers::Registry;
+use crate::model::workflow::Limits;
 use crate::router::{RegionDb, Router};
 use crate::store::{Leases, NodeRow, Store};
-use crate::workflow::Limits;
 /// Retry backoff: base 1 s, doubling, capped at 60 s (DESIGN section 8).
 const BACKOFF_BASE_MS: i32 = 1_000;
 const BACKOFF_CAP_MS: i32 = 60_000;
@@ -35,7 +37,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Node {
     info: Arc<NodeInfo>,
     addr: SocketAddr,
-    server_tls: Option<Arc<crate::tls::ServerTls>>,
+    server_tls: Option<Arc<crate::api::tls::ServerTls>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     executor: Option<Arc<Executor>>,
@@ -151,7 +153,7 @@ impl Node {
         });
 
         let server_tls = match config.api.server_tls() {
-            Some(files) => Some(Arc::new(crate::tls::ServerTls::load(files)?)),
+            Some(files) => Some(Arc::new(crate::api::tls::ServerTls::load(files)?)),
             None => None,
         };
         let peer_tls = config.api.client_tls()?;
@@ -190,7 +192,7 @@ impl Node {
             heartbeat_ms: config.executor.heartbeat_interval_ms,
             control,
             drill_running: Arc::default(),
-            auth: Arc::new(crate::auth::Auth::new(
+            auth: Arc::new(crate::api::auth::Auth::new(
                 &config.auth,
                 config.limits.per_token_rate_per_s,
             )),
@@ -206,7 +208,7 @@ impl Node {
             tasks.spawn(
                 async move {
                     match server_tls {
-                        Some(tls) => crate::tls::serve(listener, app, tls, shutdown).await,
+                        Some(tls) => crate::api::tls::serve(listener, app, tls, shutdown).await,
                         None => {
                             let r = axum::serve(listener, app)
                                 .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -53,7 +53,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub access: crate::tls::AccessArgs,
+    pub access: crate::api::tls::AccessArgs,
 }
 
 fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
@@ -485,7 +485,7 @@ fn print_human(r: &Value) {
 /// A throwaway single-region cluster inside this process.
 struct Embedded {
     node: crate::node::Node,
-    pg: crate::pgserver::PgServer,
+    pg: crate::dev::pgserver::PgServer,
     dir: std::path::PathBuf,
 }
 
@@ -510,7 +510,8 @@ impl Embedded {
         }
         cfg.database.max_connections = 32;
         let node =
-            crate::node::Node::start(cfg, crate::handlers::Registry::with_builtins()).await?;
+            crate::node::Node::start(cfg, crate::executor::handlers::Registry::with_builtins())
+                .await?;
         Ok(Embedded { node, pg, dir })
     }
 

@@ -7,6 +7,9 @@
 //! configured limit and refused with 413 past it. Worker nodes answer `/v1`
 //! with 403 `client_role_disabled`.
 
+pub mod auth;
+pub mod tls;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,10 +26,10 @@ use uuid::Uuid;
 
 use crate::client::{Client, ClientError};
 use crate::executor::Executor;
+use crate::model::token::Token;
+use crate::model::workflow::WorkflowSpec;
 use crate::router::{ReadSource, Router};
 use crate::store::Store;
-use crate::token::Token;
-use crate::workflow::WorkflowSpec;
 
 pub const H_SERVED_BY: &str = "swf-served-by";
 pub const H_REGION: &str = "swf-region";
@@ -60,12 +63,12 @@ pub struct ApiState {
     pub control: Option<Arc<dyn crate::drill::ClusterControl>>,
     /// Held while a drill runs on this node (one at a time).
     pub drill_running: Arc<tokio::sync::Mutex<()>>,
-    pub auth: Arc<crate::auth::Auth>,
+    pub auth: Arc<crate::api::auth::Auth>,
     /// Permits for requests served at once (limits.max_concurrent_requests).
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub request_timeout: std::time::Duration,
     /// What this node trusts and presents when it calls other nodes.
-    pub peer_tls: crate::tls::ClientTls,
+    pub peer_tls: crate::api::tls::ClientTls,
 }
 
 /// Forwards region-pinned calls to another region's node over a pooled
@@ -76,7 +79,7 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(timeout: std::time::Duration, tls: &crate::tls::ClientTls) -> Forwarder {
+    pub fn new(timeout: std::time::Duration, tls: &crate::api::tls::ClientTls) -> Forwarder {
         let http = tls
             .builder()
             .timeout(timeout)
@@ -234,7 +237,7 @@ async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        use crate::auth::Denied;
+        use crate::api::auth::Denied;
         match st.auth.check(header, scope) {
             Ok(_) => {}
             Err(Denied::Unauthorized(m)) => {
@@ -358,7 +361,7 @@ async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
     let resp = out.send().await.map_err(|e| {
         unavailable(format!(
             "forward to {target}: {}",
-            crate::tls::error_chain(&e)
+            crate::api::tls::error_chain(&e)
         ))
     })?;
     let status = resp.status();

@@ -6,6 +6,11 @@
 //! Ctrl-C. Restarts reuse the data dir; `--fresh` starts over. The same
 //! building blocks ([`prepare_database`]) serve the integration tests.
 
+pub mod bench;
+pub mod pgserver;
+pub mod pki;
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -18,11 +23,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::config::{Config, RegionSpec};
+use crate::dev::pgserver::{PgBinaries, PgServer};
+use crate::dev::proxy::DelayProxy;
 use crate::drill::ClusterControl;
-use crate::handlers::Registry;
+use crate::executor::handlers::Registry;
 use crate::node::Node;
-use crate::pgserver::{self, PgBinaries, PgServer};
-use crate::proxy::DelayProxy;
 use crate::store::Store;
 
 /// Options of `swf dev`.
@@ -178,7 +183,7 @@ pub struct DevControl {
 /// What `swf dev --tls` runs with.
 #[derive(Debug, Clone)]
 struct DevTls {
-    pki: crate::tls::DevPki,
+    pki: crate::dev::pki::DevPki,
     pg: pgserver::PgTls,
     /// The admin token (printed; its hash is the node's only token).
     token: String,
@@ -188,7 +193,7 @@ struct DevTls {
 impl DevTls {
     /// Reuses or creates `data_dir/tls` and `data_dir/admin.token`.
     fn ensure(data_dir: &Path) -> anyhow::Result<DevTls> {
-        let pki = crate::tls::DevPki::ensure(&data_dir.join("tls"), "swf dev CA")
+        let pki = crate::dev::pki::DevPki::ensure(&data_dir.join("tls"), "swf dev CA")
             .context("create the dev CA and certificates")?;
         let pg = pgserver::PgTls::from_pki(&pki)?;
         let token_file = data_dir.join("admin.token");
@@ -197,7 +202,7 @@ impl DevTls {
             _ => {
                 let bytes: [u8; 24] = rand::random();
                 let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                crate::tls::write_private(&token_file, &format!("{t}\n"))
+                crate::dev::pki::write_private(&token_file, &format!("{t}\n"))
                     .with_context(|| format!("write {}", token_file.display()))?;
                 t
             }
@@ -219,7 +224,7 @@ impl DevTls {
         config.auth.enabled = true;
         config.auth.tokens = vec![crate::config::TokenSpec {
             name: "dev-admin".into(),
-            sha256: crate::auth::hash_token(&self.token),
+            sha256: crate::api::auth::hash_token(&self.token),
             scopes: vec!["read".into(), "submit".into(), "admin".into()],
         }];
     }
@@ -584,7 +589,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&opts.data_dir)
             .with_context(|| format!("remove {} (--fresh)", opts.data_dir.display()))?;
     }
-    let stop = shutdown_signal();
+    let stop = crate::node::signals::shutdown_signal();
     let cluster = DevCluster::start(&opts, Registry::with_builtins()).await?;
     let c = &cluster.cluster;
     let wan = opts.wan_latency_ms;
@@ -655,27 +660,4 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     stop.await;
     cluster.stop().await;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    // Registered now, not when first polled: a signal that arrives while
-    // the node is still starting must stop it gracefully, not kill it.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).ok();
-    let mut term = signal(SignalKind::terminate()).ok();
-    async move {
-        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = wait(int.take()) => {}
-            _ = wait(term.take()) => {}
-        }
-    }
 }

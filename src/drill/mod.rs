@@ -10,10 +10,12 @@
 //! replica of the new one.
 //!
 //! Measurement: an optional load submits workflows through every region's
-//! client node during the drill ([`crate::drill_load`]); each acknowledged
+//! client node during the drill ([`crate::drill::load`]); each acknowledged
 //! run is then looked up on the new primary (present, lost, or
 //! indeterminate when it never got an answer). RTO is the longest write
 //! unavailability the load saw.
+
+pub mod load;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::DrillHooks;
-use crate::drill_load::{self, LoadHandle, LoadSpec};
+use crate::drill::load::{LoadHandle, LoadSpec};
 use crate::router::Router;
 use crate::store::Store;
 
@@ -281,7 +283,7 @@ pub async fn run(
     control: Option<&dyn ClusterControl>,
     req: &DrillRequest,
     authorization: Option<reqwest::header::HeaderValue>,
-    tls: &crate::tls::ClientTls,
+    tls: &crate::api::tls::ClientTls,
     heartbeat_ms: u64,
 ) -> Result<DrillReport, DrillError> {
     let mut tl = Timeline::new();
@@ -434,7 +436,7 @@ pub async fn run(
     let acked: Vec<Uuid> = attempts
         .iter()
         .filter_map(|a| match &a.outcome {
-            drill_load::Outcome::Acked { run_id, .. } => run_id.parse().ok(),
+            load::Outcome::Acked { run_id, .. } => run_id.parse().ok(),
             _ => None,
         })
         .collect();
@@ -445,25 +447,25 @@ pub async fn run(
         .into_iter()
         .map(|u| u.to_string())
         .collect();
-    let (_, lost) = drill_load::classify(&attempts, &present);
+    let (_, lost) = load::classify(&attempts, &present);
     let duplicates = new_primary
-        .duplicate_goals(&drill_load::goal_prefix(&label))
+        .duplicate_goals(&load::goal_prefix(&label))
         .await
         .map_err(failed)? as u64;
-    let summary = drill_load::summarize(&attempts);
+    let summary = load::summarize(&attempts);
     // A stale read misses a write that exists; a read that misses a lost
     // write is the loss, counted there.
     let stale_reads = attempts
         .iter()
         .filter(|a| a.stale_read == Some(true))
         .filter(|a| match &a.outcome {
-            drill_load::Outcome::Acked { run_id, .. } => present.contains(run_id),
+            load::Outcome::Acked { run_id, .. } => present.contains(run_id),
             _ => false,
         })
         .count() as u64;
     let mut failures: std::collections::BTreeMap<String, u64> = Default::default();
     for a in &attempts {
-        if let drill_load::Outcome::Failed { status, code } = &a.outcome {
+        if let load::Outcome::Failed { status, code } = &a.outcome {
             *failures.entry(format!("{status} {code}")).or_default() += 1;
         }
     }
@@ -485,9 +487,9 @@ pub async fn run(
     // Nodes retry writes while the primary moves, so the load may see no
     // failure at all: a write that waited for the new primary is the
     // unavailability it saw. RTO is the longer of the two.
-    let mut by_latency: Vec<&drill_load::Attempted> = attempts
+    let mut by_latency: Vec<&load::Attempted> = attempts
         .iter()
-        .filter(|a| matches!(a.outcome, drill_load::Outcome::Acked { .. }))
+        .filter(|a| matches!(a.outcome, load::Outcome::Acked { .. }))
         .collect();
     by_latency.sort_by_key(|a| std::cmp::Reverse(a.done_at_ms.saturating_sub(a.sent_at_ms)));
     let slowest_writes: Vec<SlowWrite> = by_latency
@@ -587,7 +589,7 @@ async fn wait_out_of_recovery(target: &Store) -> Result<(), DrillError> {
     }
 }
 
-async fn wait_replayed(target: &Store, lsn: crate::token::Lsn) -> Result<(), DrillError> {
+async fn wait_replayed(target: &Store, lsn: crate::model::token::Lsn) -> Result<(), DrillError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match target.position().await {
@@ -629,7 +631,7 @@ async fn wait_rerouted(
     to: &str,
     epoch: u64,
     authorization: Option<&reqwest::header::HeaderValue>,
-    tls: &crate::tls::ClientTls,
+    tls: &crate::api::tls::ClientTls,
 ) -> (usize, usize) {
     let http = tls
         .builder_with_auth(authorization)

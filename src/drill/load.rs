@@ -58,7 +58,7 @@ pub struct LoadSpec {
     /// caller's own token, so the load has exactly its rights).
     pub authorization: Option<reqwest::header::HeaderValue>,
     /// What the load's HTTP client trusts and presents (HTTPS nodes).
-    pub tls: crate::tls::ClientTls,
+    pub tls: crate::api::tls::ClientTls,
 }
 
 /// How one attempted write ended.
@@ -430,7 +430,7 @@ impl Submit {
                         error: format!("no answer within {:?}: {e}", self.timeout),
                     }
                 }
-                Err(e) => Retryable::Ambiguous(crate::tls::error_chain(&e)),
+                Err(e) => Retryable::Ambiguous(crate::api::tls::error_chain(&e)),
             };
             if let Retryable::Ambiguous(e) = &why {
                 lost_answer = Some(e.clone());
@@ -743,7 +743,7 @@ mod tests {
             request_timeout: Duration::from_secs(2),
             label: label.to_string(),
             authorization: None,
-            tls: crate::tls::ClientTls::default(),
+            tls: crate::api::tls::ClientTls::default(),
         }
     }
 
