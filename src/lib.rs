@@ -54,3 +54,4 @@ pub mod node;
 pub mod router;
 pub mod store;
 pub mod telemetry;
+pub mod wait;

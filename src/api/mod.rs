@@ -691,12 +691,15 @@ async fn health() -> Json<Value> {
 
 async fn ready(State(st): State<ApiState>) -> Response {
     let store = st.router.local_store();
-    let known = Store::known_schema_version();
-    match store.schema_version().await {
-        Ok(Some(v)) if v >= known => (StatusCode::OK, Json(json!({"status": "ready", "schema_version": v}))).into_response(),
-        Ok(v) => (
+    match store.schema_compat().await {
+        Ok(crate::store::SchemaCompat::Current(v)) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "schema_version": v})),
+        )
+            .into_response(),
+        Ok(c) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": format!("database schema version {v:?} is older than {known}: run `swf migrate`")})),
+            Json(json!({"status": "not_ready", "reason": c.problem()})),
         )
             .into_response(),
         Err(e) => (

@@ -1322,12 +1322,9 @@ mod tests {
         PgServer::start_on(bins, dir, name, None).unwrap()
     }
 
-    fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(POLL);
-        }
+    fn eventually(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+        let held = crate::wait::until_true_blocking(timeout, POLL, cond);
+        assert!(held, "timed out waiting for {what}");
     }
 
     #[test]

@@ -412,12 +412,9 @@ mod tests {
     }
 
     /// Waits for a condition, polling, up to a deadline.
-    async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+        let held = crate::wait::until_true(WAIT, Duration::from_millis(2), cond).await;
+        assert!(held, "timed out waiting for {what}");
     }
 
     async fn connect(addr: SocketAddr) -> TcpStream {

@@ -748,12 +748,9 @@ mod tests {
     }
 
     /// Waits for a condition, failing the test at the deadline.
-    async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-        let end = Instant::now() + deadline;
-        while !cond() {
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    async fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+        let held = crate::wait::until_true(deadline, Duration::from_millis(5), cond).await;
+        assert!(held, "timed out waiting for {what}");
     }
 
     #[tokio::test]

@@ -377,16 +377,11 @@ fn clamp_i32(v: u64) -> i32 {
 /// Refuses to run against a database that is not migrated, or migrated by
 /// a newer binary whose schema this one does not know.
 async fn check_schema(store: &Store) -> anyhow::Result<()> {
-    let known = Store::known_schema_version();
-    match store.schema_version().await {
-        Ok(Some(v)) if v == known => Ok(()),
-        Ok(Some(v)) if v > known => bail!(
-            "database schema version {v} is newer than this binary knows ({known}); upgrade swf"
-        ),
-        Ok(_) => bail!(
-            "database {} is not migrated to schema version {known}: run `swf migrate --database-url ...`",
-            crate::config::redact_url(store.url())
-        ),
+    match store.schema_compat().await {
+        Ok(c) => match c.problem() {
+            None => Ok(()),
+            Some(why) => bail!("database {}: {why}", crate::config::redact_url(store.url())),
+        },
         Err(e) => Err(e).with_context(|| {
             format!(
                 "connect to database {}",

@@ -235,6 +235,35 @@ pub struct Leases {
     pub backoff_cap_ms: i32,
 }
 
+/// How a database's schema relates to the one this binary was built for.
+/// Only [`SchemaCompat::Current`] is served: an older schema needs
+/// `swf migrate`, a newer one a newer binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaCompat {
+    Current(i64),
+    Unmigrated { known: i64 },
+    Older { found: i64, known: i64 },
+    Newer { found: i64, known: i64 },
+}
+
+impl SchemaCompat {
+    /// Why this binary cannot serve the schema, or None when it can.
+    pub fn problem(&self) -> Option<String> {
+        match *self {
+            SchemaCompat::Current(_) => None,
+            SchemaCompat::Unmigrated { known } => Some(format!(
+                "the database is not migrated (this binary needs schema version {known}): run `swf migrate`"
+            )),
+            SchemaCompat::Older { found, known } => Some(format!(
+                "database schema version {found} is older than {known}: run `swf migrate`"
+            )),
+            SchemaCompat::Newer { found, known } => Some(format!(
+                "database schema version {found} is newer than this binary knows ({known}); upgrade swf"
+            )),
+        }
+    }
+}
+
 /// One database: a pool plus the operations on it.
 #[derive(Clone)]
 pub struct Store {
@@ -348,6 +377,18 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    /// Whether this binary can run against the database's schema: the one
+    /// rule behind node start and `/health/ready`.
+    pub async fn schema_compat(&self) -> Result<SchemaCompat> {
+        let known = Self::known_schema_version();
+        Ok(match self.schema_version().await? {
+            None => SchemaCompat::Unmigrated { known },
+            Some(v) if v == known => SchemaCompat::Current(v),
+            Some(v) if v < known => SchemaCompat::Older { found: v, known },
+            Some(v) => SchemaCompat::Newer { found: v, known },
+        })
     }
 
     /// The newest migration this binary knows.

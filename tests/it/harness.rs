@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use singularity_workflow::config::Config;
@@ -223,19 +223,14 @@ pub async fn start_node(config: Config, registry: Registry) -> Node {
 }
 
 /// Polls `f` until it yields Some, failing the test after `secs` seconds.
-pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    singularity_workflow::wait::until(Duration::from_secs(secs), Duration::from_millis(25), f)
+        .await
+        .unwrap_or_else(|e| panic!("timed out waiting for {what} ({e})"))
 }
 
 /// A small HTTP client for a node's API.
