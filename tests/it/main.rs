@@ -8,6 +8,7 @@ mod deploy;
 mod drills;
 mod engine;
 mod harness;
+mod layout;
 mod regions;
 mod roles;
 mod tls;
