@@ -116,6 +116,17 @@ fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> 
     Ok(Arc::new(config))
 }
 
+impl ServerTlsFiles {
+    /// The server's TLS files, when the API serves HTTPS (`api.tls_cert` and `api.tls_key`).
+    pub fn from_config(api: &crate::config::ApiConfig) -> Option<ServerTlsFiles> {
+        Some(ServerTlsFiles {
+            cert: api.tls_cert.clone()?,
+            key: api.tls_key.clone()?,
+            client_ca: api.client_ca.clone(),
+        })
+    }
+}
+
 /// The API's TLS configuration, swappable at run time.
 #[derive(Debug)]
 pub struct ServerTls {
@@ -265,6 +276,17 @@ impl ClientTls {
             None => None,
         };
         Ok(ClientTls { roots, identity })
+    }
+
+    /// What a node trusts (`api.peer_ca`) and presents (`api.tls_cert`, `api.tls_key`)
+    /// when it calls other nodes.
+    pub fn for_peers(api: &crate::config::ApiConfig) -> Result<ClientTls, TlsError> {
+        let identity = api.tls_cert.as_deref().zip(api.tls_key.as_deref());
+        ClientTls::from_files(
+            api.peer_ca.as_deref(),
+            identity,
+            ("api.peer_ca", "api.tls_cert", "api.tls_key"),
+        )
     }
 
     /// A reqwest builder with this trust and identity applied.

@@ -227,14 +227,11 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 eprintln!("warning: {w}");
             }
             // The TLS files load as the node would load them.
-            if let Some(files) = loaded.config.api.server_tls() {
+            if let Some(files) = crate::api::tls::ServerTlsFiles::from_config(&loaded.config.api) {
                 crate::api::tls::ServerTls::load(files)
                     .with_context(|| format!("{}: TLS", file.display()))?;
             }
-            loaded
-                .config
-                .api
-                .client_tls()
+            crate::api::tls::ClientTls::for_peers(&loaded.config.api)
                 .with_context(|| format!("{}: TLS", file.display()))?;
             if json {
                 println!(

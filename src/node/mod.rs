@@ -152,11 +152,11 @@ impl Node {
             )
         });
 
-        let server_tls = match config.api.server_tls() {
+        let server_tls = match crate::api::tls::ServerTlsFiles::from_config(&config.api) {
             Some(files) => Some(Arc::new(crate::api::tls::ServerTls::load(files)?)),
             None => None,
         };
-        let peer_tls = config.api.client_tls()?;
+        let peer_tls = crate::api::tls::ClientTls::for_peers(&config.api)?;
         let scheme = if server_tls.is_some() {
             "https"
         } else {
