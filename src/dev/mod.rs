@@ -97,7 +97,7 @@ pub async fn prepare_database(
     let admin = Store::connect_lazy(admin_url, 2)?;
     if !admin.database_exists(database).await? {
         admin
-            .execute_admin(&format!("CREATE DATABASE \"{database}\""))
+            .create_database(database)
             .await
             .with_context(|| format!("create database {database}"))?;
     }
@@ -363,7 +363,7 @@ impl ClusterControl for DevControl {
             pgserver::set_primary_conninfo(&dir, upstream, &region)?;
             // primary_conninfo is reloadable (PostgreSQL 13 and later).
             let store = Store::connect_lazy(&self.url(port, "postgres"), 1)?;
-            store.execute_admin("SELECT pg_reload_conf()").await?;
+            store.reload_config().await?;
             store.close().await;
             Ok(())
         })

@@ -212,7 +212,7 @@ impl Executor {
         loop {
             let store = self.router.write_store().clone();
             let attempt = async {
-                store.ensure_queues(&mqs).await?;
+                store.ensure_queues(&mqs, self.router.epoch()).await?;
                 ready.cancel();
                 store.listen(&mqs).await
             };

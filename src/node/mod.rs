@@ -271,9 +271,9 @@ impl Node {
                         // Through the router's write path: bounded attempts,
                         // rediscovery and retry when the primary moves.
                         let beat = router
-                            .write(interval, |store, _epoch| {
+                            .write(interval, |store, epoch| {
                                 let row = &row;
-                                async move { store.heartbeat(row).await }
+                                async move { store.heartbeat(row, epoch).await }
                             })
                             .await;
                         if let Err(e) = beat {

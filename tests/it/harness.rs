@@ -174,9 +174,9 @@ pub fn two_regions(db: &str, eu_db: &str) -> (Config, Config) {
 /// A fresh, migrated database for one test; returns its URL.
 pub async fn fresh_db() -> String {
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = sql(&pg_url("postgres")).await;
-    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-        .execute(&admin)
+    let admin = singularity_workflow::store::Store::connect_lazy(&pg_url("postgres"), 1).unwrap();
+    admin
+        .create_database_from_template(&name, TEMPLATE)
         .await
         .expect("create test database");
     admin.close().await;

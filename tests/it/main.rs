@@ -11,4 +11,5 @@ mod harness;
 mod layout;
 mod regions;
 mod roles;
+mod store;
 mod tls;

@@ -1,0 +1,300 @@
+//! The engine's transitions: storing runs, claiming, finishing, extending
+//! and releasing tasks, cancelling runs. Each is one round trip to a
+//! PL/pgSQL entry point of the same name in `migrations/` (where the state
+//! machine is documented), and each carries the node's epoch.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::conn::{parse_lsn, Result, Store, StoreError};
+use crate::model::token::Token;
+use crate::model::workflow::PlannedStep;
+
+/// A run to store, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewRun {
+    pub run_id: Uuid,
+    pub goal: String,
+    pub input: Option<Value>,
+    pub idempotency_key: Option<String>,
+    pub decomposer: Option<String>,
+    pub submitted_by: String,
+    pub submitted_region: String,
+    pub steps: Vec<PlannedStep>,
+}
+
+/// What storing a run did: `created` is false when the idempotency key
+/// matched an existing run, whose id is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub run_id: Uuid,
+    pub created: bool,
+}
+
+/// A task claimed by an executor.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedTask {
+    pub run_id: Uuid,
+    pub step_id: String,
+    pub attempt: i32,
+    pub handler: String,
+    pub timeout_ms: i32,
+    pub input: Value,
+}
+
+impl ClaimedTask {
+    /// The attempt this claim is.
+    pub fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef {
+            run_id: self.run_id,
+            step_id: self.step_id.clone(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// Identifies one attempt of one step.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::FromRow)]
+pub struct AttemptRef {
+    pub run_id: Uuid,
+    pub step_id: String,
+    pub attempt: i32,
+}
+
+/// How an attempt ended, as reported by an executor.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Completed(Value),
+    Failed { error: Value, timed_out: bool },
+}
+
+impl Finish {
+    /// PostgreSQL's jsonb cannot hold NUL characters; a handler's output or
+    /// error that has some gets them replaced by U+FFFD rather than failing
+    /// the report (and every other report batched with it).
+    pub fn sanitized(self) -> Finish {
+        match self {
+            Finish::Completed(v) => Finish::Completed(strip_nul(v)),
+            Finish::Failed { error, timed_out } => Finish::Failed {
+                error: strip_nul(error),
+                timed_out,
+            },
+        }
+    }
+}
+
+/// Replaces NUL characters in every string and key of `v`; a value without
+/// any (nearly always) is returned as it is, not rebuilt.
+pub fn strip_nul(v: Value) -> Value {
+    if !crate::model::workflow::has_nul(&v) {
+        return v;
+    }
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), strip_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The engine's answer to a completion or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishResult {
+    Completed,
+    Retrying,
+    Failed,
+    /// Refused: not the current attempt, or the step or run already ended.
+    Stale,
+}
+
+/// Executor-side timing parameters passed to claim/extend/fail.
+#[derive(Debug, Clone, Copy)]
+pub struct Leases {
+    pub lease_ms: i32,
+    pub margin_ms: i32,
+    pub backoff_base_ms: i32,
+    pub backoff_cap_ms: i32,
+}
+
+impl Store {
+    /// Stores a batch of validated runs in one transaction and one round
+    /// trip. Returns one [`Submitted`] per input (same order) and the token.
+    pub async fn submit_runs(
+        &self,
+        runs: &[NewRun],
+        epoch: u64,
+    ) -> Result<(Vec<Submitted>, Token)> {
+        let row = sqlx::query("CALL swf.submit_runs($1, $2)")
+            .bind(sqlx::types::Json(runs))
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        let result: Value = row.try_get("p_runs")?;
+        let token = token_from_row(&row)?;
+        let items = result
+            .as_array()
+            .ok_or_else(|| StoreError::Database("submit_runs returned no array".into()))?;
+        let out = items
+            .iter()
+            .map(|v| {
+                Ok(Submitted {
+                    run_id: v["run_id"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| StoreError::Database("submit_runs: bad run_id".into()))?,
+                    created: v["created"].as_bool().unwrap_or(false),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, token))
+    }
+
+    /// Cancels a run. Returns its status afterwards (None: unknown run) and the token.
+    pub async fn cancel_run(&self, run_id: Uuid, epoch: u64) -> Result<(Option<String>, Token)> {
+        let row = sqlx::query("CALL swf.cancel_run($1, $2)")
+            .bind(run_id)
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("p_status")?, token_from_row(&row)?))
+    }
+
+    /// Claims up to `qty` tasks from the pgmq queues `mqs` (in order).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_tasks(
+        &self,
+        mqs: &[String],
+        qty: usize,
+        node_id: &str,
+        region: &str,
+        pool: &str,
+        leases: Leases,
+        epoch: u64,
+    ) -> Result<Vec<ClaimedTask>> {
+        Ok(sqlx::query_as::<_, ClaimedTask>(
+            "SELECT run_id, step_id, attempt, handler, timeout_ms, input
+               FROM swf.claim_tasks($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(mqs)
+        .bind(qty as i32)
+        .bind(node_id)
+        .bind(region)
+        .bind(pool)
+        .bind(leases.lease_ms)
+        .bind(leases.margin_ms)
+        .bind(epoch as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a batch of finished attempts (completions and failures), one
+    /// round trip per kind present. Results come back in input order.
+    pub async fn finish_tasks(
+        &self,
+        items: &[(AttemptRef, Finish)],
+        leases: Leases,
+        epoch: u64,
+    ) -> Result<Vec<FinishResult>> {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (a, f) in items {
+            match f {
+                Finish::Completed(output) => done.push(serde_json::json!({
+                    "run_id": a.run_id, "step_id": a.step_id, "attempt": a.attempt, "output": output,
+                })),
+                Finish::Failed { error, timed_out } => failed.push(serde_json::json!({
+                    "run_id": a.run_id, "step_id": a.step_id, "attempt": a.attempt, "error": error,
+                    "outcome": if *timed_out { "timed_out" } else { "failed" },
+                })),
+            }
+        }
+        // One statement, so one round trip and one implicit transaction: a
+        // mixed batch commits both halves together, and an answer is never
+        // an error for work that was in fact recorded. Both functions take
+        // an empty array.
+        let rows = sqlx::query(
+            "SELECT run_id, step_id, attempt, result FROM swf.complete_tasks($1, $2)
+             UNION ALL
+             SELECT run_id, step_id, attempt, result FROM swf.fail_tasks($3, $2, $4, $5)",
+        )
+        .bind(Value::Array(done))
+        .bind(epoch as i64)
+        .bind(Value::Array(failed))
+        .bind(leases.backoff_base_ms)
+        .bind(leases.backoff_cap_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut answers = std::collections::HashMap::new();
+        collect_results(rows, &mut answers)?;
+        // Duplicates within one batch get the later answer ("stale"), which
+        // is exactly what the engine said to the second report.
+        Ok(items
+            .iter()
+            .map(|(a, _)| answers.get(a).copied().unwrap_or(FinishResult::Stale))
+            .collect())
+    }
+
+    /// Extends the leases of running attempts; returns those still current.
+    pub async fn extend_tasks(
+        &self,
+        items: &[AttemptRef],
+        leases: Leases,
+        epoch: u64,
+    ) -> Result<Vec<AttemptRef>> {
+        Ok(sqlx::query_as::<_, AttemptRef>(
+            "SELECT run_id, step_id, attempt FROM swf.extend_tasks($1, $2, $3, $4)",
+        )
+        .bind(sqlx::types::Json(items))
+        .bind(leases.lease_ms)
+        .bind(leases.margin_ms)
+        .bind(epoch as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Gives claimed attempts back to the queue (executor shutdown).
+    pub async fn release_tasks(&self, items: &[AttemptRef], epoch: u64) -> Result<i32> {
+        Ok(sqlx::query_scalar("SELECT swf.release_tasks($1, $2)")
+            .bind(sqlx::types::Json(items))
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+/// The consistency token a procedure returns after its COMMIT.
+fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<Token> {
+    let epoch: i64 = row.try_get("p_epoch")?;
+    let lsn: String = row.try_get("p_lsn")?;
+    Ok(Token {
+        epoch: epoch as u64,
+        lsn: parse_lsn(&lsn)?,
+    })
+}
+
+fn collect_results(
+    rows: Vec<sqlx::postgres::PgRow>,
+    out: &mut std::collections::HashMap<AttemptRef, FinishResult>,
+) -> Result<()> {
+    for r in rows {
+        let a = AttemptRef {
+            run_id: r.try_get(0)?,
+            step_id: r.try_get(1)?,
+            attempt: r.try_get(2)?,
+        };
+        let res = match r.try_get::<String, _>(3)?.as_str() {
+            "completed" => FinishResult::Completed,
+            "retrying" => FinishResult::Retrying,
+            "failed" => FinishResult::Failed,
+            _ => FinishResult::Stale,
+        };
+        out.insert(a, res);
+    }
+    Ok(())
+}

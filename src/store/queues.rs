@@ -1,0 +1,54 @@
+//! pgmq queues: creating the ones an executor polls, their depths, the
+//! NOTIFY channels that wake pollers, and run counts for metrics.
+
+use sqlx::postgres::PgListener;
+use sqlx::Row;
+
+use super::conn::{Result, Store};
+
+/// The NOTIFY channel that wakes pollers of pgmq queue `mq` (the engine's
+/// `pg_notify('swf_' || mq)`).
+pub fn notify_channel(mq: &str) -> String {
+    format!("swf_{mq}")
+}
+
+impl Store {
+    /// Creates the pgmq queues an executor polls (idempotent), in one round
+    /// trip. A database of an epoch older than `epoch` refuses it.
+    pub async fn ensure_queues(&self, mqs: &[String], epoch: u64) -> Result<()> {
+        sqlx::query("SELECT swf.ensure_queues($1, $2)")
+            .bind(mqs)
+            .bind(epoch as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Visible (ready) messages per pgmq queue.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT queue_name, queue_length FROM pgmq.metrics_all()")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Number of runs per status.
+    pub async fn runs_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, count(*) FROM swf.runs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// A listener on the channels that wake pollers of `mqs`.
+    pub async fn listen(&self, mqs: &[String]) -> Result<PgListener> {
+        let mut l = PgListener::connect_with(&self.pool).await?;
+        let channels: Vec<String> = mqs.iter().map(|m| notify_channel(m)).collect();
+        l.listen_all(channels.iter().map(String::as_str)).await?;
+        Ok(l)
+    }
+}
