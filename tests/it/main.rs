@@ -10,4 +10,5 @@ mod engine;
 mod harness;
 mod regions;
 mod roles;
+mod runtime;
 mod tls;
