@@ -13,19 +13,24 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
 
 type Reply<O, E> = oneshot::Sender<Result<O, E>>;
 
 /// Handle to a running batcher. Cloning shares it.
 pub struct Batcher<I, O, E> {
     tx: mpsc::Sender<(I, Reply<O, E>)>,
+    closing: CancellationToken,
 }
 
 impl<I, O, E> Clone for Batcher<I, O, E> {
     fn clone(&self) -> Self {
         Batcher {
             tx: self.tx.clone(),
+            closing: self.closing.clone(),
         }
     }
 }
@@ -35,73 +40,49 @@ impl<I, O, E> Clone for Batcher<I, O, E> {
 #[error("batcher stopped")]
 pub struct Stopped;
 
+/// What a batch flush does, and when a failed batch is split.
+struct Flusher<F, E> {
+    flush: F,
+    split_on: fn(&E) -> bool,
+}
+
 impl<I, O, E> Batcher<I, O, E>
 where
     I: Clone + Send + 'static,
     O: Send + 'static,
     E: Clone + Send + 'static,
 {
-    /// Starts the batcher task. `flush` must return one result per item, in
-    /// order. When a batch of several fails with an error for which
-    /// `split_on` is true, each item is flushed alone and gets its own answer.
-    pub fn spawn<F, Fut>(
+    /// Starts the batcher's task in `tasks` (the caller supervises it). Its
+    /// flushes run in a `JoinSet` the task owns: aborting the task aborts
+    /// them. The task ends once every handle is dropped or [`Batcher::close`]
+    /// is called, after flushing what was queued and waiting for every
+    /// flush.
+    ///
+    /// `flush` must return one result per item, in order. When a batch of
+    /// several fails with an error for which `split_on` is true, each item
+    /// is flushed alone and gets its own answer.
+    pub fn start<F, Fut>(
         max_batch: usize,
         max_in_flight: usize,
         split_on: fn(&E) -> bool,
         flush: F,
+        tasks: &mut JoinSet<()>,
     ) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::channel::<(I, Reply<O, E>)>(max_batch * max_in_flight * 4);
-        let flush = Arc::new(flush);
-        let slots = Arc::new(Semaphore::new(max_in_flight));
-        tokio::spawn(async move {
-            loop {
-                // Wait for a free slot first, so items pile up into bigger
-                // batches while all slots are busy.
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let Some(first) = rx.recv().await else {
-                    return;
-                };
-                let mut items = vec![first];
-                while items.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(x) => items.push(x),
-                        Err(_) => break,
-                    }
-                }
-                let flush = flush.clone();
-                tokio::spawn(async move {
-                    let (inputs, replies): (Vec<I>, Vec<Reply<O, E>>) = items.into_iter().unzip();
-                    let single = inputs.len() == 1;
-                    let retry = (!single).then(|| inputs.clone());
-                    match flush(inputs).await {
-                        Ok(outs) => {
-                            for (reply, out) in replies.into_iter().zip(outs) {
-                                let _ = reply.send(Ok(out));
-                            }
-                        }
-                        Err(e) if !single && split_on(&e) => {
-                            for (item, reply) in retry.into_iter().flatten().zip(replies) {
-                                let out = flush(vec![item]).await.map(|mut o| o.remove(0));
-                                let _ = reply.send(out);
-                            }
-                        }
-                        Err(e) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(e.clone()));
-                            }
-                        }
-                    }
-                    drop(permit);
-                });
-            }
-        });
-        Batcher { tx }
+        let (tx, rx) = mpsc::channel::<(I, Reply<O, E>)>(max_batch * max_in_flight * 4);
+        let closing = CancellationToken::new();
+        let flusher = Arc::new(Flusher { flush, split_on });
+        tasks.spawn(dispatch(
+            rx,
+            flusher,
+            max_batch,
+            max_in_flight,
+            closing.clone(),
+        ));
+        Batcher { tx, closing }
     }
 
     /// Submits one item and waits for its result.
@@ -109,6 +90,106 @@ where
         let (tx, rx) = oneshot::channel();
         self.tx.send((item, tx)).await.map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
+    }
+
+    /// Stops taking items (later calls get [`Stopped`]); what is queued is
+    /// still flushed, then the batcher's task ends.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+}
+
+/// The batcher's task: gathers queued items into batches and runs up to
+/// `max_in_flight` flushes at once.
+async fn dispatch<I, O, E, F, Fut>(
+    mut rx: mpsc::Receiver<(I, Reply<O, E>)>,
+    flusher: Arc<Flusher<F, E>>,
+    max_batch: usize,
+    max_in_flight: usize,
+    closing: CancellationToken,
+) where
+    I: Clone + Send + 'static,
+    O: Send + 'static,
+    E: Clone + Send + 'static,
+    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+{
+    let mut running = JoinSet::new();
+    let mut open = true;
+    loop {
+        // Wait for a free slot first, so items pile up into bigger batches
+        // while all slots are busy.
+        while running.len() >= max_in_flight {
+            reaped(running.join_next().await);
+        }
+        let first = tokio::select! {
+            r = running.join_next(), if !running.is_empty() => {
+                reaped(r);
+                continue;
+            }
+            _ = closing.cancelled(), if open => {
+                // Senders now fail; the queue still yields what it holds.
+                rx.close();
+                open = false;
+                continue;
+            }
+            x = rx.recv() => match x {
+                Some(x) => x,
+                None => break,
+            },
+        };
+        let mut items = vec![first];
+        while items.len() < max_batch {
+            match rx.try_recv() {
+                Ok(x) => items.push(x),
+                Err(_) => break,
+            }
+        }
+        running.spawn(flush_batch(flusher.clone(), items));
+    }
+    while let Some(r) = running.join_next().await {
+        reaped(Some(r));
+    }
+}
+
+/// A flush that panicked leaves its callers with [`Stopped`]; say so once.
+fn reaped(r: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = r {
+        if e.is_panic() {
+            error!(error = %e, "a batch flush panicked; its callers get `batcher stopped`");
+        }
+    }
+}
+
+/// Flushes one batch and answers each item's caller.
+async fn flush_batch<I, O, E, F, Fut>(flusher: Arc<Flusher<F, E>>, items: Vec<(I, Reply<O, E>)>)
+where
+    I: Clone + Send + 'static,
+    O: Send + 'static,
+    E: Clone + Send + 'static,
+    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+{
+    let (inputs, replies): (Vec<I>, Vec<Reply<O, E>>) = items.into_iter().unzip();
+    let single = inputs.len() == 1;
+    let retry = (!single).then(|| inputs.clone());
+    match (flusher.flush)(inputs).await {
+        Ok(outs) => {
+            for (reply, out) in replies.into_iter().zip(outs) {
+                let _ = reply.send(Ok(out));
+            }
+        }
+        Err(e) if !single && (flusher.split_on)(&e) => {
+            for (item, reply) in retry.into_iter().flatten().zip(replies) {
+                let out = (flusher.flush)(vec![item]).await.map(|mut o| o.remove(0));
+                let _ = reply.send(out);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -121,7 +202,8 @@ mod tests {
     async fn gathers_concurrent_items_and_keeps_order() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        let b: Batcher<u32, u32, String> = Batcher::spawn(
+        let mut tasks = JoinSet::new();
+        let b: Batcher<u32, u32, String> = Batcher::start(
             16,
             1,
             |_| false,
@@ -132,6 +214,7 @@ mod tests {
                     Ok(xs.into_iter().map(|x| x * 2).collect())
                 }
             },
+            &mut tasks,
         );
         let futs: Vec<_> = (0..64)
             .map(|i| {
@@ -148,11 +231,13 @@ mod tests {
 
     #[tokio::test]
     async fn errors_reach_every_item_of_the_batch() {
-        let b: Batcher<u32, u32, String> = Batcher::spawn(
+        let mut tasks = JoinSet::new();
+        let b: Batcher<u32, u32, String> = Batcher::start(
             4,
             1,
             |_| false,
             |_xs: Vec<u32>| async { Err("boom".to_string()) },
+            &mut tasks,
         );
         assert_eq!(b.call(1).await.unwrap().unwrap_err(), "boom");
     }
@@ -160,7 +245,8 @@ mod tests {
     #[tokio::test]
     async fn an_item_error_is_split_out_and_the_others_succeed() {
         // Item 13 is bad: any batch holding it fails with an item error.
-        let b: Batcher<u32, u32, String> = Batcher::spawn(
+        let mut tasks = JoinSet::new();
+        let b: Batcher<u32, u32, String> = Batcher::start(
             64,
             1,
             |e: &String| e.starts_with("item"),
@@ -172,6 +258,7 @@ mod tests {
                     Ok(xs)
                 }
             },
+            &mut tasks,
         );
         let futs: Vec<_> = (0..32)
             .map(|i| {
@@ -187,5 +274,58 @@ mod tests {
                 assert_eq!(got.unwrap(), i as u32);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_flushes_what_is_queued_and_the_task_ends() {
+        let mut tasks = JoinSet::new();
+        let b: Batcher<u32, u32, String> = Batcher::start(
+            8,
+            1,
+            |_| false,
+            |xs: Vec<u32>| async move {
+                tokio::task::yield_now().await;
+                Ok(xs)
+            },
+            &mut tasks,
+        );
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let b = b.clone();
+                async move { b.call(i).await }
+            })
+            .collect();
+        let answers = futures::future::join_all(calls);
+        let (answers, ()) = tokio::join!(answers, async { b.close() });
+        for (i, a) in answers.into_iter().enumerate() {
+            // Queued before the close: answered. (Sent after: Stopped.)
+            if let Ok(r) = a {
+                assert_eq!(r.unwrap(), i as u32);
+            }
+        }
+        assert!(matches!(b.call(99).await, Err(Stopped)));
+        // The task ends by itself: nothing to abort.
+        assert!(tasks.join_next().await.unwrap().is_ok());
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_ends_the_task() {
+        let mut tasks = JoinSet::new();
+        let b: Batcher<u32, u32, String> = Batcher::start(
+            8,
+            2,
+            |_| false,
+            |xs: Vec<u32>| async move { Ok(xs) },
+            &mut tasks,
+        );
+        assert_eq!(b.call(7).await.unwrap().unwrap(), 7);
+        drop(b);
+        assert!(tasks.join_next().await.unwrap().is_ok());
     }
 }

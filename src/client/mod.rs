@@ -93,9 +93,16 @@ const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 const SUBMIT_BATCHES_IN_FLIGHT: usize = 4;
 
 impl Client {
-    pub fn new(router: Arc<Router>, registry: Registry, limits: Limits, node_id: &str) -> Client {
+    /// The submit batcher's task joins `tasks` (the node's supervised set).
+    pub fn new(
+        router: Arc<Router>,
+        registry: Registry,
+        limits: Limits,
+        node_id: &str,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Client {
         let r = router.clone();
-        let submitter = Batcher::spawn(
+        let submitter = Batcher::start(
             MAX_SUBMIT_BATCH,
             SUBMIT_BATCHES_IN_FLIGHT,
             // A batch refused for a reason other than the write path (e.g.
@@ -115,6 +122,7 @@ impl Client {
                     Ok(out.into_iter().map(|s| (s, token)).collect())
                 }
             },
+            tasks,
         );
         Client {
             router,

@@ -58,11 +58,19 @@ impl fmt::Display for Token {
 }
 
 impl Token {
-    /// True when a database at `epoch` that has replayed `replayed` is at
-    /// least as new as this token. A token from another epoch never counts
-    /// as satisfied by LSN alone: LSNs of different timelines do not compare.
+    /// The one satisfaction rule (the cache, the read plan and token waits
+    /// all ask it): true when data read at `epoch` from a database that had
+    /// replayed `replayed` is at least as new as this token. A token from
+    /// another epoch, older or newer, is never satisfied by LSN alone: LSNs
+    /// of different timelines do not compare.
     pub fn satisfied_by(&self, epoch: u64, replayed: Lsn) -> bool {
-        self.epoch == epoch && replayed >= self.lsn
+        self.same_timeline(epoch) && replayed >= self.lsn
+    }
+
+    /// True when LSNs of a database at `epoch` compare with this token's, so
+    /// replay there can still come to satisfy it.
+    pub fn same_timeline(&self, epoch: u64) -> bool {
+        self.epoch == epoch
     }
 }
 

@@ -93,13 +93,13 @@ pub struct CachedDoc {
 }
 
 impl CachedDoc {
-    /// True when this entry reflects at least `token` (same epoch and
-    /// `lsn >= token.lsn`); no token -> true. An entry of another epoch,
-    /// older or newer than the token's, never satisfies it.
+    /// True when this entry reflects at least `token`, by the one rule
+    /// [`Token::satisfied_by`] (same epoch and `lsn >= token.lsn`); no token
+    /// -> true. An entry of another epoch, older or newer, never satisfies it.
     pub fn satisfies(&self, token: Option<&Token>) -> bool {
         match token {
             None => true,
-            Some(t) => self.epoch == t.epoch && self.lsn >= t.lsn,
+            Some(t) => t.satisfied_by(self.epoch, self.lsn),
         }
     }
 

@@ -11,5 +11,6 @@ mod harness;
 mod layout;
 mod regions;
 mod roles;
+mod runtime;
 mod store;
 mod tls;

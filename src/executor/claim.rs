@@ -1,0 +1,223 @@
+//! Claiming: the LISTEN connection that wakes pools when their queues get
+//! work, each pool's claim loop, and a pool's drain at shutdown.
+//!
+//! A claim loop owns the `JoinSet` of its pool's running tasks. At shutdown
+//! it stops claiming, waits for them (on their completion) until the grace
+//! deadline, releases those whose outcome is not being reported yet, and
+//! gives the rest a bounded time to report.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::executor::core::Executor;
+use crate::executor::pool::Pool;
+use crate::store::{AttemptRef, ClaimedTask, StoreError};
+
+/// How long outcomes already being reported get after the grace deadline.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+/// How long releasing tasks at shutdown may take.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed claim (no writable primary known).
+const CLAIM_RETRY: Duration = Duration::from_millis(500);
+
+impl Executor {
+    /// Creates the queues, then LISTENs on their channels and wakes pools.
+    pub(super) async fn listen_loop(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        ready: CancellationToken,
+    ) {
+        let mut by_channel: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
+        for p in &self.pools {
+            for mq in &p.mqs {
+                by_channel
+                    .entry(crate::store::notify_channel(mq))
+                    .or_default()
+                    .push(p.clone());
+            }
+        }
+        let mqs: Vec<String> = self.pools.iter().flat_map(|p| p.mqs.clone()).collect();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let store = self.router.write_store().clone();
+            let attempt = async {
+                store.ensure_queues(&mqs, self.router.epoch()).await?;
+                ready.cancel();
+                store.listen(&mqs).await
+            };
+            let mut listener = tokio::select! {
+                r = attempt => match r {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "listen for queue notifications; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            backoff = Duration::from_millis(100);
+            // Anything enqueued while we were not listening is found by a claim.
+            for p in &self.pools {
+                p.wake.notify_one();
+            }
+            loop {
+                tokio::select! {
+                    n = listener.recv() => match n {
+                        Ok(n) => {
+                            for p in by_channel.get(n.channel()).into_iter().flatten() {
+                                p.wake.notify_one();
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "queue notification connection lost; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Claims and starts tasks for `pool` until `shutdown`, then drains it.
+    pub(super) async fn claim_loop(self: Arc<Self>, pool: Arc<Pool>, shutdown: CancellationToken) {
+        let mut running = JoinSet::new();
+        loop {
+            while let Some(r) = running.try_join_next() {
+                reaped(r);
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = pool.slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    p = pool.slots.clone().acquire_owned() => drop(p),
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let want = free.min(self.settings.claim_batch);
+            match self.claim(&pool, want).await {
+                Ok(tasks) if shutdown.is_cancelled() => {
+                    // Claimed while stopping: give them straight back.
+                    let refs: Vec<AttemptRef> = tasks.iter().map(|t| t.attempt_ref()).collect();
+                    if let Err(e) = self.release(&refs).await {
+                        warn!(error = %e, "release tasks claimed during shutdown");
+                    }
+                    break;
+                }
+                Ok(tasks) => {
+                    let got = tasks.len();
+                    metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
+                        .increment(got as u64);
+                    for t in tasks {
+                        self.spawn_task(&pool, &mut running, t);
+                    }
+                    if got == want {
+                        continue; // more may be waiting
+                    }
+                }
+                Err(e) => {
+                    // Claiming pauses while no writable primary is known.
+                    warn!(pool = %pool.spec.name, error = %e, "claim tasks");
+                    self.router.write_failed().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(CLAIM_RETRY) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = pool.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        debug!(pool = %pool.spec.name, "claim loop stopped");
+        self.drain_pool(&pool, running).await;
+    }
+
+    /// One claim round trip for up to `want` tasks.
+    async fn claim(&self, pool: &Pool, want: usize) -> Result<Vec<ClaimedTask>, StoreError> {
+        let s = &self.settings;
+        self.router
+            .write_store()
+            .claim_tasks(
+                &pool.mqs,
+                want,
+                &s.node_id,
+                &s.region,
+                &pool.spec.name,
+                s.leases,
+                self.router.epoch(),
+            )
+            .await
+    }
+
+    /// Gives tasks back to their queue at once (bounded in time).
+    async fn release(&self, refs: &[AttemptRef]) -> Result<i32, StoreError> {
+        let store = self.router.write_store();
+        let release = store.release_tasks(refs, self.router.epoch());
+        tokio::time::timeout(RELEASE_TIMEOUT, release)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {RELEASE_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    /// After the claim loop stopped: lets in-flight tasks finish until the
+    /// grace deadline, then releases the rest so another executor runs
+    /// them. Tasks already reporting an outcome are not aborted; their
+    /// report gets [`REPORT_GRACE`]. Whatever is still running after that
+    /// is aborted when `running` drops.
+    async fn drain_pool(&self, pool: &Pool, mut running: JoinSet<()>) {
+        let grace = Instant::now() + self.settings.shutdown_grace;
+        join_until(&mut running, grace).await;
+        if running.is_empty() {
+            return;
+        }
+        let left = pool.take_unreported();
+        if !left.is_empty() {
+            match self.release(&left).await {
+                Ok(n) => info!(released = n, "released unfinished tasks at shutdown"),
+                Err(e) => {
+                    warn!(error = %e, "release tasks at shutdown; their visibility timeout will re-deliver them")
+                }
+            }
+        }
+        // Outcomes already on their way to the database: let them land.
+        join_until(&mut running, Instant::now() + REPORT_GRACE).await;
+    }
+}
+
+/// Joins tasks of `set` as they end, until it is empty or `deadline` passes.
+async fn join_until(set: &mut JoinSet<()>, deadline: Instant) {
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, set.join_next()).await {
+        reaped(r);
+    }
+}
+
+/// A task that panicked outside its handler (handler panics are the
+/// attempt's failure) is a bug: say so.
+fn reaped(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            error!(error = %e, "an executor task panicked");
+        }
+    }
+}

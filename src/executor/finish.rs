@@ -1,0 +1,58 @@
+//! Completion batching: outcomes from every pool go through one
+//! micro-batcher into one `finish_tasks` round trip per batch, through the
+//! router's write path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::batch::Batcher;
+use crate::router::Router;
+use crate::store::{AttemptRef, Finish, FinishResult, Leases};
+
+pub(super) type Finisher = Batcher<(AttemptRef, Finish), FinishResult, ReportError>;
+
+/// Batches of up to this many outcomes, this many batches at once.
+const MAX_BATCH: usize = 64;
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Why a report failed; `transient` errors belong to the write path, the
+/// others to an item (the batcher then reports each item alone).
+#[derive(Debug, Clone)]
+pub(super) struct ReportError {
+    pub(super) message: String,
+    transient: bool,
+}
+
+/// Starts the finisher; its task joins `tasks`.
+pub(super) fn start(router: Arc<Router>, leases: Leases, tasks: &mut JoinSet<()>) -> Finisher {
+    Batcher::start(
+        MAX_BATCH,
+        BATCHES_IN_FLIGHT,
+        |e: &ReportError| !e.transient,
+        move |items: Vec<(AttemptRef, Finish)>| {
+            let r = router.clone();
+            async move { finish_batch(&r, &items, leases).await }
+        },
+        tasks,
+    )
+}
+
+/// Reports a batch through the router's write path (transient errors are
+/// retried there for up to 10 s).
+async fn finish_batch(
+    router: &Router,
+    items: &[(AttemptRef, Finish)],
+    leases: Leases,
+) -> Result<Vec<FinishResult>, ReportError> {
+    router
+        .write(Duration::from_secs(10), |store, epoch| async move {
+            store.finish_tasks(items, leases, epoch).await
+        })
+        .await
+        .map_err(|e| ReportError {
+            message: e.to_string(),
+            transient: e.is_transient(),
+        })
+}

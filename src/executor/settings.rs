@@ -1,0 +1,39 @@
+//! The executor's settings (taken from the node config) and the live
+//! counters it reports (in /health/info, heartbeats and metrics).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::store::Leases;
+
+/// One worker pool as configured.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub name: String,
+    pub queue: String,
+    pub size: usize,
+}
+
+/// Executor settings taken from the node config.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub node_id: String,
+    pub region: String,
+    pub pools: Vec<PoolSpec>,
+    pub claim_batch: usize,
+    pub poll_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub leases: Leases,
+}
+
+/// Live counters of one pool (shown in /health/info, heartbeats, metrics).
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub queue: String,
+    pub size: usize,
+    pub busy: usize,
+    pub completed: u64,
+    pub failed: u64,
+}

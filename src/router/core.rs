@@ -1,0 +1,208 @@
+//! The [`Router`]: one node's view of where the primary is, the epoch it
+//! has seen, the tracker's published local state, and the write path
+//! (bounded attempts, rediscovery and retry when the primary moves).
+//! Discovery lives in `discovery.rs`, the tracker in `tracker.rs`, the
+//! read decision in `plan.rs`.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::config::RoutingConfig;
+use crate::model::token::Token;
+use crate::router::cache::{CacheSettings, CachedDoc, LineageCache};
+use crate::router::plan::{plan_read, LocalState, ReadPlan};
+use crate::store::{Store, StoreError};
+
+/// How long a probe of a region's database may take before it counts as down.
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one write attempt may take before the write path counts as
+/// unavailable (and the primary is looked for again).
+pub(super) const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One region's database as this node reaches it.
+#[derive(Clone)]
+pub struct RegionDb {
+    pub name: String,
+    pub store: Store,
+    pub api_url: Option<String>,
+}
+
+pub(super) struct Primary {
+    pub(super) region: String,
+    pub(super) store: Store,
+}
+
+/// Routes one node's database traffic.
+pub struct Router {
+    pub(super) region: String,
+    pub(super) local: Store,
+    pub(super) regions: Vec<RegionDb>,
+    /// The regions' names (this one's alone without a regions file).
+    pub(super) region_names: Vec<String>,
+    pub(super) primary: RwLock<Arc<Primary>>,
+    pub(super) epoch: AtomicU64,
+    pub(super) state: watch::Receiver<LocalState>,
+    pub(super) state_tx: watch::Sender<LocalState>,
+    pub(super) settings: RoutingConfig,
+    pub(super) cache: LineageCache,
+    pub(super) primary_lost_at: Mutex<Option<Instant>>,
+    /// Held while discovering; holds when the last discovery started.
+    pub(super) discovering: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped whenever the primary changes, so writes stuck on the old
+    /// one give up at once and retry on the new one.
+    pub(super) primary_gen: watch::Sender<u64>,
+}
+
+impl Router {
+    /// `regions` lists every region's database (empty: the local database
+    /// is the only one, and the primary).
+    pub fn new(
+        region: &str,
+        local: Store,
+        regions: Vec<RegionDb>,
+        settings: RoutingConfig,
+        node_id: &str,
+    ) -> Router {
+        let (state_tx, state) = watch::channel(LocalState::default());
+        let cache = LineageCache::new(CacheSettings {
+            name: format!("lineage-{node_id}"),
+            max_entries: settings.cache_entries,
+            running_ttl: Duration::from_millis(settings.cache_running_ttl_ms),
+            ..CacheSettings::default()
+        });
+        Router {
+            region: region.to_string(),
+            primary: RwLock::new(Arc::new(Primary {
+                region: region.to_string(),
+                store: local.clone(),
+            })),
+            local,
+            region_names: if regions.is_empty() {
+                vec![region.to_string()]
+            } else {
+                regions.iter().map(|r| r.name.clone()).collect()
+            },
+            regions,
+            epoch: AtomicU64::new(1),
+            state,
+            state_tx,
+            settings,
+            cache,
+            primary_lost_at: Mutex::new(None),
+            discovering: tokio::sync::Mutex::new(None),
+            primary_gen: watch::Sender::new(0),
+        }
+    }
+
+    /// Waits until the local replica has replayed `token` (true) or the
+    /// deadline passes (false). Shares the tracker's channel.
+    pub async fn wait_for_token(&self, token: &Token) -> bool {
+        let mut rx = self.state.clone();
+        let deadline = Duration::from_millis(self.settings.token_wait_ms);
+        let ok = tokio::time::timeout(
+            deadline,
+            rx.wait_for(|s| token.satisfied_by(s.epoch, s.lsn)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        metrics::counter!("swf_token_waits_total",
+            "outcome" => if ok { "satisfied" } else { "timed_out_to_primary" })
+        .increment(1);
+        ok
+    }
+
+    /// Where a read with `token` should go, given an optional fresh cache entry.
+    pub fn plan(&self, token: Option<&Token>, cached: Option<&CachedDoc>) -> ReadPlan {
+        if let Some(t) = token {
+            self.observe_epoch(t.epoch);
+        }
+        plan_read(
+            token,
+            cached,
+            &self.local_state(),
+            self.settings.max_replica_lag_ms,
+        )
+    }
+
+    pub fn local_state(&self) -> LocalState {
+        *self.state.borrow()
+    }
+
+    pub fn cache(&self) -> &LineageCache {
+        &self.cache
+    }
+
+    /// The store writes go to (the current primary).
+    pub fn write_store(&self) -> Store {
+        self.primary.read().expect("primary lock").store.clone()
+    }
+
+    /// This region's database.
+    pub fn local_store(&self) -> &Store {
+        &self.local
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The region whose database is the primary now.
+    pub fn write_region(&self) -> String {
+        self.primary.read().expect("primary lock").region.clone()
+    }
+
+    /// Every region's name (this node's first when it runs alone).
+    pub fn region_names(&self) -> &[String] {
+        &self.region_names
+    }
+
+    pub fn regions(&self) -> &[RegionDb] {
+        &self.regions
+    }
+
+    /// Runs a write against the primary, rediscovering and retrying (with
+    /// backoff, within `deadline`) while the write path is unavailable: a
+    /// primary that moved, was fenced or is briefly unreachable.
+    pub async fn write<T, F, Fut>(&self, deadline: Duration, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Store, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let until = Instant::now() + deadline;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let mut moved = self.primary_gen.subscribe();
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, f(self.write_store(), self.epoch())) => {
+                    r.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "no answer from the primary within {WRITE_ATTEMPT_TIMEOUT:?}"
+                        )))
+                    })
+                }
+                // A write stuck on a primary that was just replaced (e.g.
+                // waiting to connect to a stopped server) retries on the new
+                // one at once: it is already re-routed.
+                _ = moved.changed() => {
+                    if Instant::now() < until {
+                        continue;
+                    }
+                    Err(StoreError::Unavailable("the primary moved".into()))
+                }
+            };
+            match attempt {
+                Err(e) if e.is_transient() && Instant::now() + delay < until => {
+                    debug!(error = %e, "write path unavailable; rediscovering the primary");
+                    self.write_failed().await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
+    }
+}
