@@ -84,6 +84,28 @@ fn imports(file: &str, text: &str, modules: &BTreeSet<String>) -> BTreeSet<Strin
             .collect();
         paths.push(tail);
     }
+    // A folder root may name its child modules by bare paths (`phases::Drill`).
+    let children: Vec<String> = modules
+        .iter()
+        .filter_map(|m| {
+            let rest = if me.is_empty() {
+                Some(m.as_str())
+            } else {
+                m.strip_prefix(&format!("{me}::"))
+            }?;
+            (is_folder_root && !rest.contains("::")).then(|| rest.to_string())
+        })
+        .collect();
+    for child in &children {
+        let needle = format!("{child}::");
+        let named = code.match_indices(&needle).any(|(i, _)| {
+            let before = code[..i].chars().next_back();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        });
+        if named {
+            paths.push(format!("self::{child}"));
+        }
+    }
     for p in paths {
         let segs: Vec<String> = p.split("::").map(|s| s.trim().to_string()).collect();
         let abs: Vec<String> = match segs.first().map(String::as_str) {
@@ -274,6 +296,18 @@ fn the_layout_checker_sees_cycles_and_upward_imports() {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    let root = imports(
+        "store/mod.rs",
+        "mod conn;\nmod engine;\npub use engine::Claimed;\nfn f() { conn::open(); }",
+        &modules,
+    );
+    assert_eq!(
+        root,
+        ["store::conn", "store::engine"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
     let child = imports(
         "store/engine.rs",
         "use super::conn::Store;\nuse crate::store::X;",
