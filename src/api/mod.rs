@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod tls;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,12 +32,7 @@ use crate::model::workflow::WorkflowSpec;
 use crate::router::{ReadSource, Router};
 use crate::store::Store;
 
-pub const H_SERVED_BY: &str = "swf-served-by";
-pub const H_REGION: &str = "swf-region";
-pub const H_READ_SOURCE: &str = "swf-read-source";
-pub const H_TOKEN: &str = "swf-consistency-token";
-/// Set on a forwarded call; a node that would forward it again refuses (one hop at most).
-pub const H_FORWARDED_BY: &str = "swf-forwarded-by";
+pub use wire::{H_FORWARDED_BY, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN};
 
 /// Facts about the serving node.
 #[derive(Debug, Clone)]
@@ -642,7 +638,7 @@ async fn drill(State(st): State<ApiState>, req: Request) -> ApiResult {
         .get(axum::http::header::AUTHORIZATION)
         .cloned();
     let bytes = read_body(req, st.max_body_bytes).await?;
-    let body: crate::drill::DrillRequest = serde_json::from_slice(&bytes).map_err(|e| {
+    let body: crate::api::wire::DrillRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",

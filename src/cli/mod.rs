@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use crate::api::wire::{DrillKind, DrillRequest};
 use crate::config::{self, Config};
-use crate::drill::{DrillKind, DrillRequest};
 use crate::executor::handlers::Registry;
 use crate::node::Node;
 use crate::store::Store;
@@ -113,7 +113,7 @@ pub struct DrillArgs {
     #[arg(long, default_value_t = 0.0)]
     pub load: f64,
     /// Refuse when the target replica lags more than this.
-    #[arg(long, default_value_t = crate::drill::DEFAULT_MAX_LAG_MS)]
+    #[arg(long, default_value_t = crate::api::wire::DEFAULT_MAX_LAG_MS)]
     pub max_lag_ms: u64,
 }
 

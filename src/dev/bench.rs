@@ -303,7 +303,7 @@ async fn region_reads(
         let t = Instant::now();
         let r = http
             .get(format!("{api}/v1/workflows/{id}"))
-            .header(crate::api::H_TOKEN, &token)
+            .header(crate::api::wire::H_TOKEN, &token)
             .send()
             .await?;
         let src = source_of(&r);
@@ -362,7 +362,7 @@ async fn region_reads(
         let t = Instant::now();
         let r = http
             .get(format!("{api}/v1/workflows/{id}"))
-            .header(crate::api::H_REGION, primary_region)
+            .header(crate::api::wire::H_REGION, primary_region)
             .send()
             .await?;
         let src = source_of(&r);
@@ -390,7 +390,7 @@ async fn region_reads(
 
 fn source_of(r: &reqwest::Response) -> String {
     r.headers()
-        .get(crate::api::H_READ_SOURCE)
+        .get(crate::api::wire::H_READ_SOURCE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("unknown")
         .to_string()

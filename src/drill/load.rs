@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
-use crate::api::H_TOKEN;
+use crate::api::wire::H_TOKEN;
 
 /// Submits in flight at once; a tick that finds this many is skipped.
 const MAX_IN_FLIGHT: usize = 256;

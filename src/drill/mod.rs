@@ -21,9 +21,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::api::wire::{DrillKind, DrillReport, DrillRequest, Phase, SlowWrite};
 use crate::config::DrillHooks;
 use crate::drill::load::{LoadHandle, LoadSpec};
 use crate::router::Router;
@@ -140,92 +140,6 @@ impl ClusterControl for HookControl {
         let to = to.to_string();
         Box::pin(async move { self.run("promote", &self.hooks.promote_command, &to).await })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrillKind {
-    Switchover,
-    Failover,
-}
-
-impl DrillKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrillKind::Switchover => "switchover",
-            DrillKind::Failover => "failover",
-        }
-    }
-}
-
-/// The body of `POST /v1/admin/drills`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrillRequest {
-    pub kind: DrillKind,
-    pub to: String,
-    /// Workflows submitted per second during the drill (0: no load).
-    #[serde(default)]
-    pub load: f64,
-    /// Refuse when the target's replay is further behind than this.
-    #[serde(default = "default_max_lag_ms")]
-    pub max_lag_ms: u64,
-}
-
-/// How far behind a drill's target may be before the drill is refused.
-pub const DEFAULT_MAX_LAG_MS: u64 = 5_000;
-
-fn default_max_lag_ms() -> u64 {
-    DEFAULT_MAX_LAG_MS
-}
-
-/// One timed phase of a drill.
-#[derive(Debug, Clone, Serialize)]
-pub struct Phase {
-    pub name: String,
-    pub ms: u64,
-}
-
-/// The measured report (`swf drill --json`).
-#[derive(Debug, Clone, Serialize)]
-pub struct DrillReport {
-    pub kind: DrillKind,
-    pub from_region: String,
-    pub to_region: String,
-    pub epoch_before: u64,
-    pub epoch_after: u64,
-    /// From the fault to the first failed write seen (load or node).
-    pub detection_ms: u64,
-    /// Longest write unavailability seen by the load: first failed to first
-    /// successful write, or the slowest acknowledged write (nodes retry
-    /// while the primary moves), whichever is longer; without load, fault
-    /// to re-routed.
-    pub rto_ms: u64,
-    pub acknowledged_writes: u64,
-    pub lost_writes: u64,
-    pub lost_run_ids: Vec<String>,
-    pub indeterminate_writes: u64,
-    pub failed_writes: u64,
-    pub duplicate_writes: u64,
-    pub stale_reads: u64,
-    /// Failed writes by HTTP status and error code.
-    pub failures: std::collections::BTreeMap<String, u64>,
-    /// The three slowest acknowledged writes (time from the load's start).
-    pub slowest_writes: Vec<SlowWrite>,
-    pub old_primary_fenced: bool,
-    pub nodes_rerouted: usize,
-    pub nodes_total: usize,
-    pub phases: Vec<Phase>,
-    pub ok: bool,
-}
-
-/// One slow acknowledged write of the drill's load.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlowWrite {
-    pub target: String,
-    pub sent_at_ms: u64,
-    pub ms: u64,
-    pub retries: u32,
 }
 
 /// Why a drill was refused or failed.
