@@ -8,6 +8,7 @@
 //! with 403 `client_role_disabled`.
 
 pub mod auth;
+pub mod client;
 pub mod tls;
 pub mod wire;
 

@@ -11,3 +11,4 @@ mod harness;
 mod regions;
 mod roles;
 mod tls;
+mod wire;
