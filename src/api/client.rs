@@ -132,6 +132,13 @@ impl RetryPolicy {
         window: Duration::from_secs(30),
         retry_timeouts: true,
     };
+    /// One try, no retry (a benchmark measures what it gets).
+    pub const ONCE: RetryPolicy = RetryPolicy {
+        first_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        window: Duration::ZERO,
+        retry_timeouts: false,
+    };
     /// A drill's load: every 50 ms for 3 s; a timeout is final (indeterminate).
     pub const DRILL_LOAD: RetryPolicy = RetryPolicy {
         first_delay: Duration::from_millis(50),
@@ -340,8 +347,8 @@ impl ApiClient {
     }
 
     /// `POST /v1/workflows`, retried as `policy` says with the body's
-    /// idempotency key (a body without one gets a fresh key first, so
-    /// retries are safe). `on_retry(retries so far, why)` runs before each
+    /// idempotency key (a body without one gets a fresh key first when the
+    /// policy retries, so retries are safe). `on_retry(retries so far, why)` runs before each
     /// pause.
     pub async fn submit<B: Serialize>(
         &self,
@@ -357,7 +364,8 @@ impl ApiClient {
                 detail: e.to_string(),
             })
         })?;
-        if body.is_object() && body.get("idempotency_key").is_none() {
+        let retries_possible = !policy.window.is_zero();
+        if retries_possible && body.is_object() && body.get("idempotency_key").is_none() {
             body["idempotency_key"] = uuid::Uuid::new_v4().to_string().into();
         }
         let start = Instant::now();

@@ -547,21 +547,18 @@ async fn wait_rerouted(
     authorization: Option<&reqwest::header::HeaderValue>,
     tls: &crate::api::tls::ClientTls,
 ) -> (usize, usize) {
-    let http = tls
-        .builder_with_auth(authorization)
+    let api = crate::api::client::ApiClient::builder("")
+        .tls(tls)
+        .authorization(authorization.cloned())
         .timeout(Duration::from_secs(2))
-        .build()
-        .expect("HTTP client builds");
+        .build();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut done = 0;
         for u in urls {
-            let info = http.get(format!("{u}/health/info")).send().await;
-            if let Ok(r) = info {
-                if let Ok(v) = r.json::<serde_json::Value>().await {
-                    if v["write_region"] == to && v["epoch"].as_u64().unwrap_or(0) >= epoch {
-                        done += 1;
-                    }
+            if let Ok(info) = api.at(u).health_info().await {
+                if info.body.write_region == to && info.body.epoch >= epoch {
+                    done += 1;
                 }
             }
         }
