@@ -3,6 +3,7 @@
 //! authentication, request timeout) and [`v1_guard`] (client role, region
 //! pinning).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -11,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use crate::api::access::RouteAccess;
 use crate::api::error::ApiError;
 use crate::api::forward::forward;
 use crate::api::state::ApiState;
@@ -65,7 +67,11 @@ pub async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Re
 
 /// Sheds load past `limits.max_concurrent_requests`, authenticates, and
 /// bounds how long a request may take (drills excepted).
-pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+pub async fn guard(
+    State((st, table)): State<(ApiState, Arc<RouteAccess>)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
         let mut r = ApiError::new(
             ErrorCode::Overloaded,
@@ -79,7 +85,9 @@ pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         return r;
     };
     let path = req.uri().path().to_string();
-    if let Some(scope) = st.auth.required(req.method().as_str(), &path) {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    let access = table.of(req.method(), route, &path);
+    if let Some(scope) = st.auth.required(access) {
         let header = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)

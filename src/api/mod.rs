@@ -7,6 +7,7 @@
 //! configured limit and refused with 413 past it. Worker nodes answer `/v1`
 //! with 403 `client_role_disabled`.
 
+pub mod access;
 pub mod auth;
 pub mod body;
 pub mod client;
@@ -15,41 +16,24 @@ pub mod forward;
 pub mod middleware;
 pub mod routes;
 pub mod state;
+pub mod table;
 pub mod tls;
 pub mod wire;
-
-use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use state::{ApiState, Forwarder, NodeInfo};
 
-use routes::{admin, health, regions, workflows};
-
-/// Builds the axum router for one node.
+/// Builds the axum router for one node from the route table; the guard
+/// reads each call's access from the same table.
 pub fn router(state: ApiState) -> axum::Router {
-    let v1 = axum::Router::new()
-        .route(
-            "/v1/workflows",
-            post(workflows::submit).get(workflows::list),
-        )
-        .route("/v1/workflows/{run_id}", get(workflows::status))
-        .route("/v1/workflows/{run_id}/lineage", get(workflows::lineage))
-        .route("/v1/workflows/{run_id}/cancel", post(workflows::cancel))
-        .route("/v1/regions", get(regions::regions))
-        .route("/v1/admin/drills", post(admin::drill))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::v1_guard,
-        ));
-    axum::Router::new()
-        .merge(v1)
-        .route("/health", get(health::health))
-        .route("/health/ready", get(health::ready))
-        .route("/health/info", get(health::info))
-        .route("/metrics", get(health::metrics_text))
-        .fallback(health::fallback)
+    let v1_guard = axum::middleware::from_fn_with_state(state.clone(), middleware::v1_guard);
+    let (app, access) = table::v1_routes()
+        .map(|r| r.route_layer(v1_guard))
+        .merge(table::node_routes())
+        .split();
+    app.fallback(routes::health::fallback)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), access),
             middleware::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
