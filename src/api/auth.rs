@@ -3,8 +3,9 @@
 //! Bearer tokens are configured as SHA-256 hashes with scopes `read`,
 //! `submit` and `admin` (admin implies the others); a presented token is
 //! hashed and compared with every configured hash in constant time. Each
-//! route needs one scope; `/health` and `/health/ready` are always open,
-//! `/metrics` and `/health/info` as configured. Tokens never reach logs or
+//! route declares its [`Access`] in the route table (`api::table`);
+//! `/health` and `/health/ready` are always open, `/metrics` and
+//! `/health/info` as configured. Tokens never reach logs or
 //! responses. Per-token rate limits use a token bucket (twice the rate).
 
 use std::sync::Mutex;
@@ -14,7 +15,21 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
 
-/// What a route needs.
+/// What calling a route needs; each route declares one in the route table
+/// (`api::access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Always open (`/health`, `/health/ready`).
+    Open,
+    /// A token with this scope (when auth is on).
+    Scope(Scope),
+    /// `read`, when `auth.protect_metrics` is set.
+    Metrics,
+    /// `read`, when `auth.protect_info` is set.
+    Info,
+}
+
+/// A token's right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Read,
@@ -114,22 +129,16 @@ impl Auth {
         }
     }
 
-    /// The scope a request needs, or None when it is open.
-    pub fn required(&self, method: &str, path: &str) -> Option<Scope> {
+    /// The scope a route's access needs on this node, or None when open.
+    pub fn required(&self, access: Access) -> Option<Scope> {
         if !self.enabled {
             return None;
         }
-        match path {
-            "/health" | "/health/ready" => None,
-            "/metrics" => self.protect_metrics.then_some(Scope::Read),
-            "/health/info" => self.protect_info.then_some(Scope::Read),
-            p if p.starts_with("/v1/admin") => Some(Scope::Admin),
-            "/v1/workflows" if method == "POST" => Some(Scope::Submit),
-            p if p.starts_with("/v1/") && method == "POST" && p.ends_with("/cancel") => {
-                Some(Scope::Submit)
-            }
-            p if p.starts_with("/v1") => Some(Scope::Read),
-            _ => None,
+        match access {
+            Access::Open => None,
+            Access::Scope(s) => Some(s),
+            Access::Metrics => self.protect_metrics.then_some(Scope::Read),
+            Access::Info => self.protect_info.then_some(Scope::Read),
         }
     }
 
@@ -180,11 +189,24 @@ impl Auth {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::TokenSpec;
 
-    fn auth(rate: u64) -> Auth {
+    /// What a call with `header` to a route needing `access` gets.
+    pub(crate) fn check(a: &Auth, access: Access, header: Option<&str>) -> &'static str {
+        match a.required(access) {
+            None => "open",
+            Some(scope) => match a.check(header, scope) {
+                Ok(_) => "ok",
+                Err(Denied::Unauthorized(_)) => "401",
+                Err(Denied::Forbidden(_)) => "403",
+                Err(Denied::RateLimited(_)) => "429",
+            },
+        }
+    }
+
+    pub(crate) fn auth(rate: u64) -> Auth {
         let tok = |name: &str, secret: &str, scopes: &[&str]| TokenSpec {
             name: name.into(),
             sha256: hash_token(secret),
@@ -205,46 +227,29 @@ mod tests {
     }
 
     #[test]
-    fn route_by_token_scope_table() {
+    fn token_by_scope_table() {
         let a = auth(1000);
-        // (method, path, token, expected: Ok / 401 / 403)
+        // (access, token, expected: open / ok / 401 / 403); the route of
+        // each access is tested in api::table.
+        let read = Access::Scope(Scope::Read);
+        let submit = Access::Scope(Scope::Submit);
+        let admin = Access::Scope(Scope::Admin);
         let cases = [
-            ("GET", "/health", None, "open"),
-            ("GET", "/health/ready", None, "open"),
-            ("GET", "/metrics", None, "open"),
-            ("GET", "/v1/workflows", None, "401"),
-            ("GET", "/v1/workflows", Some("Bearer nope"), "401"),
-            ("GET", "/v1/workflows", Some("Basic r-secret"), "401"),
-            ("GET", "/v1/workflows/x", Some("Bearer r-secret"), "ok"),
-            ("POST", "/v1/workflows", Some("Bearer r-secret"), "403"),
-            ("POST", "/v1/workflows", Some("Bearer w-secret"), "ok"),
-            (
-                "POST",
-                "/v1/workflows/x/cancel",
-                Some("Bearer r-secret"),
-                "403",
-            ),
-            (
-                "POST",
-                "/v1/workflows/x/cancel",
-                Some("Bearer w-secret"),
-                "ok",
-            ),
-            ("POST", "/v1/admin/drills", Some("Bearer w-secret"), "403"),
-            ("POST", "/v1/admin/drills", Some("Bearer a-secret"), "ok"),
-            ("GET", "/v1/regions", Some("Bearer a-secret"), "ok"),
+            (Access::Open, None, "open"),
+            (Access::Metrics, None, "open"),
+            (Access::Info, None, "open"),
+            (read, None, "401"),
+            (read, Some("Bearer nope"), "401"),
+            (read, Some("Basic r-secret"), "401"),
+            (read, Some("Bearer r-secret"), "ok"),
+            (submit, Some("Bearer r-secret"), "403"),
+            (submit, Some("Bearer w-secret"), "ok"),
+            (admin, Some("Bearer w-secret"), "403"),
+            (admin, Some("Bearer a-secret"), "ok"),
+            (read, Some("Bearer a-secret"), "ok"),
         ];
-        for (method, path, header, want) in cases {
-            let got = match a.required(method, path) {
-                None => "open",
-                Some(scope) => match a.check(header, scope) {
-                    Ok(_) => "ok",
-                    Err(Denied::Unauthorized(_)) => "401",
-                    Err(Denied::Forbidden(_)) => "403",
-                    Err(Denied::RateLimited(_)) => "429",
-                },
-            };
-            assert_eq!(got, want, "{method} {path} {header:?}");
+        for (access, header, want) in cases {
+            assert_eq!(check(&a, access, header), want, "{access:?} {header:?}");
         }
     }
 
@@ -268,7 +273,7 @@ mod tests {
             },
             10,
         );
-        assert_eq!(a.required("POST", "/v1/admin/drills"), None);
+        assert_eq!(a.required(Access::Scope(Scope::Admin)), None);
         assert_eq!(
             hash_token("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -368,12 +368,6 @@ impl AccessArgs {
             ("--ca-cert", "--client-cert", "--client-key"),
         )
     }
-
-    /// A client builder with this TLS and, if given, the bearer token.
-    pub fn builder(&self) -> Result<reqwest::ClientBuilder, TlsError> {
-        let auth = self.token.as_deref().map(bearer).transpose()?;
-        Ok(self.client()?.builder_with_auth(auth.as_ref()))
-    }
 }
 
 #[cfg(all(test, feature = "dev"))]

@@ -4,6 +4,8 @@
 //! micro-batcher so concurrent submits share round trips. Reads go where the
 //! router says. Errors are [`ClientError`]s, which the API maps to codes.
 
+pub mod cluster;
+
 use std::sync::Arc;
 
 use serde_json::Value;

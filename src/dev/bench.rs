@@ -23,6 +23,9 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::api::client::{Answer, ApiClient, RetryPolicy};
+use crate::api::wire::{ListQuery, RunState, Submitted};
+
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
     /// Base URL of a node's API; without it, an embedded cluster is started.
@@ -88,7 +91,7 @@ fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
 /// Runs the benchmark; returns the exit code.
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let mut embedded = None;
-    let api = match &args.api {
+    let base = match &args.api {
         Some(a) => a.trim_end_matches('/').to_string(),
         None => {
             let e = Embedded::start(args.pool_size).await?;
@@ -97,13 +100,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             url
         }
     };
-    let http = args
-        .access
-        .builder()?
+    let api = ApiClient::builder(&base)
+        .tls(&args.access.client()?)
+        .bearer(args.access.token.as_deref())?
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(60))
-        .build()?;
-    let report = measure(&http, &api, &args).await;
+        .build();
+    let report = measure(&api, &args).await;
     if let Some(e) = embedded {
         e.stop().await;
     }
@@ -116,20 +119,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn measure(http: &reqwest::Client, api: &str, args: &BenchArgs) -> anyhow::Result<Value> {
+async fn measure(api: &ApiClient, args: &BenchArgs) -> anyhow::Result<Value> {
     if let Some(primary) = &args.primary_region {
-        return region_reads(http, api, primary, args.samples).await;
+        return region_reads(api, primary, args.samples).await;
     }
     // Light load first, on a quiet cluster; the throughput phases after it
     // leave checkpoints and vacuum work behind that would colour it.
-    let (start_lat, ids) = start_latency_phase(http, api, args.samples).await?;
+    let (start_lat, ids) = start_latency_phase(api, args.samples).await?;
     let mut throughput = Vec::new();
     for s in &args.shapes {
-        throughput.push(throughput_phase(http, api, s, args.workflows, args.concurrency).await?);
+        throughput.push(throughput_phase(api, s, args.workflows, args.concurrency).await?);
     }
-    let reads = read_phase(http, api, &ids).await?;
+    let reads = read_phase(api, &ids).await?;
     Ok(json!({
-        "api": api,
+        "api": api.base(),
         "concurrency": args.concurrency,
         "throughput": throughput,
         "submit_to_start_ms": start_lat,
@@ -138,33 +141,15 @@ async fn measure(http: &reqwest::Client, api: &str, args: &BenchArgs) -> anyhow:
     }))
 }
 
-async fn submit(http: &reqwest::Client, api: &str, wf: &Value) -> anyhow::Result<String> {
-    let r = http
-        .post(format!("{api}/v1/workflows"))
-        .json(wf)
-        .send()
+/// One submit, not retried (a benchmark measures what it gets).
+async fn submit(api: &ApiClient, wf: &Value) -> anyhow::Result<Answer<Submitted>> {
+    api.submit(wf, RetryPolicy::ONCE, |_, _| {})
         .await
-        .context("submit")?;
-    let status = r.status();
-    let body: Value = r.json().await?;
-    if !status.is_success() {
-        bail!("submit answered {status}: {body}");
-    }
-    Ok(body["run_id"].as_str().unwrap_or_default().to_string())
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(Value, String)> {
-    let r = http.get(url).send().await?;
-    let src = source_of(&r);
-    if !r.status().is_success() {
-        bail!("GET {url} answered {}", r.status());
-    }
-    Ok((r.json().await?, src))
+        .context("submit")
 }
 
 async fn throughput_phase(
-    http: &reqwest::Client,
-    api: &str,
+    api: &ApiClient,
     shape_name: &str,
     n: usize,
     concurrency: usize,
@@ -175,14 +160,13 @@ async fn throughput_phase(
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let http = http.clone();
-        let api = api.to_string();
+        let api = api.clone();
         let (wf, _) = shape(shape_name, i)?;
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = submit(&http, &api, &wf).await;
+            let r = submit(&api, &wf).await;
             drop(permit);
-            r.map(|id| (id, t.elapsed()))
+            r.map(|a| (a.body.run_id.to_string(), t.elapsed()))
         }));
     }
     let mut ids = Vec::with_capacity(n);
@@ -197,9 +181,13 @@ async fn throughput_phase(
     // so the benchmark's own reads do not compete with the engine), then
     // check that every run of this phase completed.
     let deadline = Instant::now() + Duration::from_secs(600);
+    let running = ListQuery {
+        status: Some("running".into()),
+        limit: Some("1".into()),
+        after: None,
+    };
     loop {
-        let (page, _) = get(http, &format!("{api}/v1/workflows?status=running&limit=1")).await?;
-        if page["runs"].as_array().is_some_and(|r| r.is_empty()) {
+        if api.list(&running).await?.body.runs.is_empty() {
             break;
         }
         if Instant::now() > deadline {
@@ -209,9 +197,9 @@ async fn throughput_phase(
     }
     let elapsed = start.elapsed().as_secs_f64();
     for id in &ids {
-        let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}")).await?;
-        if doc["status"] != "completed" {
-            bail!("run {id} ended {}: {doc}", doc["status"]);
+        let doc = api.status(id).await?.body;
+        if doc.status != RunState::Completed {
+            bail!("run {id} ended {}: {}", doc.status.as_str(), json!(doc));
         }
     }
     Ok(json!({
@@ -227,28 +215,29 @@ async fn throughput_phase(
 }
 
 async fn start_latency_phase(
-    http: &reqwest::Client,
-    api: &str,
+    api: &ApiClient,
     samples: usize,
 ) -> anyhow::Result<(Value, Vec<String>)> {
     let mut ids = Vec::with_capacity(samples);
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples {
         let (wf, _) = shape("one", i)?;
-        let id = submit(http, api, &wf).await?;
+        let id = submit(api, &wf).await?.body.run_id.to_string();
         // Light load: wait for this run before the next.
         let lineage = loop {
-            let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}/lineage")).await?;
-            if doc["status"] != "running" {
+            let doc = api.lineage(&id).await?.body;
+            if doc.status.is_terminal() {
                 break doc;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}")).await?;
-        let created = ts(&doc["created_at"])?;
-        let started = lineage["execution_trace"]
-            .as_array()
-            .and_then(|t| t.iter().filter_map(|a| ts(&a["started_at"]).ok()).min())
+        let doc = api.status(&id).await?.body;
+        let created = ts(&doc.created_at)?;
+        let started = lineage
+            .execution_trace
+            .iter()
+            .filter_map(|a| ts(&a.started_at).ok())
+            .min()
             .context("lineage without attempts")?;
         lat.push((started - created).to_std().unwrap_or_default());
         ids.push(id);
@@ -256,13 +245,21 @@ async fn start_latency_phase(
     Ok((percentiles(&mut lat), ids))
 }
 
-async fn read_phase(http: &reqwest::Client, api: &str, ids: &[String]) -> anyhow::Result<Value> {
+fn source_of<T>(a: &Answer<T>) -> String {
+    a.read_source.clone().unwrap_or_else(|| "unknown".into())
+}
+
+async fn read_phase(api: &ApiClient, ids: &[String]) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
-    for (kind, suffix) in [("status", ""), ("lineage", "/lineage")] {
+    for kind in ["status", "lineage"] {
         let mut by_source: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         for id in ids {
             let t = Instant::now();
-            let (_, src) = get(http, &format!("{api}/v1/workflows/{id}{suffix}")).await?;
+            let src = if kind == "status" {
+                source_of(&api.status(id).await?)
+            } else {
+                source_of(&api.lineage(id).await?)
+            };
             by_source.entry(src).or_default().push(t.elapsed());
         }
         let v: serde_json::Map<String, Value> = by_source
@@ -276,8 +273,7 @@ async fn read_phase(http: &reqwest::Client, api: &str, ids: &[String]) -> anyhow
 
 /// Read-after-own-write and reads by source, from one (non-primary) node.
 async fn region_reads(
-    http: &reqwest::Client,
-    api: &str,
+    api: &ApiClient,
     primary_region: &str,
     samples: usize,
 ) -> anyhow::Result<Value> {
@@ -288,33 +284,19 @@ async fn region_reads(
     for i in 0..samples {
         let (wf, _) = shape("one", i)?;
         let t = Instant::now();
-        let r = http
-            .post(format!("{api}/v1/workflows"))
-            .json(&wf)
-            .send()
-            .await?;
+        let sub = submit(api, &wf).await?.body;
         write_lat.push(t.elapsed());
-        let body: Value = r.json().await?;
-        let token = body["consistency_token"]
-            .as_str()
-            .context("no token")?
-            .to_string();
-        let id = body["run_id"].as_str().context("no run_id")?.to_string();
+        let id = sub.run_id.to_string();
         let t = Instant::now();
-        let r = http
-            .get(format!("{api}/v1/workflows/{id}"))
-            .header(crate::api::H_TOKEN, &token)
-            .send()
-            .await?;
-        let src = source_of(&r);
-        if !r.status().is_success() {
-            bail!("read with token answered {}", r.status());
-        }
-        let doc: Value = r.json().await?;
-        if doc["run_id"] != id.as_str() {
+        let read = api
+            .with_token(Some(&sub.consistency_token))
+            .status(&id)
+            .await
+            .context("read with token")?;
+        if read.body.run_id != sub.run_id {
             bail!("read with token missed the write of {id}");
         }
-        raw.entry(src).or_default().push(t.elapsed());
+        raw.entry(source_of(&read)).or_default().push(t.elapsed());
         ids.push(id);
     }
     let total = samples.max(1) as f64;
@@ -328,8 +310,7 @@ async fn region_reads(
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
         loop {
-            let (doc, _) = get(http, &format!("{api}/v1/workflows/{id}")).await?;
-            if doc["status"] == "completed" {
+            if api.status(id).await?.body.status == RunState::Completed {
                 break;
             }
             if Instant::now() > deadline {
@@ -343,30 +324,21 @@ async fn region_reads(
     let mut by_source: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for pass in 0..2 {
         for id in &ids {
-            let url = format!("{api}/v1/workflows/{id}");
-            let req = if pass == 0 {
-                // A fresh lineage read: not cached yet, served by the replica.
-                http.get(format!("{url}/lineage"))
-            } else {
-                http.get(&url)
-            };
             let t = Instant::now();
-            let r = req.send().await?;
-            let src = source_of(&r);
-            r.bytes().await?;
+            let src = if pass == 0 {
+                // A fresh lineage read: not cached yet, served by the replica.
+                source_of(&api.lineage(id).await?)
+            } else {
+                source_of(&api.status(id).await?)
+            };
             by_source.entry(src).or_default().push(t.elapsed());
         }
     }
     let mut pinned = Vec::with_capacity(ids.len());
+    let in_primary = api.in_region(Some(primary_region));
     for id in &ids {
         let t = Instant::now();
-        let r = http
-            .get(format!("{api}/v1/workflows/{id}"))
-            .header(crate::api::H_REGION, primary_region)
-            .send()
-            .await?;
-        let src = source_of(&r);
-        r.bytes().await?;
+        let src = source_of(&in_primary.status(id).await?);
         if src == "primary" {
             pinned.push(t.elapsed());
         }
@@ -380,7 +352,7 @@ async fn region_reads(
         percentiles(&mut pinned),
     );
     Ok(json!({
-        "api": api,
+        "api": api.base(),
         "submit_latency_ms": percentiles(&mut write_lat),
         "read_after_own_write_ms": raw_json,
         "read_after_own_write_without_primary": round(1.0 - from_primary / total, 4),
@@ -388,18 +360,8 @@ async fn region_reads(
     }))
 }
 
-fn source_of(r: &reqwest::Response) -> String {
-    r.headers()
-        .get(crate::api::H_READ_SOURCE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown")
-        .to_string()
-}
-
-fn ts(v: &Value) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
-    Ok(chrono::DateTime::parse_from_rfc3339(
-        v.as_str().context("missing timestamp")?,
-    )?)
+fn ts(v: &str) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
+    Ok(chrono::DateTime::parse_from_rfc3339(v)?)
 }
 
 fn round(x: f64, digits: i32) -> f64 {

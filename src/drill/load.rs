@@ -20,20 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
-use crate::api::H_TOKEN;
+use crate::api::client::{ApiClient, CallError, RetryPolicy, SubmitError, TransportKind};
+use crate::api::wire::{StepSpec, WorkflowSpec};
 
 /// Submits in flight at once; a tick that finds this many is skipped.
 const MAX_IN_FLIGHT: usize = 256;
-/// Pause between two tries of a retryable submit.
-const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// A retryable submit is retried until this long after it was first sent.
-const RETRY_WINDOW: Duration = Duration::from_secs(3);
+const RETRY_WINDOW: Duration = RetryPolicy::DRILL_LOAD.window;
 /// How long [`LoadHandle::stop`] waits for in-flight submits.
 const STOP_BOUND: Duration = Duration::from_secs(10);
 /// Tick period bounds. Tokio's timer has millisecond resolution, so rates
@@ -178,20 +176,19 @@ impl LoadHandle {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn start(spec: LoadSpec) -> LoadHandle {
-        let http = spec
-            .tls
-            .builder_with_auth(spec.authorization.as_ref())
+        let api = ApiClient::builder("")
+            .tls(&spec.tls)
+            .authorization(spec.authorization.clone())
             .connect_timeout(spec.request_timeout)
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
-            .build()
-            .expect("build the load's HTTP client (fails only if the TLS backend cannot start)");
+            .build();
         let shared = Arc::new(Shared {
             start: Instant::now(),
             acked: AtomicU64::new(0),
             slots: Mutex::new(BTreeMap::new()),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
-        let ticker = tokio::spawn(tick(spec, http, Arc::clone(&shared), stop_rx));
+        let ticker = tokio::spawn(tick(spec, api, Arc::clone(&shared), stop_rx));
         LoadHandle {
             shared,
             stop_tx,
@@ -268,7 +265,7 @@ fn log_join(res: Result<(), tokio::task::JoinError>) {
 
 async fn tick(
     spec: LoadSpec,
-    http: reqwest::Client,
+    api: ApiClient,
     shared: Arc<Shared>,
     mut stop_rx: oneshot::Receiver<()>,
 ) -> JoinSet<()> {
@@ -308,7 +305,6 @@ async fn tick(
         let idx = usize::try_from(n % spec.targets.len() as u64).unwrap_or(0);
         let target = spec.targets[idx].trim_end_matches('/').to_string();
         let key = uuid::Uuid::new_v4().to_string();
-        let sent = Instant::now();
         shared.slots().insert(
             n,
             Slot {
@@ -328,13 +324,11 @@ async fn tick(
             },
         );
         let sub = Submit {
-            http: http.clone(),
+            api: api.at(&target).with_timeout(spec.request_timeout),
             shared: Arc::clone(&shared),
             n,
             goal: goal(&label, n),
-            target,
             key,
-            sent,
             timeout: spec.request_timeout,
         };
         set.spawn(sub.run());
@@ -350,25 +344,19 @@ async fn tick(
 }
 
 struct Submit {
-    http: reqwest::Client,
+    /// Pointed at the attempt's target, with the per-request timeout.
+    api: ApiClient,
     shared: Arc<Shared>,
     n: u64,
     goal: String,
-    target: String,
     key: String,
-    sent: Instant,
     timeout: Duration,
 }
 
-/// A try that may be repeated with the same idempotency key.
-enum Retryable {
-    Unavailable {
-        code: String,
-    },
-    ConnectFailed,
-    /// Sent, but the answer was lost (e.g. connection reset): the write may
-    /// have happened; only a later answer for the same key can tell.
-    Ambiguous(String),
+/// The part of a status answer a read-back needs (any status document has it).
+#[derive(Deserialize)]
+struct RunRef {
+    run_id: String,
 }
 
 impl Submit {
@@ -393,133 +381,109 @@ impl Submit {
         }
     }
 
+    /// One write through [`ApiClient::submit`] (the one retry policy:
+    /// [`RetryPolicy::DRILL_LOAD`]), its result read as an [`Outcome`].
     async fn submit(&self) -> Outcome {
-        let url = format!("{}/v1/workflows", self.target);
-        let body = json!({
-            "goal": self.goal,
-            "idempotency_key": self.key,
-            "steps": [{"id": "a", "handler": "noop"}],
-        });
-        let mut retries: u32 = 0;
-        let mut lost_answer: Option<String> = None;
-        loop {
-            let sent = self
-                .http
-                .post(&url)
-                .timeout(self.timeout)
-                .json(&body)
-                .send()
-                .await;
-            let why = match sent {
-                Ok(resp) => match resp.status().as_u16() {
-                    200 | 201 => return acked(resp).await,
-                    503 => Retryable::Unavailable {
-                        code: error_code(resp).await,
-                    },
-                    status => {
-                        return Outcome::Failed {
-                            status,
-                            code: error_code(resp).await,
-                        }
-                    }
-                },
-                // Nothing was sent, so the try is a definite failure.
-                Err(e) if e.is_connect() => Retryable::ConnectFailed,
-                Err(e) if e.is_timeout() => {
-                    return Outcome::Indeterminate {
-                        error: format!("no answer within {:?}: {e}", self.timeout),
-                    }
-                }
-                Err(e) => Retryable::Ambiguous(crate::api::tls::error_chain(&e)),
-            };
-            if let Retryable::Ambiguous(e) = &why {
-                lost_answer = Some(e.clone());
-            }
-            if self.sent.elapsed() >= RETRY_WINDOW {
-                tracing::debug!(n = self.n, target = %self.target, retries, "drill load: gave up");
-                return match (lost_answer, why) {
+        let body = WorkflowSpec {
+            goal: self.goal.clone(),
+            steps: vec![StepSpec {
+                id: "a".into(),
+                handler: "noop".into(),
+                depends_on: vec![],
+                queue: None,
+                input: None,
+                max_attempts: None,
+                timeout_ms: None,
+                region: None,
+            }],
+            input: None,
+            idempotency_key: Some(self.key.clone()),
+            decomposer: None,
+        };
+        let (shared, n) = (&self.shared, self.n);
+        let result = self
+            .api
+            .submit(&body, RetryPolicy::DRILL_LOAD, |retries, _| {
+                shared.update(n, |s| s.attempt.retries = retries + 1)
+            })
+            .await;
+        match result {
+            Ok(a) => Outcome::Acked {
+                run_id: a.body.run_id.to_string(),
+                token: a.body.consistency_token,
+            },
+            Err(SubmitError::Call(e)) => self.refused(e),
+            Err(SubmitError::GaveUp {
+                last,
+                lost_answer,
+                retries,
+                ..
+            }) => {
+                tracing::debug!(n, target = %self.api.base(), retries, "drill load: gave up");
+                match (lost_answer, last.status()) {
                     (Some(e), _) => Outcome::Indeterminate {
                         error: format!(
                             "gave up after {RETRY_WINDOW:?} of retries; a try's answer was lost: {e}"
                         ),
                     },
-                    (None, Retryable::Unavailable { code }) => Outcome::Failed { status: 503, code },
-                    (None, _) => Outcome::Failed {
+                    (None, Some(_)) => failed(&last),
+                    (None, None) => Outcome::Failed {
                         status: 0,
                         code: "connect_error".to_string(),
                     },
-                };
+                }
             }
-            tokio::time::sleep(RETRY_INTERVAL).await;
-            retries += 1;
-            self.shared.update(self.n, |s| s.attempt.retries = retries);
+        }
+    }
+
+    /// A try that ended the submit without retries.
+    fn refused(&self, e: CallError) -> Outcome {
+        match e {
+            // A 2xx without run id and token cannot be checked, so it is
+            // indeterminate rather than a guessed ack.
+            CallError::Decode { status, detail, .. } if (200..300).contains(&status) => {
+                Outcome::Indeterminate {
+                    error: format!("HTTP {status} but the body was unreadable: {detail}"),
+                }
+            }
+            CallError::Transport {
+                kind: TransportKind::Timeout,
+                detail,
+                ..
+            } => Outcome::Indeterminate {
+                error: format!("no answer within {:?}: {detail}", self.timeout),
+            },
+            CallError::Transport { detail, .. } => Outcome::Indeterminate { error: detail },
+            other => failed(&other),
         }
     }
 
     /// `Some(false)` if the node shows the run, `Some(true)` on a 404,
     /// `None` for anything else (no answer is not evidence either way).
     async fn read_back(&self, run_id: &str, token: &str) -> Option<bool> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/workflows/{run_id}", self.target))
-            .header(H_TOKEN, token)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .ok()?;
-        match resp.status().as_u16() {
-            200 => {
-                let v: Value = resp.json().await.ok()?;
-                (v.get("run_id").and_then(Value::as_str) == Some(run_id)).then_some(false)
-            }
-            404 => Some(true),
-            _ => None,
+        let read = self
+            .api
+            .with_token(Some(token))
+            .get::<RunRef>(&format!("/v1/workflows/{run_id}"))
+            .await;
+        match read {
+            Ok(a) => (a.body.run_id == run_id).then_some(false),
+            Err(e) if e.status() == Some(404) => Some(true),
+            Err(_) => None,
         }
     }
 }
 
-/// A 2xx means committed; without a run id and token it cannot be checked,
-/// so it is indeterminate rather than a guessed ack.
-async fn acked(resp: reqwest::Response) -> Outcome {
-    let status = resp.status().as_u16();
-    let header_token = resp
-        .headers()
-        .get(H_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body: Value = match resp.json().await {
-        Ok(v) => v,
-        Err(e) => {
-            return Outcome::Indeterminate {
-                error: format!("HTTP {status} but the body was unreadable: {e}"),
-            }
-        }
-    };
-    let run_id = body.get("run_id").and_then(Value::as_str);
-    let token = body
-        .get("consistency_token")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or(header_token);
-    match (run_id, token) {
-        (Some(run_id), Some(token)) => Outcome::Acked {
-            run_id: run_id.to_string(),
-            token,
-        },
-        _ => Outcome::Indeterminate {
-            error: format!("HTTP {status} without run_id and consistency_token"),
-        },
+/// A definite refusal: its status and `error.code` (else `http_<status>`).
+fn failed(e: &CallError) -> Outcome {
+    let status = e.status().unwrap_or(0);
+    Outcome::Failed {
+        status,
+        code: e
+            .api()
+            .map(|f| f.code_text.clone())
+            .unwrap_or_else(|| format!("http_{status}")),
     }
-}
-
-/// The `error.code` of an error body, else `http_<status>`.
-async fn error_code(resp: reqwest::Response) -> String {
-    let status = resp.status().as_u16();
-    resp.json::<Value>()
-        .await
-        .ok()
-        .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("http_{status}"))
 }
 
 /// Counts, and the RTO: a failure is a write that ended `Failed` or
@@ -599,10 +563,12 @@ pub fn classify(attempts: &[Attempted], present: &HashSet<String>) -> (Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::wire::H_TOKEN;
     use axum::extract::{Path, State};
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::{get, post};
     use axum::{Json, Router};
+    use serde_json::{json, Value};
     use std::collections::HashMap;
     use std::sync::atomic::AtomicU8;
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::drill::Phase;
+use crate::api::wire::Phase;
 
 /// The phases a drill has gone through so far.
 pub(super) struct Timeline {

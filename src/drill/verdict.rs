@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::load::{self, Attempted, Outcome};
-use crate::drill::{DrillKind, DrillReport, DrillRequest, Phase, SlowWrite};
+use crate::api::wire::{DrillKind, DrillReport, DrillRequest, Phase, SlowWrite};
 
 /// What the drill observed besides the load's attempts.
 pub(super) struct Observed {

@@ -4,6 +4,7 @@
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
+use singularity_workflow::api::client::ApiClient;
 use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
@@ -254,21 +255,16 @@ async fn dev_cluster_with_two_regions_serves_and_stops_on_ctrl_c() {
     let tls =
         singularity_workflow::api::tls::ClientTls::from_files(Some(&ca), None, ("ca", "", ""))
             .unwrap();
-    let anonymous = Api {
-        base: eu_url.clone(),
-        http: tls.builder().build().unwrap(),
-    };
+    let anonymous = Api::with_client(ApiClient::builder(&eu_url).tls(&tls).build());
     let a = anonymous.get("/v1/workflows").await;
     assert_eq!((a.status, a.code()), (401, "unauthorized"));
-    let eu = Api {
-        base: eu_url.clone(),
-        http: tls
-            .builder_with_auth(Some(
-                &singularity_workflow::api::tls::bearer(&admin_token).unwrap(),
-            ))
-            .build()
-            .unwrap(),
-    };
+    let eu = Api::with_client(
+        ApiClient::builder(&eu_url)
+            .tls(&tls)
+            .bearer(Some(&admin_token))
+            .unwrap()
+            .build(),
+    );
     // Submitted in eu-west, read back at once in eu-west with the token.
     let a = eu
         .post(

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::Value;
+use singularity_workflow::api::client::{ApiClient, RetryPolicy};
 use singularity_workflow::config::Config;
 use singularity_workflow::dev::pgserver::{self, PgBinaries, PgServer};
 use singularity_workflow::executor::handlers::Registry;
@@ -233,10 +235,13 @@ where
         .unwrap_or_else(|e| panic!("timed out waiting for {what} ({e})"))
 }
 
-/// A small HTTP client for a node's API.
+/// A node's API for tests: the typed [`ApiClient`] for ordinary calls, and
+/// raw requests through the same client for tests that send odd ones.
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
+    pub client: ApiClient,
+    /// The client's HTTP client, for requests built by hand.
     pub http: reqwest::Client,
 }
 
@@ -257,9 +262,15 @@ impl Answer {
 
 impl Api {
     pub fn new(base: &str) -> Api {
+        Api::with_client(ApiClient::new(base))
+    }
+
+    /// An `Api` over a client built elsewhere (TLS, token).
+    pub fn with_client(client: ApiClient) -> Api {
         Api {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            base: client.base().to_string(),
+            http: client.http().clone(),
+            client,
         }
     }
 
@@ -277,57 +288,56 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.client.request(Method::GET, path)).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+        self.send(self.client.request(Method::POST, path).json(body))
             .await
     }
 
     /// GET pinned to `region` (`swf-region`).
     pub async fn get_in(&self, region: &str, path: &str) -> Answer {
-        self.send(
-            self.http
-                .get(format!("{}{path}", self.base))
-                .header("swf-region", region),
-        )
-        .await
+        let pinned = self.client.in_region(Some(region));
+        self.send(pinned.request(Method::GET, path)).await
     }
 
     /// POST pinned to `region` (`swf-region`).
     pub async fn post_in(&self, region: &str, path: &str, body: &Value) -> Answer {
-        self.send(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .header("swf-region", region)
-                .json(body),
-        )
-        .await
+        let pinned = self.client.in_region(Some(region));
+        self.send(pinned.request(Method::POST, path).json(body))
+            .await
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Answer {
         self.send(
-            self.http
-                .post(format!("{}{path}", self.base))
+            self.client
+                .request(Method::POST, path)
                 .header("content-type", "application/json")
                 .body(body),
         )
         .await
     }
 
-    /// Submits and asserts 201; returns run_id.
+    /// Submits once and asserts 201; returns run_id.
     pub async fn submit(&self, wf: &Value) -> String {
-        let a = self.post("/v1/workflows", wf).await;
-        assert_eq!(a.status, 201, "submit: {}", a.body);
-        a.body["run_id"].as_str().expect("run_id").to_string()
+        let a = self
+            .client
+            .submit(wf, RetryPolicy::ONCE, |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("submit: {e}"));
+        assert_eq!(a.status, 201, "submit: {:?}", a.body);
+        a.body.run_id.to_string()
     }
 
+    /// The status document (read as the strict wire type, shown as JSON).
     pub async fn status(&self, run_id: &str) -> Value {
-        let a = self.get(&format!("/v1/workflows/{run_id}")).await;
-        assert_eq!(a.status, 200, "status: {}", a.body);
-        a.body
+        let a = self
+            .client
+            .status(run_id)
+            .await
+            .unwrap_or_else(|e| panic!("status: {e}"));
+        serde_json::to_value(a.body).expect("status as JSON")
     }
 
     /// Waits until the run leaves `running`; returns its status document.
@@ -345,10 +355,14 @@ impl Api {
         .await
     }
 
+    /// The lineage document (read as the strict wire type, shown as JSON).
     pub async fn lineage(&self, run_id: &str) -> Value {
-        let a = self.get(&format!("/v1/workflows/{run_id}/lineage")).await;
-        assert_eq!(a.status, 200, "lineage: {}", a.body);
-        a.body
+        let a = self
+            .client
+            .lineage(run_id)
+            .await
+            .unwrap_or_else(|e| panic!("lineage: {e}"));
+        serde_json::to_value(a.body).expect("lineage as JSON")
     }
 }
 

@@ -14,3 +14,4 @@ mod roles;
 mod runtime;
 mod store;
 mod tls;
+mod wire;

@@ -3,6 +3,7 @@
 //! certificates refused, and certificate reload on SIGHUP.
 
 use serde_json::json;
+use singularity_workflow::api::client::ApiClient;
 use singularity_workflow::api::tls::ClientTls;
 use singularity_workflow::config::Config;
 use singularity_workflow::dev::pki::DevPki;
@@ -19,24 +20,24 @@ fn secure(c: &mut Config, pki: &DevPki) {
 }
 
 /// An HTTP client trusting `ca`, presenting `identity` if given.
-fn client(ca: &DevPki, identity: Option<&DevPki>) -> reqwest::Client {
-    ClientTls::from_files(
+fn client(ca: &DevPki, identity: Option<&DevPki>) -> ApiClient {
+    let tls = ClientTls::from_files(
         Some(&ca.ca_cert),
         identity.map(|i| (i.cert.as_path(), i.key.as_path())),
         ("ca", "cert", "key"),
     )
-    .expect("client TLS")
-    .builder()
-    .timeout(std::time::Duration::from_secs(10))
-    .build()
-    .expect("client")
+    .expect("client TLS");
+    ApiClient::builder("")
+        .tls(&tls)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
 }
 
 /// Whether a GET of /health succeeds with this client.
-async fn reachable(http: &reqwest::Client, base: &str) -> Result<u16, String> {
-    match http.get(format!("{base}/health")).send().await {
-        Ok(r) => Ok(r.status().as_u16()),
-        Err(e) => Err(singularity_workflow::api::tls::error_chain(&e)),
+async fn reachable(api: &ApiClient, base: &str) -> Result<u16, String> {
+    match api.at(base).health().await {
+        Ok(a) => Ok(a.status),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -84,16 +85,11 @@ async fn https_mutual_tls_forwarding_and_verify_full_database_links() {
         .unwrap_err();
     assert!(err.contains("certificate"), "{err}");
     let plain = us.url().replace("https://", "http://");
-    reachable(&reqwest::Client::new(), &plain)
-        .await
-        .unwrap_err();
+    reachable(&ApiClient::new(""), &plain).await.unwrap_err();
 
     // Submitted in eu-west over HTTPS: the write crosses a verify-full
     // database link to the primary and runs to completion.
-    let eu_api = Api {
-        base: eu.url(),
-        http: good.clone(),
-    };
+    let eu_api = Api::with_client(good.at(&eu.url()));
     let run_id = eu_api
         .submit(&json!({"goal": "tls", "steps": [{"id": "a", "handler": "noop"}]}))
         .await;
@@ -153,10 +149,7 @@ async fn certificates_from_another_ca_are_refused_and_change_nothing() {
     secure(&mut eu, &pki);
     let us = start_node(us, Registry::with_builtins()).await;
     let eu = start_node(eu, Registry::with_builtins()).await;
-    let eu_api = Api {
-        base: eu.url(),
-        http: client(&pki, None),
-    };
+    let eu_api = Api::with_client(client(&pki, None).at(&eu.url()));
     // Wait until eu-west knows us-east's node (from its heartbeat).
     let api = eu_api.clone();
     wait_for("eu-west to see the us-east node", 30, move || {

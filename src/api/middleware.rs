@@ -1,0 +1,157 @@
+//! The layers around every route: [`observe`] (request span, latency
+//! histogram, node headers on `/v1` answers), [`guard`] (load shedding,
+//! authentication, request timeout) and [`v1_guard`] (client role, region
+//! pinning).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use crate::api::access::RouteAccess;
+use crate::api::error::ApiError;
+use crate::api::forward::forward;
+use crate::api::state::ApiState;
+use crate::api::wire::{ErrorCode, H_REGION, H_SERVED_BY};
+
+/// Adds the node headers to every /v1 response, records request latency.
+pub async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let is_v1 = req.uri().path().starts_with("/v1");
+    // Every line logged while serving the request carries these fields.
+    let span = tracing::info_span!("request",
+        node_id = %st.info.node_id, region = %st.info.region,
+        method = %method, route = %route, run_id = tracing::field::Empty);
+    if let Some(id) = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/workflows/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| Uuid::parse_str(id).ok())
+    {
+        span.record("run_id", tracing::field::display(id));
+    }
+    let start = Instant::now();
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            ms = start.elapsed().as_secs_f64() * 1000.0,
+            "request served"
+        )
+    });
+    metrics::histogram!("swf_http_request_duration_seconds",
+        "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
+    .record(start.elapsed().as_secs_f64());
+    // A forwarded answer keeps the serving node's headers.
+    if is_v1 && !resp.headers().contains_key(H_SERVED_BY) {
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&st.info.node_id) {
+            h.insert(HeaderName::from_static(H_SERVED_BY), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&st.info.region) {
+            h.insert(HeaderName::from_static(H_REGION), v);
+        }
+    }
+    resp
+}
+
+/// Sheds load past `limits.max_concurrent_requests`, authenticates, and
+/// bounds how long a request may take (drills excepted).
+pub async fn guard(
+    State((st, table)): State<(ApiState, Arc<RouteAccess>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+        let mut r = ApiError::new(
+            ErrorCode::Overloaded,
+            "too many requests in progress (limits.max_concurrent_requests); retry shortly",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return r;
+    };
+    let path = req.uri().path().to_string();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    let access = table.of(req.method(), route, &path);
+    if let Some(scope) = st.auth.required(access) {
+        let header = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        use crate::api::auth::Denied;
+        match st.auth.check(header, scope) {
+            Ok(_) => {}
+            Err(Denied::Unauthorized(m)) => {
+                let mut r = ApiError::new(ErrorCode::Unauthorized, m).into_response();
+                r.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+            Err(Denied::Forbidden(m)) => {
+                return ApiError::new(ErrorCode::Forbidden, m).into_response()
+            }
+            Err(Denied::RateLimited(m)) => {
+                let mut r = ApiError::new(ErrorCode::RateLimited, m).into_response();
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from_static("1"),
+                );
+                return r;
+            }
+        }
+    }
+    if path.starts_with("/v1/admin") {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(st.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request took longer than {} ms (limits.request_timeout_ms)",
+                st.request_timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Refuses /v1 on nodes without the client role and handles `swf-region`.
+pub async fn v1_guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    if st.client.is_none() {
+        return ApiError::new(
+            ErrorCode::ClientRoleDisabled,
+            format!(
+                "node {} is a {} node: its client role is disabled (enable_client = false)",
+                st.info.node_id, st.info.node_type
+            ),
+        )
+        .into_response();
+    }
+    if let Some(want) = req.headers().get(H_REGION) {
+        let want = want.to_str().unwrap_or("").to_string();
+        if want != st.info.region {
+            return match forward(&st, &want, req).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+        }
+    }
+    next.run(req).await
+}

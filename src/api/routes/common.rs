@@ -1,0 +1,42 @@
+//! Small helpers the handlers share: the client role, run ids, and the
+//! read-source and token headers of answers.
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use uuid::Uuid;
+
+use crate::api::error::ApiError;
+use crate::api::state::ApiState;
+use crate::api::wire::{ErrorCode, H_READ_SOURCE, H_TOKEN};
+use crate::client::Client;
+use crate::model::token::Token;
+use crate::router::ReadSource;
+
+/// The node's client role (v1_guard has refused the call without one).
+pub fn client(st: &ApiState) -> Result<&Client, ApiError> {
+    st.client
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::ClientRoleDisabled, "client role disabled"))
+}
+
+pub fn parse_run_id(s: &str) -> Result<Uuid, ApiError> {
+    s.parse().map_err(|_| {
+        ApiError::not_found(format!("run `{s}` not found: not a valid run id (a UUID)"))
+    })
+}
+
+pub fn with_read_source(mut resp: Response, src: ReadSource) -> Response {
+    resp.headers_mut().insert(
+        HeaderName::from_static(H_READ_SOURCE),
+        HeaderValue::from_static(src.as_str()),
+    );
+    resp
+}
+
+pub fn with_token(mut resp: Response, token: &Token) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&token.to_string()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(H_TOKEN), v);
+    }
+    resp
+}

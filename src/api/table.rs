@@ -1,0 +1,134 @@
+//! The route table: every route, its handler and the access it needs, in
+//! one list. `api::router` builds the router from it, and the guard reads
+//! the access of the route a call matched from it.
+
+use axum::http::Method;
+
+use crate::api::access::Routes;
+use crate::api::auth::{Access, Scope};
+use crate::api::routes::{admin, health, regions, workflows};
+
+const READ: Access = Access::Scope(Scope::Read);
+const SUBMIT: Access = Access::Scope(Scope::Submit);
+const ADMIN: Access = Access::Scope(Scope::Admin);
+
+/// The `/v1` routes (served only by nodes with the client role).
+pub fn v1_routes() -> Routes {
+    Routes::new()
+        .add(Method::POST, "/v1/workflows", SUBMIT, workflows::submit)
+        .add(Method::GET, "/v1/workflows", READ, workflows::list)
+        .add(
+            Method::GET,
+            "/v1/workflows/{run_id}",
+            READ,
+            workflows::status,
+        )
+        .add(
+            Method::GET,
+            "/v1/workflows/{run_id}/lineage",
+            READ,
+            workflows::lineage,
+        )
+        .add(
+            Method::POST,
+            "/v1/workflows/{run_id}/cancel",
+            SUBMIT,
+            workflows::cancel,
+        )
+        .add(Method::GET, "/v1/regions", READ, regions::regions)
+        .add(Method::POST, "/v1/admin/drills", ADMIN, admin::drill)
+}
+
+/// Probes, node info and metrics (served by every node).
+pub fn node_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/health", Access::Open, health::health)
+        .add(Method::GET, "/health/ready", Access::Open, health::ready)
+        .add(Method::GET, "/health/info", Access::Info, health::info)
+        .add(
+            Method::GET,
+            "/metrics",
+            Access::Metrics,
+            health::metrics_text,
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::tests::{auth, check};
+
+    #[test]
+    fn route_by_token_scope_table() {
+        let (_, table) = v1_routes().merge(node_routes()).split();
+        let a = auth(1000);
+        // (method, matched route or None, path, token, expected: open / ok / 401 / 403)
+        let cases = [
+            ("GET", Some("/health"), None, "open"),
+            ("GET", Some("/health/ready"), None, "open"),
+            ("GET", Some("/metrics"), None, "open"),
+            ("GET", Some("/v1/workflows"), None, "401"),
+            ("GET", Some("/v1/workflows"), Some("Bearer nope"), "401"),
+            ("GET", Some("/v1/workflows"), Some("Basic r-secret"), "401"),
+            (
+                "GET",
+                Some("/v1/workflows/{run_id}"),
+                Some("Bearer r-secret"),
+                "ok",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            ("POST", Some("/v1/workflows"), Some("Bearer w-secret"), "ok"),
+            (
+                "POST",
+                Some("/v1/workflows/{run_id}/cancel"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows/{run_id}/cancel"),
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            (
+                "POST",
+                Some("/v1/admin/drills"),
+                Some("Bearer w-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/admin/drills"),
+                Some("Bearer a-secret"),
+                "ok",
+            ),
+            ("GET", Some("/v1/regions"), Some("Bearer a-secret"), "ok"),
+            // A method the route does not serve: the route's least scope.
+            ("DELETE", Some("/v1/workflows"), None, "401"),
+            (
+                "GET",
+                Some("/v1/admin/drills"),
+                Some("Bearer w-secret"),
+                "403",
+            ),
+            // No route: read under /v1, open elsewhere.
+            ("GET", None, None, "401"),
+        ];
+        for (method, route, header, want) in cases {
+            let method: Method = method.parse().unwrap();
+            let path = route.unwrap_or("/v1/nothing-here");
+            let access = table.of(&method, route, path);
+            assert_eq!(
+                check(&a, access, header),
+                want,
+                "{method} {route:?} {header:?}"
+            );
+        }
+        assert_eq!(table.of(&Method::GET, None, "/nothing"), Access::Open);
+    }
+}

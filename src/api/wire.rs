@@ -1,0 +1,622 @@
+//! The wire format of the HTTP API (DESIGN sections 6 and 10.3): every
+//! request and response body of `/v1`, `/health*` and the drills as serde
+//! types, the one [`ErrorCode`] enum with its HTTP status, the error body,
+//! and the header names.
+//!
+//! The server answers with these types and every consumer (the CLI, the
+//! bench, the drill load, the tests) reads them through
+//! [`crate::api::client::ApiClient`], so both sides share one definition.
+//! This module depends on nothing in the crate but `crate::model`.
+//!
+//! Status and lineage documents are built by SQL and passed through by the
+//! server as they are; [`RunStatus`] and [`RunLineage`] describe them for
+//! clients (an integration test keeps them in step with the SQL). Their
+//! timestamps stay strings exactly as PostgreSQL writes them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use crate::model::workflow::{StepSpec, WorkflowSpec};
+
+/// Response: the node that served the call (every `/v1` response).
+pub const H_SERVED_BY: &str = "swf-served-by";
+/// Request: pin the call to a region. Response: the serving node's region.
+pub const H_REGION: &str = "swf-region";
+/// Response of reads: `cache`, `replica` or `primary`.
+pub const H_READ_SOURCE: &str = "swf-read-source";
+/// Request: read-your-writes token. Response of writes: the write's token.
+pub const H_TOKEN: &str = "swf-consistency-token";
+/// Set on a forwarded call; a node that would forward it again refuses (one hop at most).
+pub const H_FORWARDED_BY: &str = "swf-forwarded-by";
+
+/// Every error code the API answers with; each has one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidWorkflow,
+    InvalidRequest,
+    UnknownHandler,
+    UnknownRegion,
+    PayloadTooLarge,
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    Overloaded,
+    RequestTimeout,
+    ClientRoleDisabled,
+    RegionUnavailable,
+    WriteUnavailable,
+    InvalidState,
+    ForwardingLoop,
+    Internal,
+    /// A code this client does not know (a newer server); never sent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// Every code the server sends, for tables and tests.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidWorkflow,
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnknownHandler,
+        ErrorCode::UnknownRegion,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
+        ErrorCode::RequestTimeout,
+        ErrorCode::ClientRoleDisabled,
+        ErrorCode::RegionUnavailable,
+        ErrorCode::WriteUnavailable,
+        ErrorCode::InvalidState,
+        ErrorCode::ForwardingLoop,
+        ErrorCode::Internal,
+    ];
+
+    /// The HTTP status the code is answered with.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidJson | InvalidWorkflow | InvalidRequest | UnknownHandler | UnknownRegion => 400,
+            Unauthorized => 401,
+            Forbidden | ClientRoleDisabled => 403,
+            NotFound => 404,
+            InvalidState => 409,
+            PayloadTooLarge => 413,
+            RateLimited => 429,
+            Internal | Unknown => 500,
+            Overloaded | RegionUnavailable | WriteUnavailable => 503,
+            RequestTimeout => 504,
+            ForwardingLoop => 508,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidJson => "invalid_json",
+            InvalidWorkflow => "invalid_workflow",
+            InvalidRequest => "invalid_request",
+            UnknownHandler => "unknown_handler",
+            UnknownRegion => "unknown_region",
+            PayloadTooLarge => "payload_too_large",
+            NotFound => "not_found",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            RateLimited => "rate_limited",
+            Overloaded => "overloaded",
+            RequestTimeout => "request_timeout",
+            ClientRoleDisabled => "client_role_disabled",
+            RegionUnavailable => "region_unavailable",
+            WriteUnavailable => "write_unavailable",
+            InvalidState => "invalid_state",
+            ForwardingLoop => "forwarding_loop",
+            Internal => "internal",
+            Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the status column's text.
+    pub fn parse(s: &str) -> Option<RunState> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+
+    /// Completed, failed or cancelled.
+    pub fn is_terminal(self) -> bool {
+        self != RunState::Running
+    }
+}
+
+/// Status of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Created,
+    Queued,
+    Started,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Running,
+    Completed,
+    Failed,
+    TimedOut,
+    Abandoned,
+}
+
+/// `POST /v1/workflows`: 201 (created) or 200 (idempotency key seen before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submitted {
+    pub run_id: Uuid,
+    pub status: RunState,
+    pub consistency_token: String,
+}
+
+/// `POST /v1/workflows/{run_id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cancelled {
+    pub run_id: Uuid,
+    pub status: RunState,
+    pub consistency_token: String,
+}
+
+/// Query of `GET /v1/workflows` (kept as text so the server can say what
+/// was wrong with a value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// `GET /v1/workflows`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+    /// Cursor of the next page (`after=`), if there is one.
+    pub next: Option<String>,
+}
+
+/// One run of a [`RunList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSummary {
+    pub run_id: Uuid,
+    pub goal: String,
+    pub status: RunState,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /v1/workflows/{run_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunStatus {
+    pub run_id: Uuid,
+    pub goal: String,
+    pub status: RunState,
+    pub input: Value,
+    pub output: Value,
+    pub error: Value,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+    pub steps: Vec<StepStatus>,
+    pub metrics: Metrics,
+}
+
+/// One step of a [`RunStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepStatus {
+    pub id: String,
+    pub handler: String,
+    pub queue: String,
+    pub region: Option<String>,
+    pub depends_on: Vec<String>,
+    pub status: StepState,
+    pub attempts: u32,
+    pub output: Value,
+    pub error: Value,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// A run's counters, in status and lineage documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub total_steps: u64,
+    pub completed_steps: u64,
+    pub failed_steps: u64,
+    pub total_tasks: u64,
+    pub completed_tasks: u64,
+    pub failed_tasks: u64,
+    pub total_attempts: u64,
+    pub duration_ms: u64,
+}
+
+/// `GET /v1/workflows/{run_id}/lineage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLineage {
+    pub run_id: Uuid,
+    pub goal: String,
+    pub status: RunState,
+    pub dag: Dag,
+    pub execution_trace: Vec<TraceEntry>,
+    pub metrics: Metrics,
+}
+
+/// The DAG of a [`RunLineage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dag {
+    pub steps: Vec<DagStep>,
+}
+
+/// One vertex of a [`Dag`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagStep {
+    pub id: String,
+    pub depends_on: Vec<String>,
+}
+
+/// One attempt in a [`RunLineage`]'s execution trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceEntry {
+    pub step_id: String,
+    pub attempt: u32,
+    pub node_id: String,
+    pub region: String,
+    pub worker_pool: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: AttemptOutcome,
+    pub error: Value,
+}
+
+/// Role of a region's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbRole {
+    Primary,
+    Replica,
+}
+
+impl DbRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbRole::Primary => "primary",
+            DbRole::Replica => "replica",
+        }
+    }
+}
+
+/// `GET /v1/regions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Regions {
+    pub write_region: String,
+    pub epoch: u64,
+    pub regions: Vec<RegionView>,
+}
+
+/// One region of [`Regions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionView {
+    pub name: String,
+    pub role: DbRole,
+    pub lag_ms: i64,
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node of a [`RegionView`], from the heartbeat table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeView {
+    pub node_id: String,
+    pub node_type: String,
+    pub api_url: Option<String>,
+    pub last_heartbeat_at: chrono::DateTime<chrono::Utc>,
+    pub healthy: bool,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /health/ready`: 200 `{"status": "ready", "schema_version"}` or 503
+/// `{"status": "not_ready", "reason"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Ready {
+    pub fn current(schema_version: i64) -> Ready {
+        Ready {
+            status: "ready".into(),
+            schema_version: Some(schema_version),
+            reason: None,
+        }
+    }
+    pub fn not_ready(reason: impl Into<String>) -> Ready {
+        Ready {
+            status: "not_ready".into(),
+            schema_version: None,
+            reason: Some(reason.into()),
+        }
+    }
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+/// `GET /health/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInfoBody {
+    pub node_id: String,
+    pub node_type: String,
+    pub roles: Vec<String>,
+    pub region: String,
+    pub write_region: String,
+    pub epoch: u64,
+    pub worker_pools: Vec<PoolInfo>,
+    pub database: DatabaseInfo,
+    pub schema_version: i64,
+    pub version: String,
+}
+
+/// One worker pool of [`NodeInfoBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolInfo {
+    pub name: String,
+    pub queue: String,
+    pub size: usize,
+    pub busy: usize,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// The databases as a node sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseInfo {
+    pub local: LocalDbInfo,
+    pub write: WriteDbInfo,
+}
+
+/// The node's own region's database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDbInfo {
+    pub role: DbRole,
+    pub lag_ms: u64,
+    pub healthy: bool,
+}
+
+/// The database writes go to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteDbInfo {
+    pub region: String,
+    pub reachable: bool,
+}
+
+/// Which drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillKind {
+    Switchover,
+    Failover,
+}
+
+impl DrillKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillKind::Switchover => "switchover",
+            DrillKind::Failover => "failover",
+        }
+    }
+}
+
+/// The body of `POST /v1/admin/drills`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRequest {
+    pub kind: DrillKind,
+    pub to: String,
+    /// Workflows submitted per second during the drill (0: no load).
+    #[serde(default)]
+    pub load: f64,
+    /// Refuse when the target's replay is further behind than this.
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+}
+
+/// How far behind a drill's target may be before the drill is refused.
+pub const DEFAULT_MAX_LAG_MS: u64 = 5_000;
+
+fn default_max_lag_ms() -> u64 {
+    DEFAULT_MAX_LAG_MS
+}
+
+/// One timed phase of a drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub ms: u64,
+}
+
+/// The measured report (`swf drill --json`), the answer of `POST /v1/admin/drills`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub kind: DrillKind,
+    pub from_region: String,
+    pub to_region: String,
+    pub epoch_before: u64,
+    pub epoch_after: u64,
+    /// From the fault to the first failed write seen (load or node).
+    pub detection_ms: u64,
+    /// Longest write unavailability seen by the load: first failed to first
+    /// successful write, or the slowest acknowledged write (nodes retry
+    /// while the primary moves), whichever is longer; without load, fault
+    /// to re-routed.
+    pub rto_ms: u64,
+    pub acknowledged_writes: u64,
+    pub lost_writes: u64,
+    pub lost_run_ids: Vec<String>,
+    pub indeterminate_writes: u64,
+    pub failed_writes: u64,
+    pub duplicate_writes: u64,
+    pub stale_reads: u64,
+    /// Failed writes by HTTP status and error code.
+    pub failures: BTreeMap<String, u64>,
+    /// The three slowest acknowledged writes (time from the load's start).
+    pub slowest_writes: Vec<SlowWrite>,
+    pub old_primary_fenced: bool,
+    pub nodes_rerouted: usize,
+    pub nodes_total: usize,
+    pub phases: Vec<Phase>,
+    pub ok: bool,
+}
+
+/// One slow acknowledged write of the drill's load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowWrite {
+    pub target: String,
+    pub sent_at_ms: u64,
+    pub ms: u64,
+    pub retries: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialize_snake_case_with_their_status() {
+        let cases = [
+            (ErrorCode::InvalidJson, "invalid_json", 400),
+            (ErrorCode::PayloadTooLarge, "payload_too_large", 413),
+            (ErrorCode::NotFound, "not_found", 404),
+            (ErrorCode::Unauthorized, "unauthorized", 401),
+            (ErrorCode::ClientRoleDisabled, "client_role_disabled", 403),
+            (ErrorCode::RateLimited, "rate_limited", 429),
+            (ErrorCode::InvalidState, "invalid_state", 409),
+            (ErrorCode::RegionUnavailable, "region_unavailable", 503),
+            (ErrorCode::RequestTimeout, "request_timeout", 504),
+            (ErrorCode::ForwardingLoop, "forwarding_loop", 508),
+            (ErrorCode::Internal, "internal", 500),
+        ];
+        for (code, text, status) in cases {
+            assert_eq!(serde_json::to_value(code).unwrap(), Value::from(text));
+            assert_eq!(code.status(), status, "{text}");
+        }
+        for code in ErrorCode::ALL {
+            let v = serde_json::to_value(code).unwrap();
+            assert_eq!(v, Value::from(code.as_str()));
+            assert_eq!(serde_json::from_value::<ErrorCode>(v).unwrap(), code);
+        }
+        let odd: ErrorCode = serde_json::from_str("\"some_new_code\"").unwrap();
+        assert_eq!(odd, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let b = ErrorBody {
+            error: ErrorDetail {
+                code: ErrorCode::NotFound,
+                message: "m".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&b).unwrap(),
+            serde_json::json!({"error": {"code": "not_found", "message": "m"}})
+        );
+    }
+
+    #[test]
+    fn drill_request_defaults() {
+        let r: DrillRequest = serde_json::from_str(r#"{"kind": "failover", "to": "eu"}"#).unwrap();
+        assert_eq!(
+            (r.kind, r.load, r.max_lag_ms),
+            (DrillKind::Failover, 0.0, 5_000)
+        );
+        assert!(serde_json::from_str::<DrillRequest>(r#"{"kind": "x", "to": "eu"}"#).is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! The command line's arguments (clap): every `swf` command and its flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "swf",
+    version,
+    about = "singularity-workflow: a geo-distributed workflow control plane on PostgreSQL + pgmq"
+)]
+pub struct Cli {
+    /// Log format on stderr (filter with SWF_LOG or RUST_LOG, e.g. `info,swf=debug`).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an embedded local cluster: real PostgreSQL plus one hybrid node per region.
+    #[cfg(feature = "dev")]
+    Dev(DevArgs),
+    /// Run one node from a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Apply the database migrations (idempotent; safe from several nodes at once).
+    Migrate {
+        #[arg(long, env = "SWF_DATABASE__URL")]
+        database_url: String,
+    },
+    /// Validate or rewrite node config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Submit a workflow JSON file (or - for stdin); prints run_id and token.
+    Submit {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Workflow JSON file, or - for standard input.
+        file: String,
+    },
+    /// Print a run's status.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+        /// Wait until the run is completed, failed or cancelled (exit 0 only when completed).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Print a run's lineage: its DAG and every attempt.
+    Lineage {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+    },
+    /// Print regions, primary, epoch, lag and nodes.
+    Regions {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// End-to-end load benchmark against a running cluster (or one it starts).
+    #[cfg(feature = "dev")]
+    Bench(crate::dev::bench::BenchArgs),
+    /// Failover drills: move the write region and report RTO and lost writes.
+    #[command(subcommand)]
+    Drill(DrillCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the SHA-256 of a token (read from stdin) for a tokens file.
+    HashToken,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Planned move of the write region: fence, catch up, promote; zero loss.
+    Switchover(DrillArgs),
+    /// Simulated loss of the write region's primary: stop it hard, promote.
+    Failover(DrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The region to move the write region to.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Workflows submitted per second through every region's node during the drill.
+    #[arg(long, default_value_t = 0.0)]
+    pub load: f64,
+    /// Refuse when the target replica lags more than this.
+    #[arg(long, default_value_t = crate::api::wire::DEFAULT_MAX_LAG_MS)]
+    pub max_lag_ms: u64,
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where PostgreSQL data, logs and cluster.json live.
+    #[arg(long, default_value = ".swf/dev")]
+    pub data_dir: PathBuf,
+    /// Comma-separated region names; the first holds the primary.
+    #[arg(long, value_delimiter = ',', default_value = "us-east")]
+    pub regions: Vec<String>,
+    /// API port of the first region's node (next regions use the next ports).
+    #[arg(long, default_value_t = 4000)]
+    pub base_port: u16,
+    /// One-way delay added to every cross-region link.
+    #[arg(long, default_value_t = 0)]
+    pub wan_latency_ms: u64,
+    /// Delete the data dir first and start over.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Run everything over TLS from a throwaway CA under DATA_DIR/tls (HTTPS
+    /// APIs, verify-full database links and replication) with auth on; the
+    /// admin token is printed and kept in DATA_DIR/admin.token.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a node config; print node_type, roles, region, pools.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a legacy config rewritten to the current keys.
+    Migrate { file: PathBuf },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// Base URL of a node's API.
+    #[arg(long, env = "SWF_API_URL", default_value = "http://127.0.0.1:4000")]
+    pub api: String,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub access: crate::api::tls::AccessArgs,
+}

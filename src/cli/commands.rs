@@ -1,0 +1,148 @@
+//! The client commands (`submit`, `status`, `lineage`, `regions`, `drill`):
+//! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
+//! or, with `--json`, as the typed answer.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::args::{ApiArgs, DrillArgs};
+use super::render::{render_drill, render_lineage, render_regions, render_status, to_json};
+use crate::api::client::{ApiClient, CallError, RetryPolicy};
+use crate::api::wire::{DrillKind, DrillRequest, RunState};
+
+/// A client that sends the API token, if one is given, and trusts what
+/// `--ca-cert` says.
+fn client(api: &ApiArgs, timeout: Duration) -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::from_access(&api.api, &api.access, timeout)?)
+}
+
+fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&to_json(v))?);
+    Ok(())
+}
+
+pub async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {file}"))?
+    };
+    let body: Value =
+        serde_json::from_str(&text).with_context(|| format!("{file} is not valid JSON"))?;
+    let answer = client(api, Duration::from_secs(30))?
+        .submit(&body, RetryPolicy::PATIENT, |_, why| {
+            tracing::info!("submit: {why}; retrying with the same idempotency key")
+        })
+        .await?;
+    let doc = answer.body;
+    if api.json {
+        print_json(&doc)?;
+    } else {
+        println!("run_id: {}", doc.run_id);
+        println!("status: {}", doc.status.as_str());
+        println!("token:  {}", doc.consistency_token);
+    }
+    Ok(0)
+}
+
+pub async fn status(
+    api: &ApiArgs,
+    run_id: &str,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    let c = client(api, Duration::from_secs(30))?;
+    let deadline = Instant::now() + timeout;
+    let doc = loop {
+        let doc = c.status(run_id).await?.body;
+        if !wait || doc.status.is_terminal() {
+            break doc;
+        }
+        if Instant::now() >= deadline {
+            bail!("run {run_id} still running after {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if api.json {
+        print_json(&doc)?;
+    } else {
+        print!("{}", render_status(&doc));
+    }
+    Ok(if wait && doc.status != RunState::Completed {
+        3
+    } else {
+        0
+    })
+}
+
+pub async fn lineage(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?
+        .lineage(run_id)
+        .await?
+        .body;
+    if api.json {
+        print_json(&doc)?;
+    } else {
+        print!("{}", render_lineage(&doc));
+    }
+    Ok(0)
+}
+
+pub async fn regions(api: &ApiArgs) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?.regions().await?.body;
+    if api.json {
+        print_json(&doc)?;
+    } else {
+        print!("{}", render_regions(&doc));
+    }
+    Ok(0)
+}
+
+pub async fn drill(kind: DrillKind, a: DrillArgs) -> anyhow::Result<i32> {
+    let body = DrillRequest {
+        kind,
+        to: a.to.clone(),
+        load: a.load,
+        max_lag_ms: a.max_lag_ms,
+    };
+    let c = client(&a.api, Duration::from_secs(300))?;
+    if !a.api.json {
+        eprintln!(
+            "drill: {} to {} (load {}/s) via {}",
+            kind.as_str(),
+            a.to,
+            a.load,
+            a.api.api
+        );
+    }
+    let call = c.drill(&body);
+    tokio::pin!(call);
+    let start = Instant::now();
+    let answer = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !a.api.json => {
+                eprint!("\r  running… {:>3} s", start.elapsed().as_secs());
+            }
+        }
+    };
+    // No answer at all: the error line follows the progress line directly.
+    if let Err(e @ CallError::Transport { .. }) = answer {
+        return Err(e.into());
+    }
+    if !a.api.json {
+        eprintln!();
+    }
+    let report = answer?.body;
+    if a.api.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render_drill(&report));
+    }
+    Ok(if report.ok { 0 } else { 4 })
+}

@@ -1,0 +1,157 @@
+//! Human rendering of the API's answers (the typed [`crate::api::wire`]
+//! values); `--json` prints the values themselves.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::wire::{DrillReport, Regions, RunLineage, RunStatus};
+
+/// A JSON value as a cell: `-` for null, a string as is, else its JSON.
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An optional text as a cell (`-` when absent).
+fn o(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
+}
+
+/// A typed value as JSON (the keys in the order `--json` prints them).
+pub fn to_json(v: &impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Human rendering of a status document.
+pub fn render_status(doc: &RunStatus) -> String {
+    let mut out = format!(
+        "run {}  {}\n  goal: {}\n  created: {}  completed: {}\n",
+        doc.run_id,
+        doc.status.as_str(),
+        doc.goal,
+        doc.created_at,
+        o(&doc.completed_at)
+    );
+    if !doc.error.is_null() {
+        out += &format!("  error: {}\n", doc.error);
+    }
+    out += &format!(
+        "  {:<20} {:<10} {:<12} {:>8}  output\n",
+        "step", "status", "handler", "attempts"
+    );
+    for st in &doc.steps {
+        let mut output = s(&st.output);
+        if output.len() > 60 {
+            output = format!("{}…", output.chars().take(60).collect::<String>());
+        }
+        out += &format!(
+            "  {:<20} {:<10} {:<12} {:>8}  {}\n",
+            st.id,
+            s(&to_json(&st.status)),
+            st.handler,
+            st.attempts,
+            output
+        );
+    }
+    if !doc.output.is_null() {
+        out += &format!("  output: {}\n", doc.output);
+    }
+    out
+}
+
+/// Human rendering of a lineage document.
+pub fn render_lineage(doc: &RunLineage) -> String {
+    let mut out = format!("run {}  {}\n  dag:\n", doc.run_id, doc.status.as_str());
+    for st in &doc.dag.steps {
+        out += &format!(
+            "    {}{}\n",
+            st.id,
+            if st.depends_on.is_empty() {
+                String::new()
+            } else {
+                format!(" <- {}", st.depends_on.join(", "))
+            }
+        );
+    }
+    out += "  trace:\n";
+    out += &format!(
+        "    {:<16} {:>3}  {:<10} {:<16} {:<10} {:<10} {}\n",
+        "step", "try", "outcome", "node", "region", "pool", "started_at"
+    );
+    for a in &doc.execution_trace {
+        out += &format!(
+            "    {:<16} {:>3}  {:<10} {:<16} {:<10} {:<10} {}\n",
+            a.step_id,
+            a.attempt,
+            s(&to_json(&a.outcome)),
+            a.node_id,
+            a.region,
+            a.worker_pool,
+            a.started_at
+        );
+    }
+    out += &format!("  metrics: {}\n", to_json(&doc.metrics));
+    out
+}
+
+/// Human rendering of `/v1/regions`.
+pub fn render_regions(doc: &Regions) -> String {
+    let mut out = format!("write region: {}  epoch: {}\n", doc.write_region, doc.epoch);
+    for r in &doc.regions {
+        out += &format!(
+            "  {:<12} {:<8} lag {} ms\n",
+            r.name,
+            r.role.as_str(),
+            r.lag_ms
+        );
+        for n in &r.nodes {
+            out += &format!(
+                "    {:<20} {:<7} {:<28} {}\n",
+                n.node_id,
+                n.node_type,
+                o(&n.api_url),
+                if n.healthy { "healthy" } else { "UNHEALTHY" }
+            );
+        }
+    }
+    out
+}
+
+/// Human rendering of a drill report: the timeline, then the measurements.
+pub fn render_drill(r: &DrillReport) -> String {
+    let mut out = format!(
+        "{} {} -> {}  epoch {} -> {}\n  timeline:\n",
+        r.kind.as_str(),
+        r.from_region,
+        r.to_region,
+        r.epoch_before,
+        r.epoch_after
+    );
+    let mut total = 0;
+    for p in &r.phases {
+        total += p.ms;
+        out += &format!("    {:>7} ms  {:>7} ms  {}\n", p.ms, total, p.name);
+    }
+    out += &format!(
+        "  detection {} ms, RTO {} ms\n  writes: {} acknowledged, {} lost, {} duplicated, {} indeterminate, {} failed\n  stale reads: {}; old primary fenced: {}; nodes re-routed: {}/{}\n  {}\n",
+        r.detection_ms,
+        r.rto_ms,
+        r.acknowledged_writes,
+        r.lost_writes,
+        r.duplicate_writes,
+        r.indeterminate_writes,
+        r.failed_writes,
+        r.stale_reads,
+        r.old_primary_fenced,
+        r.nodes_rerouted,
+        r.nodes_total,
+        if r.ok { "OK" } else { "NOT OK" }
+    );
+    if !r.failures.is_empty() {
+        out += &format!("  failed writes by answer: {}\n", to_json(&r.failures));
+    }
+    out
+}
