@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::store::Leases;
 
 /// One worker pool as configured.
@@ -27,13 +25,6 @@ pub struct ExecutorSettings {
     pub leases: Leases,
 }
 
-/// Live counters of one pool (shown in /health/info, heartbeats, metrics).
-#[derive(Debug, Serialize)]
-pub struct PoolStatus {
-    pub name: String,
-    pub queue: String,
-    pub size: usize,
-    pub busy: usize,
-    pub completed: u64,
-    pub failed: u64,
-}
+/// Live counters of one pool (shown in /health/info, heartbeats, metrics):
+/// the wire type itself, so the API serves it as it is.
+pub type PoolStatus = crate::api::wire::PoolInfo;

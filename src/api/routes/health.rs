@@ -9,9 +9,7 @@ use axum::Json;
 
 use crate::api::error::ApiError;
 use crate::api::state::ApiState;
-use crate::api::wire::{
-    DatabaseInfo, DbRole, Health, LocalDbInfo, NodeInfoBody, PoolInfo, WriteDbInfo,
-};
+use crate::api::wire::{DatabaseInfo, DbRole, Health, LocalDbInfo, NodeInfoBody, WriteDbInfo};
 use crate::client::cluster;
 use crate::store::Store;
 
@@ -42,17 +40,7 @@ pub async fn info(State(st): State<ApiState>) -> Json<NodeInfoBody> {
         region: st.info.region.clone(),
         write_region: st.router.write_region(),
         epoch: st.router.epoch(),
-        worker_pools: pools
-            .into_iter()
-            .map(|p| PoolInfo {
-                name: p.name,
-                queue: p.queue,
-                size: p.size,
-                busy: p.busy,
-                completed: p.completed,
-                failed: p.failed,
-            })
-            .collect(),
+        worker_pools: pools,
         database: DatabaseInfo {
             local: LocalDbInfo {
                 role: if local.is_primary {
