@@ -162,7 +162,9 @@ impl ServerTls {
 }
 
 /// Serves `app` over HTTPS on `listener` until `shutdown`, then lets open
-/// requests finish (idle keep-alive connections close at once).
+/// requests finish (idle keep-alive connections close at once). Every
+/// connection's task belongs to this server's `JoinSet`, which is drained
+/// before it returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -170,9 +172,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Reap finished connections so the set holds only open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -188,7 +193,7 @@ pub async fn serve(
         let app = app.clone();
         let watcher = graceful.watcher();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let stream = tokio::select! {
                 r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
                     Ok(Ok(s)) => s,
@@ -213,6 +218,7 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+    while conns.join_next().await.is_some() {}
 }
 
 /// What an HTTP client trusts and presents.
