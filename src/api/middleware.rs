@@ -25,7 +25,7 @@ pub async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Re
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let is_v1 = req.uri().path().starts_with("/v1");
     // Every line logged while serving the request carries these fields.
     let span = tracing::info_span!("request",
@@ -49,8 +49,10 @@ pub async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Re
             "request served"
         )
     });
+    // Label values come from fixed sets (route templates, methods, status
+    // classes), so no caller can add series.
     metrics::histogram!("swf_http_request_duration_seconds",
-        "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
+        "route" => route, "method" => method, "status" => status_class(resp.status()))
     .record(start.elapsed().as_secs_f64());
     // A forwarded answer keeps the serving node's headers.
     if is_v1 && !resp.headers().contains_key(H_SERVED_BY) {
@@ -154,4 +156,52 @@ pub async fn v1_guard(State(st): State<ApiState>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+/// The method as a metric label: the standard methods, anything else `other`.
+pub(crate) fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The status as a metric label: its class (`2xx` ... `5xx`).
+pub(crate) fn status_class(s: axum::http::StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{Method, StatusCode};
+
+    #[test]
+    fn metric_labels_come_from_fixed_sets() {
+        let cases = [
+            (Method::GET, "GET"),
+            (Method::POST, "POST"),
+            (Method::from_bytes(b"BREW").unwrap(), "other"),
+            (Method::from_bytes(b"X-ANYTHING-123").unwrap(), "other"),
+        ];
+        for (m, want) in cases {
+            assert_eq!(method_label(&m), want, "{m}");
+        }
+        assert_eq!(status_class(StatusCode::CREATED), "2xx");
+        assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
+        assert_eq!(status_class(StatusCode::from_u16(599).unwrap()), "5xx");
+    }
 }

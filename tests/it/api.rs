@@ -427,3 +427,57 @@ async fn each_workflow_limit_is_named_in_its_error_and_changes_nothing() {
     let mut node = node;
     node.shutdown().await;
 }
+
+/// Methods seen in `swf_http_request_duration_seconds` series other than the
+/// standard ones (every series of the metric, whichever test made it).
+fn odd_method_series(metrics: &str) -> std::collections::BTreeSet<String> {
+    const STANDARD: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("swf_http_request_duration_seconds_count{"))
+        .filter_map(|l| {
+            let m = l.split("method=\"").nth(1)?.split('"').next()?;
+            (!STANDARD.contains(&m)).then(|| m.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn made_up_methods_add_no_metric_series() {
+    let db = fresh_db().await;
+    let node = start_node(node_config("metrics-node", &db), Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    for round in 0..2 {
+        for i in 0..60 {
+            let method = reqwest::Method::from_bytes(format!("ODD{round}X{i}").as_bytes()).unwrap();
+            let path = if i % 2 == 0 {
+                "/v1/workflows"
+            } else {
+                "/no/such/path"
+            };
+            let a = api.send(api.client.request(method, path)).await;
+            assert!(a.status == 404 || a.status == 405, "status {}", a.status);
+        }
+    }
+    let text = api
+        .get("/metrics")
+        .await
+        .body
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let odd = odd_method_series(&text);
+    assert!(
+        odd.iter().all(|m| m == "other"),
+        "120 made-up methods became metric labels: {} series ({:?}...)",
+        odd.len(),
+        odd.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        text.contains("method=\"other\""),
+        "odd methods are counted as `other`"
+    );
+    // Writes still work afterwards.
+    let run_id = api.submit(&diamond("after odd methods")).await;
+    assert_eq!(api.wait_terminal(&run_id, 30).await["status"], "completed");
+}
