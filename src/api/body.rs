@@ -49,8 +49,8 @@ pub fn read_token(h: &HeaderMap) -> Result<Option<Token>, ApiError> {
             .map(Some)
             .ok_or_else(|| {
                 ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "malformed swf-consistency-token header",
+                    ErrorCode::InvalidToken,
+                    "malformed swf-consistency-token header (expected <epoch>-<LSN>, as a write answered)",
                 )
             }),
     }

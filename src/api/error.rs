@@ -59,6 +59,7 @@ impl From<ClientError> for ApiError {
             UnknownHandler(_) => ErrorCode::UnknownHandler,
             UnknownRegion(_) => ErrorCode::UnknownRegion,
             InvalidRequest(_) => ErrorCode::InvalidRequest,
+            InvalidToken(_) => ErrorCode::InvalidToken,
             NotFound(_) => ErrorCode::NotFound,
             InvalidState(_) => ErrorCode::InvalidState,
             WriteUnavailable(_) => ErrorCode::WriteUnavailable,

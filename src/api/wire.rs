@@ -39,6 +39,7 @@ pub enum ErrorCode {
     InvalidJson,
     InvalidWorkflow,
     InvalidRequest,
+    InvalidToken,
     UnknownHandler,
     UnknownRegion,
     PayloadTooLarge,
@@ -61,10 +62,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the server sends, for tables and tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidWorkflow,
         ErrorCode::InvalidRequest,
+        ErrorCode::InvalidToken,
         ErrorCode::UnknownHandler,
         ErrorCode::UnknownRegion,
         ErrorCode::PayloadTooLarge,
@@ -86,7 +88,8 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            InvalidJson | InvalidWorkflow | InvalidRequest | UnknownHandler | UnknownRegion => 400,
+            InvalidJson | InvalidWorkflow | InvalidRequest | InvalidToken | UnknownHandler
+            | UnknownRegion => 400,
             Unauthorized => 401,
             Forbidden | ClientRoleDisabled => 403,
             NotFound => 404,
@@ -107,6 +110,7 @@ impl ErrorCode {
             InvalidJson => "invalid_json",
             InvalidWorkflow => "invalid_workflow",
             InvalidRequest => "invalid_request",
+            InvalidToken => "invalid_token",
             UnknownHandler => "unknown_handler",
             UnknownRegion => "unknown_region",
             PayloadTooLarge => "payload_too_large",

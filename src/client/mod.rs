@@ -32,6 +32,8 @@ pub enum ClientError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]
+    InvalidToken(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     InvalidState(String),
@@ -201,12 +203,29 @@ impl Client {
         self.document(run_id, RunDoc::Lineage, token).await
     }
 
+    /// Refuses a token whose epoch no database shows: a caller's token
+    /// never moves this node's epoch (a forged one would fence every write).
+    async fn check_token(&self, token: Option<&Token>) -> Result<(), ClientError> {
+        match token {
+            Some(t) if !self.router.epoch_reached(t.epoch).await => {
+                Err(ClientError::InvalidToken(format!(
+                    "swf-consistency-token names epoch {}, but the cluster is at epoch {}: \
+                     the token was not issued by this cluster",
+                    t.epoch,
+                    self.router.epoch()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn document(
         &self,
         run_id: Uuid,
         kind: RunDoc,
         token: Option<&Token>,
     ) -> Result<(Arc<Value>, ReadSource), ClientError> {
+        self.check_token(token).await?;
         // Documents are shared with the cache, never copied.
         let cache = self.router.cache();
         let cached = cache.get(run_id, kind, token).await;
@@ -307,6 +326,7 @@ impl Client {
             ));
         }
         let cursor = after.map(decode_cursor).transpose()?;
+        self.check_token(token).await?;
         let plan = self.router.plan(token, None);
         let (source, _, runs) = self
             .read_planned(plan, token, |store| async move {

@@ -117,9 +117,6 @@ impl Router {
 
     /// Where a read with `token` should go, given an optional fresh cache entry.
     pub fn plan(&self, token: Option<&Token>, cached: Option<&CachedDoc>) -> ReadPlan {
-        if let Some(t) = token {
-            self.observe_epoch(t.epoch);
-        }
         plan_read(
             token,
             cached,

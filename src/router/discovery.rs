@@ -97,8 +97,25 @@ impl Router {
                 *lost = Some(Instant::now());
             }
         }
-        // Callers that queued behind a discovery that started after they
-        // failed take its result instead of running another.
+        self.rediscover().await;
+    }
+
+    /// Whether the cluster has reached `epoch` (a caller's token names it).
+    /// The node believes an epoch only when a database shows it: one newer
+    /// than it knows makes it look for the primary again (shared with other
+    /// callers), and never raises its epoch by itself.
+    pub async fn epoch_reached(&self, epoch: u64) -> bool {
+        if epoch <= self.epoch() {
+            return true;
+        }
+        self.rediscover().await;
+        epoch <= self.epoch()
+    }
+
+    /// Looks for the primary again. Callers that queued behind a discovery
+    /// that started after they asked take its result instead of running
+    /// another.
+    async fn rediscover(&self) {
         let asked_at = Instant::now();
         let mut last = self.discovering.lock().await;
         if last.is_some_and(|t| t >= asked_at) {

@@ -176,7 +176,7 @@ async fn routes_headers_and_error_codes() {
                 .header("swf-consistency-token", "garbage"),
         )
         .await;
-    assert_eq!((a.status, a.code()), (400, "invalid_request"));
+    assert_eq!((a.status, a.code()), (400, "invalid_token"));
 
     // Regions (single region).
     let r = api.get("/v1/regions").await;
@@ -480,4 +480,49 @@ async fn made_up_methods_add_no_metric_series() {
     // Writes still work afterwards.
     let run_id = api.submit(&diamond("after odd methods")).await;
     assert_eq!(api.wait_terminal(&run_id, 30).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_forged_token_is_refused_and_changes_no_epoch() {
+    let db = fresh_db().await;
+    let node = start_node(node_config("token-node", &db), Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let run_id = api.submit(&diamond("before forgery")).await;
+    api.wait_terminal(&run_id, 30).await;
+    let epoch = api.get("/health/info").await.body["epoch"].clone();
+    for (path, token) in [
+        (format!("/v1/workflows/{run_id}"), "999999-0/0"),
+        (
+            format!("/v1/workflows/{run_id}/lineage"),
+            "999999-FFFFFFFF/FFFFFFFF",
+        ),
+        ("/v1/workflows".to_string(), "2-0/0"),
+        (format!("/v1/workflows/{run_id}"), "not-a-token"),
+    ] {
+        let a = api
+            .send(
+                api.http
+                    .get(format!("{}{path}", api.base))
+                    .header("swf-consistency-token", token),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (400, "invalid_token"),
+            "{path} {token}"
+        );
+    }
+    // The node's epoch did not move, and writes and executors carry on.
+    assert_eq!(api.get("/health/info").await.body["epoch"], epoch);
+    let after = api.submit(&diamond("after forgery")).await;
+    assert_eq!(api.wait_terminal(&after, 30).await["status"], "completed");
+    // A token of the real epoch is served.
+    let ok = api
+        .send(
+            api.http
+                .get(format!("{}/v1/workflows/{after}", api.base))
+                .header("swf-consistency-token", format!("{epoch}-0/0")),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
 }
