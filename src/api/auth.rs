@@ -142,10 +142,11 @@ impl Auth {
         }
     }
 
-    /// Checks an `Authorization` header value against `scope`.
+    /// Checks an `Authorization` header value against `scope`. The scheme
+    /// name is case-insensitive (RFC 9110), the token is not.
     pub fn check(&self, header: Option<&str>, scope: Scope) -> Result<(), Denied> {
         let presented = header
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
@@ -186,6 +187,13 @@ impl Auth {
         *level -= 1.0;
         Ok(())
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value, the scheme
+/// matched without regard to case.
+fn bearer_credentials(h: &str) -> Option<&str> {
+    let (scheme, rest) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest)
 }
 
 #[cfg(test)]
@@ -242,6 +250,9 @@ pub(crate) mod tests {
             (read, Some("Bearer nope"), "401"),
             (read, Some("Basic r-secret"), "401"),
             (read, Some("Bearer r-secret"), "ok"),
+            (read, Some("bearer r-secret"), "ok"),
+            (read, Some("BEARER r-secret"), "ok"),
+            (read, Some("Bearer R-SECRET"), "401"),
             (submit, Some("Bearer r-secret"), "403"),
             (submit, Some("Bearer w-secret"), "ok"),
             (admin, Some("Bearer w-secret"), "403"),

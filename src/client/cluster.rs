@@ -90,7 +90,12 @@ pub async fn ready(router: &Router) -> Ready {
     match router.local_store().schema_compat().await {
         Ok(SchemaCompat::Current(v)) => Ready::current(v),
         Ok(c) => Ready::not_ready(c.problem().unwrap_or_default()),
-        Err(e) => Ready::not_ready(e.to_string()),
+        // The detail goes to the log; anonymous callers learn only which
+        // database is not answering.
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the local database did not answer");
+            Ready::not_ready("the local database is not reachable; see the node's log".to_string())
+        }
     }
 }
 
