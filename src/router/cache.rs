@@ -241,6 +241,12 @@ impl LineageCache {
         self.inner.invalidate(&(run_id, RunDoc::Lineage)).await;
     }
 
+    /// Drops every entry: after an epoch change, documents read before it
+    /// may describe runs the new primary never received.
+    pub fn clear(&self) {
+        self.inner.invalidate_all();
+    }
+
     /// Approximate number of entries (moka counts lazily: expired or evicted
     /// entries leave the count when its maintenance runs).
     pub fn entry_count(&self) -> u64 {

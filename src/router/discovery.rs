@@ -82,9 +82,13 @@ impl Router {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Records an epoch seen in a token or a database.
+    /// Records an epoch a database showed. A new epoch clears the lineage
+    /// cache: what was read before a failover may be lost on the new primary.
     pub fn observe_epoch(&self, epoch: u64) {
-        self.epoch.fetch_max(epoch, Ordering::AcqRel);
+        let before = self.epoch.fetch_max(epoch, Ordering::AcqRel);
+        if epoch > before {
+            self.cache().clear();
+        }
     }
 
     /// Called after a write failed in a way that suggests the primary moved
@@ -132,5 +136,46 @@ impl Router {
     /// [`Router::take_primary_lost_at`]).
     pub fn take_primary_lost_at(&self) -> Option<Instant> {
         self.primary_lost_at.lock().expect("lost lock").take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use uuid::Uuid;
+
+    use crate::config::RoutingConfig;
+    use crate::model::token::Lsn;
+    use crate::router::cache::CachedDoc;
+    use crate::router::Router;
+    use crate::store::{RunDoc, Store};
+
+    #[tokio::test]
+    async fn a_new_epoch_clears_the_lineage_cache() {
+        // A lazy pool: nothing here connects.
+        let store = Store::connect_lazy("postgres://127.0.0.1:9/none", 1).unwrap();
+        let r = Router::new("us-east", store, vec![], RoutingConfig::default(), "n1");
+        let run = Uuid::now_v7();
+        let doc = CachedDoc {
+            doc: Arc::new(serde_json::json!({"status": "completed"})),
+            epoch: 1,
+            lsn: Lsn(10),
+            terminal: true,
+            stored_at: Instant::now(),
+        };
+        r.cache().put(run, RunDoc::Status, doc).await;
+        r.observe_epoch(1);
+        assert!(
+            r.cache().get(run, RunDoc::Status, None).await.is_some(),
+            "same epoch keeps it"
+        );
+        r.observe_epoch(2);
+        assert!(
+            r.cache().get(run, RunDoc::Status, None).await.is_none(),
+            "epoch 2 clears it"
+        );
+        assert_eq!(r.epoch(), 2);
     }
 }
