@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use singularity_workflow::executor::handlers::{HandlerError, Registry, TaskContext};
-use singularity_workflow::model::workflow::{validate, Limits, WorkflowSpec};
-use singularity_workflow::store::{
-    AttemptRef, Finish, FinishResult, Leases, NewRun, RunDoc, Store,
-};
+use singularity_workflow::store::{AttemptRef, Finish, FinishResult, Leases, RunDoc, Store};
 
 use crate::harness::*;
 
@@ -251,28 +248,11 @@ async fn killed_executor_task_completes_elsewhere() {
 async fn stale_completion_is_refused() {
     let db = fresh_db().await;
     let store = Store::connect_lazy(&db, 4).unwrap();
-    let spec: WorkflowSpec = serde_json::from_value(
+    let run = new_run(
         json!({"goal": "stale", "steps": [{"id": "s", "handler": "noop", "timeout_ms": 200}]}),
-    )
-    .unwrap();
-    let steps = validate(&spec, &Limits::default(), |_| true, |_| true).unwrap();
-    let run_id = uuid::Uuid::now_v7();
-    store
-        .submit_runs(
-            &[NewRun {
-                run_id,
-                goal: spec.goal.clone(),
-                input: None,
-                idempotency_key: None,
-                decomposer: None,
-                submitted_by: "test".into(),
-                submitted_region: "us-east".into(),
-                steps,
-            }],
-            1,
-        )
-        .await
-        .unwrap();
+    );
+    let run_id = run.run_id;
+    store.submit_runs(&[run], 1).await.unwrap();
     let leases = Leases {
         lease_ms: 15_000,
         margin_ms: 1,

@@ -393,3 +393,33 @@ pub fn free_port_pair() -> u16 {
     }
     panic!("no two consecutive free ports");
 }
+
+/// A run of `spec` (JSON) for the store's own calls, validated as submit does.
+pub fn new_run(spec: Value) -> singularity_workflow::store::NewRun {
+    use singularity_workflow::model::workflow::{validate, Limits, WorkflowSpec};
+    let spec: WorkflowSpec = serde_json::from_value(spec).unwrap();
+    let steps = validate(&spec, &Limits::default(), |_| true, |_| true).unwrap();
+    singularity_workflow::store::NewRun {
+        run_id: uuid::Uuid::now_v7(),
+        goal: spec.goal.clone(),
+        input: None,
+        idempotency_key: None,
+        decomposer: None,
+        submitted_by: "test".into(),
+        submitted_region: "us-east".into(),
+        steps,
+    }
+}
+
+/// A replica of the test primary under `name`, and the URL of database
+/// `db` (a URL on the primary) on it, once it answers.
+pub async fn replica_of(name: &str, db: &str) -> (PgServer, String) {
+    let replica = own_replica(name).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        replica.port(),
+        db.rsplit('/').next().unwrap()
+    );
+    wait_db(&url).await;
+    (replica, url)
+}

@@ -129,13 +129,7 @@ async fn reads_follow_tokens_and_the_cache() {
 #[tokio::test]
 async fn token_reads_never_stale_while_replay_is_paused() {
     let db = fresh_db().await;
-    let mut replica = own_replica("paused").await;
-    let eu_db = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        replica.port(),
-        db.rsplit('/').next().unwrap()
-    );
-    wait_db(&eu_db).await;
+    let (mut replica, eu_db) = replica_of("paused", &db).await;
     let (_, mut eu) = two_regions(&db, &eu_db);
     eu.enable_executor = false; // keep runs as they are
     eu.routing.max_replica_lag_ms = 300;

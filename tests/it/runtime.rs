@@ -149,13 +149,7 @@ async fn local_healthy(api: &Api) -> Option<bool> {
 #[tokio::test]
 async fn a_frozen_replica_turns_unhealthy_and_reads_go_to_the_primary() {
     let db = fresh_db().await;
-    let replica = own_replica("frozen").await;
-    let eu_db = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        replica.port(),
-        db.rsplit('/').next().unwrap()
-    );
-    wait_db(&eu_db).await;
+    let (replica, eu_db) = replica_of("frozen", &db).await;
     let (_, mut eu) = two_regions(&db, &eu_db);
     eu.enable_executor = false;
     let mut node = start_node(eu, Registry::with_builtins()).await;

@@ -2,10 +2,9 @@
 //! and a database of the first schema upgrading in place with work in flight.
 
 use serde_json::{json, Value};
-use singularity_workflow::model::workflow::{validate, Limits, WorkflowSpec};
 use singularity_workflow::store::{
-    AttemptRef, ClaimedTask, Finish, FinishResult, Leases, NewRun, NodeRow, RunDoc, SchemaCompat,
-    Store, StoreError,
+    AttemptRef, ClaimedTask, Finish, FinishResult, Leases, NodeRow, RunDoc, SchemaCompat, Store,
+    StoreError,
 };
 use uuid::Uuid;
 
@@ -20,21 +19,6 @@ const LEASES: Leases = Leases {
     backoff_base_ms: 10,
     backoff_cap_ms: 10,
 };
-
-fn new_run(spec: Value) -> NewRun {
-    let spec: WorkflowSpec = serde_json::from_value(spec).unwrap();
-    let steps = validate(&spec, &Limits::default(), |_| true, |_| true).unwrap();
-    NewRun {
-        run_id: Uuid::now_v7(),
-        goal: spec.goal.clone(),
-        input: None,
-        idempotency_key: None,
-        decomposer: None,
-        submitted_by: "test".into(),
-        submitted_region: "us-east".into(),
-        steps,
-    }
-}
 
 fn node_row(id: &str) -> NodeRow {
     NodeRow {
