@@ -161,19 +161,39 @@ impl ServerTls {
     }
 }
 
-/// Serves `app` over HTTPS on `listener` until `shutdown`, then lets open
-/// requests finish (idle keep-alive connections close at once). Every
-/// connection's task belongs to this server's `JoinSet`, which is drained
-/// before it returns.
+/// Bounds on the server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once (api.max_connections); past it the
+    /// server stops accepting until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a whole request head
+    /// (api.header_read_timeout_ms); then it is disconnected.
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is set) until
+/// `shutdown`, then lets open requests finish (idle keep-alive connections
+/// close at once). Every connection's task belongs to this server's
+/// `JoinSet`, which is drained before it returns; at most
+/// `limits.max_connections` are open at once, and a client that does not
+/// finish its request head in time is disconnected.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    tls: Arc<ServerTls>,
+    tls: Option<Arc<ServerTls>>,
+    limits: ServeLimits,
     shutdown: CancellationToken,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut conns = tokio::task::JoinSet::new();
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
+        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             // Reap finished connections so the set holds only open ones.
@@ -189,11 +209,15 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = tls.acceptor();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         let app = app.clone();
         let watcher = graceful.watcher();
         let stop = shutdown.clone();
         conns.spawn(async move {
+            let _slot = permit;
+            let Some(acceptor) = acceptor else {
+                return serve_conn(tcp, app, watcher, limits, peer).await;
+            };
             let stream = tokio::select! {
                 r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => match r {
                     Ok(Ok(s)) => s,
@@ -208,17 +232,32 @@ pub async fn serve(
                 },
                 _ = stop.cancelled() => return,
             };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(%peer, error = %e, "HTTPS connection ended with an error");
-            }
+            serve_conn(stream, app, watcher, limits, peer).await
         });
     }
     drop(listener);
     graceful.shutdown().await;
     while conns.join_next().await.is_some() {}
+}
+
+/// Serves HTTP/1.1 on one connection, watched by the graceful shutdown.
+async fn serve_conn<S>(
+    stream: S,
+    app: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: ServeLimits,
+    peer: std::net::SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// What an HTTP client trusts and presents.

@@ -80,6 +80,8 @@ pub(crate) const KEYS: &[Key] = &[
     shown("api.tls_key", Str),
     shown("api.client_ca", Str),
     shown("api.peer_ca", Str),
+    key("api.max_connections", Int),
+    key("api.header_read_timeout_ms", Int),
     key("database", Tbl),
     shown("database.url", Str),
     key("database.max_connections", Int),

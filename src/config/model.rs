@@ -138,6 +138,12 @@ pub struct ApiConfig {
     /// PEM CA that peers' certificates are verified against when this node
     /// calls them (forwarding, drills); unset: the built-in web roots.
     pub peer_ca: Option<PathBuf>,
+    /// Connections served at once; past it, new ones wait in the kernel's
+    /// accept queue.
+    pub max_connections: usize,
+    /// A client that has not sent a whole request head within this long is
+    /// disconnected (slow-header attacks).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -150,6 +156,8 @@ impl Default for ApiConfig {
             tls_key: None,
             client_ca: None,
             peer_ca: None,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
         }
     }
 }

@@ -285,6 +285,22 @@ fn build_api(
              set): peers forwarding to it will fail; use https://"
         ));
     }
+    let d = ApiConfig::default();
+    let int = |key: &str| doc.int(&["api", key]);
+    let max_connections = ctx.ranged(
+        "api.max_connections",
+        int("max_connections"),
+        d.max_connections as i64,
+        1,
+        1_000_000,
+    )?;
+    let header_read_timeout_ms = ctx.ranged(
+        "api.header_read_timeout_ms",
+        int("header_read_timeout_ms"),
+        d.header_read_timeout_ms as i64,
+        1,
+        600_000,
+    )?;
     Ok(ApiConfig {
         listen,
         public_url,
@@ -292,6 +308,8 @@ fn build_api(
         tls_key,
         client_ca,
         peer_ca,
+        max_connections,
+        header_read_timeout_ms,
     })
 }
 

@@ -91,19 +91,11 @@ pub(super) fn spawn(
         tasks.spawn(reload_on_hup(hup, tls, shutdown.clone()).instrument(span.clone()));
     }
     let shutdown = shutdown.clone();
-    let serve = async move {
-        match tls {
-            Some(tls) => crate::api::tls::serve(listener, app, tls, shutdown).await,
-            None => {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    error!(error = %e, "HTTP server stopped");
-                }
-            }
-        }
+    let limits = crate::api::tls::ServeLimits {
+        max_connections: config.api.max_connections,
+        header_read_timeout: Duration::from_millis(config.api.header_read_timeout_ms),
     };
+    let serve = crate::api::tls::serve(listener, app, tls, limits, shutdown);
     tasks.spawn(serve.instrument(span.clone()));
     Ok(())
 }

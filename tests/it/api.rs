@@ -526,3 +526,46 @@ async fn a_forged_token_is_refused_and_changes_no_epoch() {
         .await;
     assert_eq!(ok.status, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = fresh_db().await;
+    let mut cfg = node_config("slow-headers", &db);
+    cfg.api.header_read_timeout_ms = 300;
+    cfg.api.max_connections = 3;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let addr = node.url().trim_start_matches("http://").to_string();
+    // Three clients take every connection slot and never end their heads.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // A real request is still served: the slow ones are cut off.
+    let ok = tokio::time::timeout(std::time::Duration::from_secs(20), api.get("/health"))
+        .await
+        .expect("the node answers while slow clients hold its connections");
+    assert_eq!(ok.status, 200);
+    for mut s in slow {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => continue, // hyper may answer 408 before closing
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        assert!(
+            closed,
+            "a client that never finished its headers is disconnected"
+        );
+    }
+}
