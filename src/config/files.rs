@@ -9,7 +9,7 @@ use super::env::{ignored_env, var_for};
 use super::error::ConfigError;
 use super::model::{Config, Loaded, RegionSpec, TokenSpec};
 use super::parse::{parse, Input};
-use super::side::{auth_warning, check_listed, parse_regions, parse_tokens};
+use super::side::{auth_warning, check_listed, link_warnings, parse_regions, parse_tokens};
 
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
@@ -98,6 +98,7 @@ impl Config {
             )?;
             loaded.config.regions = regions;
         }
+        loaded.warnings.extend(link_warnings(&loaded.config));
         Ok(loaded)
     }
 

@@ -144,3 +144,158 @@ pub(crate) fn auth_warning(config: &Config) -> Option<String> {
             .to_string()
     })
 }
+/// Warnings for links that cross regions unprotected: another region's
+/// database reached without verified TLS (`sslmode=verify-full` or
+/// `verify-ca`), and, with auth on, another region's node reached over plain
+/// `http://` (forwarded calls carry the caller's bearer token). Loopback
+/// addresses (one machine, `swf dev`) are not warned about.
+pub(crate) fn link_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in config.regions.iter().filter(|r| r.name != config.region) {
+        let host = url_host(&r.database_url);
+        let mode = url_query(&r.database_url, "sslmode");
+        if !is_loopback(host) && !matches!(mode, Some("verify-full" | "verify-ca")) {
+            out.push(format!(
+                "region `{}`: its database_url reaches {host} without verified TLS \
+                 (sslmode={}): add sslmode=verify-full&sslrootcert=... so the cross-region \
+                 link is encrypted and the server is checked",
+                r.name,
+                mode.unwrap_or("unset")
+            ));
+        }
+        if let Some(api) = &r.api_url {
+            if config.auth.enabled && api.starts_with("http://") && !is_loopback(url_host(api)) {
+                out.push(format!(
+                    "region `{}`: api_url {api} is plain http: calls pinned to that region \
+                     would forward the caller's bearer token unencrypted; use https://",
+                    r.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The host of `scheme://[user[:pass]@]host[:port][/...]` (brackets kept off IPv6).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    host_port.split(':').next().unwrap_or("")
+}
+
+/// The value of query parameter `key`, if present.
+fn url_query<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.is_empty()
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    #[test]
+    fn unprotected_cross_region_links_are_warned_about() {
+        let region = |name: &str, db: &str, api: Option<&str>| RegionSpec {
+            name: name.into(),
+            database_url: db.into(),
+            api_url: api.map(Into::into),
+        };
+        // (regions, auth on, expected warnings: region names, in order)
+        let cases: Vec<(Vec<RegionSpec>, bool, Vec<&str>)> = vec![
+            (
+                vec![region("eu", "postgres://u:p@db.eu.example:5432/swf", None)],
+                true,
+                vec!["eu"],
+            ),
+            (
+                vec![region(
+                    "eu",
+                    "postgres://db.eu.example/swf?sslmode=require",
+                    None,
+                )],
+                false,
+                vec!["eu"],
+            ),
+            (
+                vec![region(
+                    "eu",
+                    "postgres://db.eu.example/swf?sslmode=verify-full&sslrootcert=/ca.pem",
+                    None,
+                )],
+                true,
+                vec![],
+            ),
+            (
+                vec![region("eu", "postgres://u@127.0.0.1:6000/swf", None)],
+                true,
+                vec![],
+            ),
+            (
+                vec![region(
+                    "eu",
+                    "postgres://u@[::1]:6000/swf",
+                    Some("http://[::1]:4001"),
+                )],
+                true,
+                vec![],
+            ),
+            (
+                vec![region(
+                    "eu",
+                    "postgres://db/swf?sslmode=verify-ca",
+                    Some("http://node.eu:4000"),
+                )],
+                true,
+                vec!["eu"],
+            ),
+            (
+                vec![region(
+                    "eu",
+                    "postgres://db/swf?sslmode=verify-ca",
+                    Some("http://node.eu:4000"),
+                )],
+                false,
+                vec![],
+            ),
+            // The node's own region is its local link: not warned about.
+            (
+                vec![region("us", "postgres://db.us.example/swf", None)],
+                true,
+                vec![],
+            ),
+        ];
+        for (regions, auth, want) in cases {
+            let mut c = Config::for_dev(
+                "n",
+                "us",
+                "us",
+                ([127, 0, 0, 1], 0).into(),
+                "postgres://x/y",
+            );
+            c.regions = regions.clone();
+            c.auth.enabled = auth;
+            let got = link_warnings(&c);
+            assert_eq!(got.len(), want.len(), "{regions:?} auth={auth}: {got:?}");
+            for (g, w) in got.iter().zip(want) {
+                assert!(g.starts_with(&format!("region `{w}`")), "{g}");
+            }
+        }
+    }
+}
