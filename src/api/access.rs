@@ -19,7 +19,8 @@ use crate::api::state::ApiState;
 /// The access of every (method, route) registered.
 #[derive(Debug, Default)]
 pub struct RouteAccess {
-    by_route: HashMap<(Method, &'static str), Access>,
+    /// Per route template, the access of each method it serves.
+    by_route: HashMap<&'static str, Vec<(Method, Access)>>,
     /// Per route, the least access of its methods (for other methods).
     least: HashMap<&'static str, Access>,
 }
@@ -39,12 +40,13 @@ impl RouteAccess {
     /// (axum's `MatchedPath`), `path` the request's path.
     pub fn of(&self, method: &Method, route: Option<&str>, path: &str) -> Access {
         match route {
+            // Looked up by the template, not scanned: this runs per request.
             Some(r) => self
                 .by_route
-                .iter()
-                .find(|((m, p), _)| m == method && *p == r)
+                .get(r)
+                .and_then(|ms| ms.iter().find(|(m, _)| m == method))
                 .map(|(_, a)| *a)
-                .or_else(|| self.least.iter().find(|(p, _)| **p == r).map(|(_, a)| *a))
+                .or_else(|| self.least.get(r).copied())
                 .unwrap_or(Access::Open),
             None if path == "/v1" || path.starts_with("/v1/") => Access::Scope(Scope::Read),
             None => Access::Open,
@@ -80,7 +82,11 @@ impl Routes {
     {
         let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
         self.router = self.router.route(path, on(filter, handler));
-        self.access.by_route.insert((method, path), access);
+        self.access
+            .by_route
+            .entry(path)
+            .or_default()
+            .push((method, access));
         let least = self.access.least.entry(path).or_insert(access);
         if rank(access) < rank(*least) {
             *least = access;
@@ -91,7 +97,13 @@ impl Routes {
     /// Adds another table's routes (and their layers) to this one.
     pub fn merge(mut self, other: Routes) -> Routes {
         self.router = self.router.merge(other.router);
-        self.access.by_route.extend(other.access.by_route);
+        for (path, methods) in other.access.by_route {
+            self.access
+                .by_route
+                .entry(path)
+                .or_default()
+                .extend(methods);
+        }
         self.access.least.extend(other.access.least);
         self
     }
