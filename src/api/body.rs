@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 
 use crate::api::error::ApiError;
 use crate::api::wire::{ErrorCode, H_TOKEN};
-use crate::model::token::Token;
+use crate::model::token::{Token, TokenError, TokenKey};
 
 /// Reads a request body of at most `limit` bytes (refused up front when
 /// its declared length is already over), or 413 `payload_too_large`.
@@ -38,20 +38,23 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// The request's consistency token, if any; a malformed one is refused.
-pub fn read_token(h: &HeaderMap) -> Result<Option<Token>, ApiError> {
-    match h.get(H_TOKEN) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidToken,
-                    "malformed swf-consistency-token header (expected <epoch>-<LSN>, as a write answered)",
-                )
-            }),
-    }
+/// The request's consistency token, if any, verified with the cluster's
+/// key (in memory); a malformed one, or one this cluster did not sign, is
+/// refused with 400 `invalid_token` before it can change anything.
+pub fn read_token(h: &HeaderMap, key: &TokenKey) -> Result<Option<Token>, ApiError> {
+    let Some(v) = h.get(H_TOKEN) else {
+        return Ok(None);
+    };
+    let why = match v.to_str().map(|s| key.verify(s)) {
+        Ok(Ok(t)) => return Ok(Some(t)),
+        Ok(Err(TokenError::NotIssued)) => {
+            "swf-consistency-token was not issued by this cluster (altered, made up, from \
+             another cluster, or from before tokens were signed)"
+        }
+        Ok(Err(TokenError::Malformed)) | Err(_) => {
+            "malformed swf-consistency-token header (expected a token as a write answered it, \
+             <epoch>-<LSN>.<signature>, unchanged)"
+        }
+    };
+    Err(ApiError::new(ErrorCode::InvalidToken, why))
 }

@@ -1,7 +1,8 @@
 //! The layers around every route: [`observe`] (request span, latency
 //! histogram, node headers on `/v1` answers), [`guard`] (load shedding,
 //! authentication, request timeout) and [`v1_guard`] (client role, region
-//! pinning).
+//! pinning; a pinned call's consistency token is verified before it is
+//! forwarded).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use crate::api::access::RouteAccess;
+use crate::api::body::read_token;
 use crate::api::error::ApiError;
 use crate::api::forward::forward;
 use crate::api::state::ApiState;
@@ -149,6 +151,10 @@ pub async fn v1_guard(State(st): State<ApiState>, req: Request, next: Next) -> R
     if let Some(want) = req.headers().get(H_REGION) {
         let want = want.to_str().unwrap_or("").to_string();
         if want != st.info.region {
+            // A token this cluster did not sign is refused here, not spread.
+            if let Err(e) = read_token(req.headers(), st.router.token_key()) {
+                return e.into_response();
+            }
             return match forward(&st, &want, req).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),

@@ -3,6 +3,11 @@
 //! Submissions are validated here (pure), then stored through a
 //! micro-batcher so concurrent submits share round trips. Reads go where the
 //! router says. Errors are [`ClientError`]s, which the API maps to codes.
+//!
+//! Tokens reach this module verified (the API checks their MAC with the
+//! router's key before anything else), and even then they never set state:
+//! the node's epoch moves only when a database shows a newer one, and a
+//! cached document's version is the database's position ([`read_version`]).
 
 pub mod cluster;
 
@@ -17,7 +22,7 @@ use crate::model::token::Lsn;
 use crate::model::token::Token;
 use crate::model::workflow::{self, Limits, ValidationError, WorkflowSpec};
 use crate::router::cache::CachedDoc;
-use crate::router::{ReadPlan, ReadSource, Router};
+use crate::router::{LocalState, ReadPlan, ReadSource, Router};
 use crate::store::{NewRun, RunDoc, RunSummary, StoreError, Submitted};
 
 /// Client-side failures, each with a stable API code.
@@ -203,14 +208,15 @@ impl Client {
         self.document(run_id, RunDoc::Lineage, token).await
     }
 
-    /// Refuses a token whose epoch no database shows: a caller's token
-    /// never moves this node's epoch (a forged one would fence every write).
+    /// Refuses a (verified) token whose epoch no database shows: a caller's
+    /// token never moves this node's epoch, it only makes it look for the
+    /// primary again (a database restored from before the token's write).
     async fn check_token(&self, token: Option<&Token>) -> Result<(), ClientError> {
         match token {
             Some(t) if !self.router.epoch_reached(t.epoch).await => {
                 Err(ClientError::InvalidToken(format!(
-                    "swf-consistency-token names epoch {}, but the cluster is at epoch {}: \
-                     the token was not issued by this cluster",
+                    "swf-consistency-token names epoch {}, but no database of the cluster \
+                     shows an epoch past {}",
                     t.epoch,
                     self.router.epoch()
                 )))
@@ -234,41 +240,42 @@ impl Client {
             metrics::counter!("swf_reads_total", "source" => "cache").increment(1);
             return Ok((c.doc, ReadSource::Cache));
         }
-        let (source, floor, doc) = self
+        let epoch_before = self.router.epoch();
+        let (source, (epoch, lsn), doc) = self
             .read_planned(plan, token, |store| async move {
-                store.run_document(run_id, kind).await
+                store.run_document_sized(run_id, kind).await
             })
             .await?;
-        let doc =
-            Arc::new(doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?);
+        let (doc, bytes) =
+            doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?;
+        let doc = Arc::new(doc);
         let terminal = doc["status"].as_str().is_some_and(|s| s != "running");
-        let state = self.router.local_state();
-        cache
-            .put(
-                run_id,
-                kind,
-                CachedDoc {
-                    doc: doc.clone(),
-                    epoch: state.epoch.max(token.map_or(0, |t| t.epoch)),
-                    lsn: floor,
-                    terminal,
-                    stored_at: std::time::Instant::now(),
-                },
-            )
-            .await;
+        // A read that straddled an epoch change is not kept: the change may
+        // have cleared the cache before this put.
+        if self.router.epoch() == epoch_before {
+            let entry = CachedDoc {
+                doc: doc.clone(),
+                epoch,
+                lsn,
+                terminal,
+                bytes,
+                stored_at: std::time::Instant::now(),
+            };
+            cache.put(run_id, kind, entry).await;
+        }
         Ok((doc, source))
     }
 
-    /// Runs a read where `plan` says. Returns the source, an LSN the data is
-    /// known to reflect (for the cache), and the answer. A replica that does
-    /// not know a run yet (no token, so it may lag) is asked again on the
-    /// primary.
+    /// Runs a read where `plan` says. Returns the source, the version the
+    /// data is known to reflect ([`read_version`], for the cache), and the
+    /// answer. A replica that does not know a run yet (no token, so it may
+    /// lag) is asked again on the primary.
     async fn read_planned<T, F, Fut>(
         &self,
         plan: ReadPlan,
         token: Option<&Token>,
         read: F,
-    ) -> Result<(ReadSource, Lsn, Option<T>), ClientError>
+    ) -> Result<(ReadSource, (u64, Lsn), Option<T>), ClientError>
     where
         F: Fn(crate::store::Store) -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
@@ -282,26 +289,27 @@ impl Client {
             ReadPlan::Primary | ReadPlan::Cache => None,
         };
         if let Some(src) = local_ok {
-            // Replay only moves forward: what the tracker saw before the query
-            // is a floor of what the query sees. On a primary, only the
-            // caller's token is (a commit can be flushed before it is visible).
-            let floor = match src {
-                ReadSource::Replica => self.router.local_state().lsn,
-                _ => token.map_or(Lsn(0), |t| t.lsn),
-            };
+            // Taken before the query: what it reflects at least.
+            let version = read_version(src, &self.router.local_state(), self.router.epoch(), token);
             let got = read(self.router.local_store().clone())
                 .await
                 .map_err(ClientError::from_read)?;
             if got.is_some() || token.is_some() || src == ReadSource::Primary {
                 metrics::counter!("swf_reads_total", "source" => src.as_str()).increment(1);
-                return Ok((src, floor, got));
+                return Ok((src, version, got));
             }
         }
+        let version = read_version(
+            ReadSource::Primary,
+            &self.router.local_state(),
+            self.router.epoch(),
+            token,
+        );
         let got = read(self.router.write_store())
             .await
             .map_err(ClientError::from_read)?;
         metrics::counter!("swf_reads_total", "source" => "primary").increment(1);
-        Ok((ReadSource::Primary, token.map_or(Lsn(0), |t| t.lsn), got))
+        Ok((ReadSource::Primary, version, got))
     }
 
     /// Lists runs newest first. `after` is the `next` cursor of a previous page.
@@ -364,6 +372,31 @@ impl Client {
     }
 }
 
+/// The version `(epoch, lsn)` a document read from `src` is cached at,
+/// taken before the query: always the database's own position, never the
+/// caller's. A replica read: the epoch and replay position the tracker
+/// published (replay only moves forward, so the query saw at least that). A
+/// primary read: the router's epoch (the primary's), and as LSN the token's
+/// only if it is of that epoch (a verified token: a position the database
+/// issued for a write this read reflects), else 0. The primary's current WAL
+/// position is no floor: a commit can be written before it is visible.
+pub(crate) fn read_version(
+    src: ReadSource,
+    local: &LocalState,
+    primary_epoch: u64,
+    token: Option<&Token>,
+) -> (u64, Lsn) {
+    match src {
+        ReadSource::Replica => (local.epoch, local.lsn),
+        ReadSource::Primary | ReadSource::Cache => {
+            let lsn = token
+                .filter(|t| t.same_timeline(primary_epoch))
+                .map_or(Lsn(0), |t| t.lsn);
+            (primary_epoch, lsn)
+        }
+    }
+}
+
 /// Cursor text: `<created_at micros>.<run_id>`.
 fn encode_cursor(t: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
     format!("{}.{}", t.timestamp_micros(), id.simple())
@@ -380,6 +413,48 @@ fn decode_cursor(s: &str) -> Result<(chrono::DateTime<chrono::Utc>, Uuid), Clien
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_versions_come_from_the_database_never_the_caller() {
+        let replica = LocalState {
+            healthy: true,
+            is_primary: false,
+            epoch: 3,
+            lsn: Lsn(0x500),
+            lag_ms: 0,
+        };
+        let primary = LocalState {
+            is_primary: true,
+            ..replica
+        };
+        let tok = |epoch, lsn| Token {
+            epoch,
+            lsn: Lsn(lsn),
+        };
+        let high = tok(3, u64::MAX);
+        let newer_epoch = tok(9, 0x100);
+        use ReadSource::{Primary, Replica};
+        // (source, local state, router epoch, token, expected version)
+        let cases = [
+            (Replica, replica, 3, None, (3, 0x500)),
+            // A replica read is as new as its replay, whatever the token says.
+            (Replica, replica, 3, Some(high), (3, 0x500)),
+            (Replica, replica, 3, Some(newer_epoch), (3, 0x500)),
+            // A primary read: the router's epoch; the LSN of a token of that
+            // epoch (the database issued it), else 0.
+            (Primary, primary, 3, None, (3, 0)),
+            (Primary, replica, 3, Some(tok(3, 0x900)), (3, 0x900)),
+            (Primary, replica, 4, Some(tok(3, 0x900)), (4, 0)),
+            (Primary, primary, 3, Some(newer_epoch), (3, 0)),
+        ];
+        for (src, local, epoch, token, (we, wl)) in cases {
+            assert_eq!(
+                read_version(src, &local, epoch, token.as_ref()),
+                (we, Lsn(wl)),
+                "{src:?} {local:?} epoch {epoch} {token:?}"
+            );
+        }
+    }
 
     #[test]
     fn cursor_round_trip() {

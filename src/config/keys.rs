@@ -122,6 +122,7 @@ pub(crate) const KEYS: &[Key] = &[
     key("routing.max_replica_lag_ms", Int),
     key("routing.token_wait_ms", Int),
     key("routing.cache_entries", Int),
+    key("routing.cache_max_bytes", Int),
     key("routing.cache_running_ttl_ms", Int),
     key("routing.forward_timeout_ms", Int),
 ];

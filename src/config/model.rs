@@ -93,7 +93,10 @@ pub struct RoutingConfig {
     pub max_replica_lag_ms: u64,
     /// How long a read with a token waits for the local replica to replay it.
     pub token_wait_ms: u64,
+    /// Most documents the lineage cache keeps (0: none).
     pub cache_entries: u64,
+    /// Most bytes of documents (their JSON text) the lineage cache keeps (0: none).
+    pub cache_max_bytes: u64,
     /// How long a running run's status or lineage may be served from the cache.
     pub cache_running_ttl_ms: u64,
     /// Timeout of a call forwarded to another region's node.
@@ -106,6 +109,7 @@ impl Default for RoutingConfig {
             max_replica_lag_ms: 1_000,
             token_wait_ms: 500,
             cache_entries: 10_000,
+            cache_max_bytes: 64 * 1024 * 1024,
             cache_running_ttl_ms: 250,
             forward_timeout_ms: 10_000,
         }

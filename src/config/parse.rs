@@ -210,6 +210,13 @@ fn build_routing(doc: &Doc<'_>, ctx: &Ctx) -> Result<RoutingConfig, ConfigError>
             0,
             100_000_000,
         )?,
+        cache_max_bytes: ctx.ranged(
+            "routing.cache_max_bytes",
+            int("cache_max_bytes"),
+            d.cache_max_bytes as i64,
+            0,
+            1 << 40,
+        )?,
         cache_running_ttl_ms: ms("cache_running_ttl_ms", d.cache_running_ttl_ms)?,
         forward_timeout_ms: ms("forward_timeout_ms", d.forward_timeout_ms)?,
     })

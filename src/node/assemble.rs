@@ -1,6 +1,6 @@
-//! Assembly: the store, the router (with its tracker), the client and the
-//! executor a node's config asks for, their background tasks joining the
-//! node's `JoinSet`.
+//! Assembly: the store, the router (with its tracker and the cluster's
+//! token key), the client and the executor a node's config asks for, their
+//! background tasks joining the node's `JoinSet`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +45,19 @@ pub(super) async fn assemble(
     let control = control.or_else(|| hook_control(config));
     let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;
     check_schema(&store).await?;
+    // Read once from this region's database (a replica has it too); tokens
+    // are signed and verified in memory from here on.
+    let token_key = store
+        .token_key()
+        .await
+        .context("load the cluster's token key")?;
     let router = Arc::new(Router::new(
         &config.region,
         store.clone(),
         region_dbs(config, &store)?,
         config.routing.clone(),
         &config.node_id,
+        token_key,
     ));
     router
         .discover_primary()

@@ -19,8 +19,17 @@
 //! changes, so its documents live [`CacheSettings::terminal_ttl`] (10 min).
 //! The TTL is counted from [`CachedDoc::stored_at`] (when the document was
 //! read from the database), not from the insert, so re-putting an old read
-//! does not extend its life. Reads do not extend it either. Capacity is
-//! [`CacheSettings::max_entries`] entries, evicted by moka's TinyLFU policy.
+//! does not extend its life. Reads do not extend it either.
+//!
+//! **Bounded in bytes.** Each entry weighs the length of its document's JSON
+//! text as the database sent it ([`CachedDoc::bytes`], no re-serialising),
+//! but at least [`CacheSettings::max_bytes`] / [`CacheSettings::max_entries`];
+//! the weights of all entries stay within `max_bytes` (moka's weigher,
+//! evicting by its TinyLFU policy), so both bounds hold: at most `max_bytes`
+//! of documents and at most `max_entries` entries. A lineage of many
+//! attempts costs what it weighs, and one heavier than the whole cache is not
+//! kept at all. Moka applies the bound in its maintenance, which runs as
+//! entries are written, so the cache may briefly hold more.
 //!
 //! **Invalidation.** [`LineageCache::put`] never replaces an entry with a
 //! higher `(epoch, lsn)` by an older read (the check and the write are
@@ -58,8 +67,10 @@ use crate::store::RunDoc;
 pub struct CacheSettings {
     /// Value of the `cache` label on this cache's metrics.
     pub name: String,
-    /// Most entries kept (each document of a run is one entry).
+    /// Most entries kept (each document of a run is one entry); 0 keeps none.
     pub max_entries: u64,
+    /// Most bytes of documents kept (their JSON text); 0 keeps none.
+    pub max_bytes: u64,
     /// Lifetime of a document of a run that has not ended.
     pub running_ttl: Duration,
     /// Lifetime of a document of a completed, failed or cancelled run.
@@ -71,6 +82,7 @@ impl Default for CacheSettings {
         CacheSettings {
             name: "runs".to_string(),
             max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
             running_ttl: Duration::from_millis(250),
             terminal_ttl: Duration::from_secs(600),
         }
@@ -88,6 +100,9 @@ pub struct CachedDoc {
     pub lsn: Lsn,
     /// The run had ended (completed, failed or cancelled) in this document.
     pub terminal: bool,
+    /// Length of the document's JSON text as the database sent it (its
+    /// weight in the cache).
+    pub bytes: usize,
     /// When the document was read; its TTL counts from here.
     pub stored_at: Instant,
 }
@@ -152,13 +167,24 @@ pub struct LineageCache {
     name: String,
 }
 
+/// What one entry weighs against [`CacheSettings::max_bytes`]: its bytes,
+/// at least `floor` (so at most `max_entries` entries fit), in moka's `u32`.
+fn weight(doc: &CachedDoc, floor: u64) -> u32 {
+    (doc.bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
+}
+
 impl LineageCache {
     /// Builds an empty cache.
     pub fn new(settings: CacheSettings) -> Self {
         let label = settings.name.clone();
+        let (capacity, floor) = match settings.max_entries {
+            0 => (0, 1),
+            n => (settings.max_bytes, (settings.max_bytes / n).max(1)),
+        };
         let inner = Cache::builder()
             .name(&settings.name)
-            .max_capacity(settings.max_entries)
+            .max_capacity(capacity)
+            .weigher(move |_key, doc: &CachedDoc| weight(doc, floor))
             .expire_after(DocExpiry {
                 running_ttl: settings.running_ttl,
                 terminal_ttl: settings.terminal_ttl,
@@ -253,6 +279,12 @@ impl LineageCache {
         self.inner.entry_count()
     }
 
+    /// Approximate weight of the entries, in bytes of documents (moka counts
+    /// lazily, like [`LineageCache::entry_count`]).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.inner.weighted_size()
+    }
+
     /// The `cache` label of this cache's metrics.
     pub fn name(&self) -> &str {
         &self.name
@@ -268,9 +300,10 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
 
-    fn doc(epoch: u64, lsn: u64, terminal: bool) -> CachedDoc {
+    fn sized(v: serde_json::Value, epoch: u64, lsn: u64, terminal: bool) -> CachedDoc {
         CachedDoc {
-            doc: Arc::new(json!({ "lsn": lsn, "terminal": terminal })),
+            bytes: v.to_string().len(),
+            doc: Arc::new(v),
             epoch,
             lsn: Lsn(lsn),
             terminal,
@@ -278,11 +311,44 @@ mod tests {
         }
     }
 
+    fn doc(epoch: u64, lsn: u64, terminal: bool) -> CachedDoc {
+        sized(
+            json!({ "lsn": lsn, "terminal": terminal }),
+            epoch,
+            lsn,
+            terminal,
+        )
+    }
+
+    /// A lineage document of a run whose one step took `attempts` attempts.
+    fn lineage(attempts: usize) -> CachedDoc {
+        let trace: Vec<_> = (1..=attempts)
+            .map(|a| {
+                json!({"step_id": "s", "attempt": a, "node_id": "n1", "outcome": "failed",
+                            "error": "the handler failed again"})
+            })
+            .collect();
+        sized(
+            json!({"status": "failed", "execution_trace": trace}),
+            1,
+            1,
+            true,
+        )
+    }
+
     fn cache(running_ttl: Duration, max_entries: u64) -> LineageCache {
         LineageCache::new(CacheSettings {
             name: "test".into(),
             max_entries,
             running_ttl,
+            ..CacheSettings::default()
+        })
+    }
+
+    fn cache_of_bytes(max_bytes: u64) -> LineageCache {
+        LineageCache::new(CacheSettings {
+            name: "test".into(),
+            max_bytes,
             ..CacheSettings::default()
         })
     }
@@ -303,6 +369,7 @@ mod tests {
     fn default_settings() {
         let s = CacheSettings::default();
         assert_eq!(s.max_entries, 10_000);
+        assert_eq!(s.max_bytes, 64 * 1024 * 1024);
         assert_eq!(s.running_ttl, Duration::from_millis(250));
         assert_eq!(s.terminal_ttl, Duration::from_secs(600));
         assert_eq!(LineageCache::new(s.clone()).name(), s.name);
@@ -419,6 +486,53 @@ mod tests {
         c.inner.run_pending_tasks().await;
         assert!(c.entry_count() <= 10, "entries {}", c.entry_count());
         assert!(c.entry_count() > 0);
+    }
+
+    #[tokio::test]
+    async fn large_documents_are_evicted_by_their_bytes() {
+        const MAX: u64 = 1024 * 1024;
+        let c = cache_of_bytes(MAX);
+        // Small documents: many fit (the floor is 1 MiB / 10,000 entries).
+        let small: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+        for id in &small {
+            c.put(*id, RunDoc::Status, doc(1, 1, true)).await;
+        }
+        c.inner.run_pending_tasks().await;
+        assert_eq!(c.entry_count(), 50);
+        // Lineages of 1,000 attempts (~100 KB each): 40 of them are 4 MiB,
+        // four times the bound; what stays is within it.
+        let one = lineage(1_000);
+        assert!(one.bytes > 90_000, "{} bytes", one.bytes);
+        for _ in 0..40 {
+            c.put(Uuid::new_v4(), RunDoc::Lineage, one.clone()).await;
+            c.inner.run_pending_tasks().await;
+        }
+        assert!(
+            c.weighted_bytes() <= MAX,
+            "{} bytes cached, bound {MAX}",
+            c.weighted_bytes()
+        );
+        assert!(c.entry_count() < 50 + 40, "{} entries", c.entry_count());
+        // One lineage heavier than the whole cache (20,000 attempts) is not kept.
+        let huge = lineage(20_000);
+        assert!(huge.bytes as u64 > MAX);
+        let run = Uuid::new_v4();
+        c.put(run, RunDoc::Lineage, huge).await;
+        c.inner.run_pending_tasks().await;
+        assert!(c.get(run, RunDoc::Lineage, None).await.is_none());
+        assert!(c.weighted_bytes() <= MAX);
+    }
+
+    #[test]
+    fn an_entry_weighs_its_bytes_but_at_least_the_floor() {
+        let small = doc(1, 1, true);
+        assert_eq!(weight(&small, 1), small.bytes as u32);
+        assert_eq!(weight(&small, 6_710), 6_710);
+        let big = lineage(100);
+        assert_eq!(weight(&big, 6_710), big.bytes as u32);
+        let mut absurd = doc(1, 1, true);
+        absurd.bytes = usize::MAX;
+        assert_eq!(weight(&absurd, 1), u32::MAX);
     }
 
     /// Records counters and gauges as `name{k=v,..}` -> value (gauges as

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::config::RoutingConfig;
-use crate::model::token::Token;
+use crate::model::token::{Token, TokenKey};
 use crate::router::cache::{CacheSettings, CachedDoc, LineageCache};
 use crate::router::plan::{plan_read, LocalState, ReadPlan};
 use crate::store::{Store, StoreError};
@@ -55,22 +55,27 @@ pub struct Router {
     /// Bumped whenever the primary changes, so writes stuck on the old
     /// one give up at once and retry on the new one.
     pub(super) primary_gen: watch::Sender<u64>,
+    /// The cluster's token key (loaded from the database at start).
+    pub(super) token_key: TokenKey,
 }
 
 impl Router {
     /// `regions` lists every region's database (empty: the local database
-    /// is the only one, and the primary).
+    /// is the only one, and the primary). `token_key` is the cluster's
+    /// ([`Store::token_key`]): tokens are signed and verified with it.
     pub fn new(
         region: &str,
         local: Store,
         regions: Vec<RegionDb>,
         settings: RoutingConfig,
         node_id: &str,
+        token_key: TokenKey,
     ) -> Router {
         let (state_tx, state) = watch::channel(LocalState::default());
         let cache = LineageCache::new(CacheSettings {
             name: format!("lineage-{node_id}"),
             max_entries: settings.cache_entries,
+            max_bytes: settings.cache_max_bytes,
             running_ttl: Duration::from_millis(settings.cache_running_ttl_ms),
             ..CacheSettings::default()
         });
@@ -95,7 +100,14 @@ impl Router {
             primary_lost_at: Mutex::new(None),
             discovering: tokio::sync::Mutex::new(None),
             primary_gen: watch::Sender::new(0),
+            token_key,
         }
+    }
+
+    /// The cluster's token key: signs the tokens this node hands out and
+    /// verifies the ones callers send (in memory).
+    pub fn token_key(&self) -> &TokenKey {
+        &self.token_key
     }
 
     /// Waits until the local replica has replayed `token` (true) or the

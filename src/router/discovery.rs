@@ -147,7 +147,7 @@ mod tests {
     use uuid::Uuid;
 
     use crate::config::RoutingConfig;
-    use crate::model::token::Lsn;
+    use crate::model::token::{Lsn, TokenKey};
     use crate::router::cache::CachedDoc;
     use crate::router::Router;
     use crate::store::{RunDoc, Store};
@@ -156,13 +156,22 @@ mod tests {
     async fn a_new_epoch_clears_the_lineage_cache() {
         // A lazy pool: nothing here connects.
         let store = Store::connect_lazy("postgres://127.0.0.1:9/none", 1).unwrap();
-        let r = Router::new("us-east", store, vec![], RoutingConfig::default(), "n1");
+        let key = TokenKey::new(&[7; 32]).unwrap();
+        let r = Router::new(
+            "us-east",
+            store,
+            vec![],
+            RoutingConfig::default(),
+            "n1",
+            key,
+        );
         let run = Uuid::now_v7();
         let doc = CachedDoc {
             doc: Arc::new(serde_json::json!({"status": "completed"})),
             epoch: 1,
             lsn: Lsn(10),
             terminal: true,
+            bytes: 24,
             stored_at: Instant::now(),
         };
         r.cache().put(run, RunDoc::Status, doc).await;

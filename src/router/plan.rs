@@ -94,6 +94,7 @@ mod tests {
             epoch,
             lsn: Lsn(lsn),
             terminal: true,
+            bytes: 2,
             stored_at: Instant::now(),
         }
     }

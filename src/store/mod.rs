@@ -16,6 +16,7 @@
 //! - `reads`: run documents, the run list, drill checks.
 //! - `cluster`: recovery state, epochs, fencing, promotion, replication lag.
 //! - `nodes`: heartbeats.
+//! - `keys`: the cluster's token key (signing consistency tokens).
 //! - `queues`: pgmq queues, their depths, NOTIFY channels.
 //! - `admin` (feature `dev`): creating databases, reloading configuration.
 
@@ -24,6 +25,7 @@ mod admin;
 mod cluster;
 mod conn;
 mod engine;
+mod keys;
 mod nodes;
 mod queues;
 mod reads;

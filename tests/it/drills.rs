@@ -268,6 +268,7 @@ async fn a_resurrected_old_primary_is_never_written_to() {
         regions,
         Default::default(),
         "fence-test",
+        old.token_key().await.unwrap(),
     );
     router.discover_primary().await.unwrap();
     assert_eq!(router.write_region(), "eu-west");

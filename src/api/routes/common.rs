@@ -9,7 +9,6 @@ use crate::api::error::ApiError;
 use crate::api::state::ApiState;
 use crate::api::wire::{ErrorCode, H_READ_SOURCE, H_TOKEN};
 use crate::client::Client;
-use crate::model::token::Token;
 use crate::router::ReadSource;
 
 /// The node's client role (v1_guard has refused the call without one).
@@ -33,8 +32,10 @@ pub fn with_read_source(mut resp: Response, src: ReadSource) -> Response {
     resp
 }
 
-pub fn with_token(mut resp: Response, token: &Token) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&token.to_string()) {
+/// Adds the `swf-consistency-token` header: `signed` is the token as
+/// `TokenKey::sign` wrote it.
+pub fn with_token(mut resp: Response, signed: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(signed) {
         resp.headers_mut()
             .insert(HeaderName::from_static(H_TOKEN), v);
     }

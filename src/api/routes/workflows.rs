@@ -40,17 +40,18 @@ pub async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
         let now = doc["status"].as_str().and_then(RunState::parse);
         (StatusCode::OK, now.unwrap_or(RunState::Running))
     };
+    let signed = st.router.token_key().sign(&out.token);
     let body = Submitted {
         run_id: out.run_id,
         status,
-        consistency_token: out.token.to_string(),
+        consistency_token: signed.clone(),
     };
-    Ok(with_token((code, Json(body)).into_response(), &out.token))
+    Ok(with_token((code, Json(body)).into_response(), &signed))
 }
 
 pub async fn status(State(st): State<ApiState>, Path(id): Path<String>, h: HeaderMap) -> ApiResult {
     let run_id = parse_run_id(&id)?;
-    let token = read_token(&h)?;
+    let token = read_token(&h, st.router.token_key())?;
     // The document is SQL's JSON ([`crate::api::wire::RunStatus`]), passed through.
     let (doc, src) = client(&st)?.status(run_id, token.as_ref()).await?;
     Ok(with_read_source(Json(&*doc).into_response(), src))
@@ -62,7 +63,7 @@ pub async fn lineage(
     h: HeaderMap,
 ) -> ApiResult {
     let run_id = parse_run_id(&id)?;
-    let token = read_token(&h)?;
+    let token = read_token(&h, st.router.token_key())?;
     // The document is SQL's JSON ([`crate::api::wire::RunLineage`]), passed through.
     let (doc, src) = client(&st)?.lineage(run_id, token.as_ref()).await?;
     Ok(with_read_source(Json(&*doc).into_response(), src))
@@ -83,7 +84,7 @@ pub async fn list(
             )
         })?),
     };
-    let token = read_token(&h)?;
+    let token = read_token(&h, st.router.token_key())?;
     let status = q.status.as_deref().filter(|s| !s.is_empty());
     let after = q.after.as_deref().filter(|s| !s.is_empty());
     let (page, src) = client(&st)?
@@ -117,10 +118,11 @@ pub async fn list(
 pub async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let run_id = parse_run_id(&id)?;
     let token = client(&st)?.cancel(run_id).await?;
+    let signed = st.router.token_key().sign(&token);
     let body = Cancelled {
         run_id,
         status: RunState::Cancelled,
-        consistency_token: token.to_string(),
+        consistency_token: signed.clone(),
     };
-    Ok(with_token(Json(body).into_response(), &token))
+    Ok(with_token(Json(body).into_response(), &signed))
 }
