@@ -514,14 +514,19 @@ async fn a_forged_token_is_refused_and_changes_no_epoch() {
     }
     // The node's epoch did not move, and writes and executors carry on.
     assert_eq!(api.get("/health/info").await.body["epoch"], epoch);
-    let after = api.submit(&diamond("after forgery")).await;
-    assert_eq!(api.wait_terminal(&after, 30).await["status"], "completed");
-    // A token of the real epoch is served.
+    let a = api.post("/v1/workflows", &diamond("after forgery")).await;
+    assert_eq!(a.status, 201);
+    let (after, token) = (
+        a.body["run_id"].as_str().unwrap(),
+        a.header("swf-consistency-token").unwrap(),
+    );
+    assert_eq!(api.wait_terminal(after, 30).await["status"], "completed");
+    // The token the write answered is served.
     let ok = api
         .send(
             api.http
                 .get(format!("{}/v1/workflows/{after}", api.base))
-                .header("swf-consistency-token", format!("{epoch}-0/0")),
+                .header("swf-consistency-token", token),
         )
         .await;
     assert_eq!(ok.status, 200);

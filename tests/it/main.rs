@@ -14,4 +14,5 @@ mod roles;
 mod runtime;
 mod store;
 mod tls;
+mod tokens;
 mod wire;
