@@ -110,6 +110,35 @@ queue = "gpu_tasks"
         expect: Loads { node_type: NodeType::Worker, pools: DEFAULT_POOL, warnings: &[], check: |c| c.roles() == ["executor"] },
     },
     Case {
+        name: "the lineage cache bounded in bytes and entries",
+        text: concat!(top!(), db!(), "[routing]\ncache_max_bytes = 1048576\ncache_entries = 50\n"),
+        env: &[],
+        expect: Loads {
+            node_type: NodeType::Hybrid,
+            pools: DEFAULT_POOL,
+            warnings: &[],
+            check: |c| c.routing.cache_max_bytes == 1 << 20 && c.routing.cache_entries == 50,
+        },
+    },
+    Case {
+        name: "cache bytes default to 64 MiB",
+        text: concat!(top!(), db!()),
+        env: &[],
+        expect: Loads { node_type: NodeType::Hybrid, pools: DEFAULT_POOL, warnings: &[], check: |c| c.routing.cache_max_bytes == 64 << 20 },
+    },
+    Case {
+        name: "cache bytes from the environment",
+        text: concat!(top!(), db!()),
+        env: &[("SWF_ROUTING__CACHE_MAX_BYTES", "0")],
+        expect: Loads { node_type: NodeType::Hybrid, pools: DEFAULT_POOL, warnings: &[], check: |c| c.routing.cache_max_bytes == 0 },
+    },
+    Case {
+        name: "negative cache bytes",
+        text: concat!(top!(), db!(), "[routing]\ncache_max_bytes = -1\n"),
+        env: &[],
+        expect: Fails(&["key `routing.cache_max_bytes`: must be between 0 and 1099511627776 (got -1)"]),
+    },
+    Case {
         name: "both roles off",
         text: concat!("enable_client = false\nenable_executor = false\n", top!(), db!()),
         env: &[],
