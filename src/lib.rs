@@ -31,7 +31,8 @@
 //!   legacy keys, side files. Parsing is pure (`config::parse`); only
 //!   `config::files` reads files and the environment.
 //! - [`model`]: workflow specs and DAG validation, pgmq queue naming,
-//!   consistency tokens and LSNs (pure).
+//!   consistency tokens (signed and verified with the cluster's key) and
+//!   LSNs (pure).
 //! - [`batch`]: the micro-batcher behind submits and completions.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`wait`]: the one "poll until, or give up at a deadline" helper.
@@ -54,6 +55,18 @@
 //!   `drills::a_resurrected_old_primary_is_never_written_to`).
 //! - A read with a token never returns data older than the token's write
 //!   (`regions::token_reads_never_stale_while_replay_is_paused`).
+//! - A caller's token never changes node state or a cache version: one this
+//!   cluster did not sign (altered, made up, foreign, unsigned) answers 400
+//!   `invalid_token` before anything runs, forwarding included
+//!   (`tokens::an_altered_or_made_up_token_is_refused_and_changes_nothing`,
+//!   `tokens::a_pinned_call_with_a_forged_token_is_refused_where_it_arrives`),
+//!   and a cached document's version is the database's own position
+//!   (`client::tests::cache_versions_come_from_the_database_never_the_caller`,
+//!   `tokens::a_forged_high_token_cannot_make_the_cache_serve_stale_reads`).
+//! - The lineage cache is bounded in bytes of documents
+//!   (`router::cache::tests::large_documents_are_evicted_by_their_bytes`) and
+//!   cleared by a new epoch
+//!   (`router::discovery::tests::a_new_epoch_clears_the_lineage_cache`).
 //! - The router never waits on a replica without a deadline: a replica that
 //!   stops answering turns unhealthy and reads go to the primary
 //!   (`runtime::a_frozen_replica_turns_unhealthy_and_reads_go_to_the_primary`).
