@@ -11,6 +11,7 @@ pub mod access;
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod middleware;

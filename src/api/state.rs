@@ -37,6 +37,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// Permits for requests served at once (limits.max_concurrent_requests).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Permits for requests that need no token (api.anonymous_concurrency).
+    pub anonymous: Arc<tokio::sync::Semaphore>,
     pub request_timeout: std::time::Duration,
     /// What this node trusts and presents when it calls other nodes.
     pub peer_tls: ClientTls,
