@@ -12,6 +12,7 @@ mod layout;
 mod regions;
 mod roles;
 mod runtime;
+mod serving;
 mod store;
 mod tls;
 mod wire;
