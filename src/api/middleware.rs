@@ -1,7 +1,8 @@
 //! The layers around every route: [`observe`] (request span, latency
 //! histogram, node headers on `/v1` answers), [`guard`] (load shedding, with
 //! a pool of its own for anonymous calls; authentication, request timeout)
-//! and [`v1_guard`] (client role, region pinning).
+//! and [`v1_guard`] (client role, region pinning); [`json_errors`] gives
+//! axum's own refusals the API's error body.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -153,6 +154,30 @@ pub async fn guard(
         )
         .into_response(),
     }
+}
+
+/// Gives the refusals axum writes itself (a path parameter that is not
+/// UTF-8, ...) the API's error body: a 400 that is not JSON becomes
+/// `invalid_request`, with axum's text as its message.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() != axum::http::StatusCode::BAD_REQUEST || json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let text = if text.is_empty() {
+        "malformed request".to_string()
+    } else {
+        text
+    };
+    ApiError::new(ErrorCode::InvalidRequest, text).into_response()
 }
 
 /// Refuses /v1 on nodes without the client role and handles `swf-region`.

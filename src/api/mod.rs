@@ -33,6 +33,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(table::node_routes())
         .split();
     app.fallback(routes::health::fallback)
+        .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), access),
             middleware::guard,
