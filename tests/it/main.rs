@@ -7,6 +7,7 @@ mod cli;
 mod deploy;
 mod drills;
 mod engine;
+mod fuzz;
 mod harness;
 mod layout;
 mod regions;
