@@ -56,7 +56,9 @@ impl Forwarder {
         let http = tls
             .builder()
             .timeout(timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            // Below the peers' api.idle_timeout_ms default (60 s): a pooled
+            // connection is dropped here before the peer closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build()
             .expect("HTTP client builds");
         Forwarder { http }
