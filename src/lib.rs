@@ -78,6 +78,22 @@
 //!   denied below and run before every submission).
 //! - PostgreSQL servers started by this process never outlive it
 //!   (`dev::pgserver::server::tests::servers_die_with_their_process`).
+//! - A `/metrics` scrape costs no query: one task of the node refreshes the
+//!   database-derived gauges (`serving::scrapes_cost_no_query_and_the_gauges_still_move`).
+//! - Metric labels come from fixed sets: route templates, never raw paths;
+//!   standard methods or `other`; status classes
+//!   (`serving::http_metric_labels_are_route_templates_methods_and_status_classes`,
+//!   `api::made_up_methods_add_no_metric_series`).
+//! - Anonymous callers cannot starve `/v1`: calls that need no token have
+//!   `api.anonymous_concurrency` permits of their own and are shed past them
+//!   (`serving::anonymous_calls_past_their_limit_are_shed_and_v1_carries_on`).
+//! - A connection is bounded in time outside its requests: its head by
+//!   `api.header_read_timeout_ms`, its idle keep-alive by `api.idle_timeout_ms`
+//!   (`api::a_client_that_never_finishes_its_headers_is_disconnected`,
+//!   `serving::an_idle_keep_alive_connection_is_closed_over_http_and_https`).
+//! - No header, path parameter or method gets an unspecified status, stores
+//!   anything or moves the node's epoch
+//!   (`fuzz::generated_headers_and_path_parameters_get_specified_answers_and_change_nothing`).
 
 #![deny(clippy::await_holding_lock)]
 

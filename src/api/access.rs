@@ -52,6 +52,12 @@ impl RouteAccess {
             None => Access::Open,
         }
     }
+
+    /// Every route template registered: with `unmatched`, every value the
+    /// `route` label of the request metrics can take.
+    pub fn templates(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_route.keys().copied()
+    }
 }
 
 /// The router under construction and the access of each route in it.

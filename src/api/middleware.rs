@@ -1,8 +1,9 @@
 //! The layers around every route: [`observe`] (request span, latency
-//! histogram, node headers on `/v1` answers), [`guard`] (load shedding,
-//! authentication, request timeout) and [`v1_guard`] (client role, region
-//! pinning; a pinned call's consistency token is verified before it is
-//! forwarded).
+//! histogram, node headers on `/v1` answers), [`guard`] (load shedding, with
+//! a pool of its own for anonymous calls; authentication, request timeout),
+//! [`v1_guard`] (client role, region pinning; a pinned call's consistency
+//! token is verified before it is forwarded) and [`json_errors`] (axum's own
+//! refusals get the API's error body).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use crate::api::access::RouteAccess;
+use crate::api::auth::Access;
 use crate::api::body::read_token;
 use crate::api::error::ApiError;
 use crate::api::forward::forward;
@@ -69,28 +71,48 @@ pub async fn observe(State(st): State<ApiState>, req: Request, next: Next) -> Re
     resp
 }
 
-/// Sheds load past `limits.max_concurrent_requests`, authenticates, and
-/// bounds how long a request may take (drills excepted).
+/// 503 `overloaded` with `Retry-After`, naming the limit in `why`.
+fn overloaded(why: &str) -> Response {
+    let mut r = ApiError::new(ErrorCode::Overloaded, why).into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// Sheds load (anonymous calls past `api.anonymous_concurrency`, any past
+/// `limits.max_concurrent_requests`), authenticates, and bounds how long a
+/// request may take (drills excepted).
 pub async fn guard(
     State((st, table)): State<(ApiState, Arc<RouteAccess>)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
-        let mut r = ApiError::new(
-            ErrorCode::Overloaded,
-            "too many requests in progress (limits.max_concurrent_requests); retry shortly",
-        )
-        .into_response();
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
-        return r;
-    };
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
     let access = table.of(req.method(), route, req.uri().path());
-    if let Some(scope) = st.auth.required(access) {
+    let required = st.auth.required(access);
+    // Calls that need no token by their route's nature (probes, open
+    // metrics and info, unknown paths outside /v1) share a small pool of
+    // their own, so a flood of them cannot take the permits /v1 needs.
+    let anonymous = required.is_none() && !matches!(access, Access::Scope(_));
+    let _anonymous =
+        match anonymous {
+            true => match st.anonymous.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return overloaded(
+                    "too many unauthenticated requests in progress (api.anonymous_concurrency); \
+                     retry shortly",
+                ),
+            },
+            false => None,
+        };
+    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+        return overloaded(
+            "too many requests in progress (limits.max_concurrent_requests); retry shortly",
+        );
+    };
+    if let Some(scope) = required {
         let header = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -120,7 +142,7 @@ pub async fn guard(
         }
     }
     // Admin calls (drills) run as long as they take: the route table says which.
-    if access == crate::api::auth::Access::Scope(crate::api::auth::Scope::Admin) {
+    if access == Access::Scope(crate::api::auth::Scope::Admin) {
         return next.run(req).await;
     }
     match tokio::time::timeout(st.request_timeout, next.run(req)).await {
@@ -134,6 +156,30 @@ pub async fn guard(
         )
         .into_response(),
     }
+}
+
+/// Gives the refusals axum writes itself (a path parameter that is not
+/// UTF-8, ...) the API's error body: a 400 that is not JSON becomes
+/// `invalid_request`, with axum's text as its message.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() != axum::http::StatusCode::BAD_REQUEST || json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let text = if text.is_empty() {
+        "malformed request".to_string()
+    } else {
+        text
+    };
+    ApiError::new(ErrorCode::InvalidRequest, text).into_response()
 }
 
 /// Refuses /v1 on nodes without the client role and handles `swf-region`.

@@ -11,6 +11,7 @@ pub mod access;
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod middleware;
@@ -32,6 +33,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(table::node_routes())
         .split();
     app.fallback(routes::health::fallback)
+        .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), access),
             middleware::guard,

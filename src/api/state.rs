@@ -37,6 +37,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// Permits for requests served at once (limits.max_concurrent_requests).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Permits for requests that need no token (api.anonymous_concurrency).
+    pub anonymous: Arc<tokio::sync::Semaphore>,
     pub request_timeout: std::time::Duration,
     /// What this node trusts and presents when it calls other nodes.
     pub peer_tls: ClientTls,
@@ -54,7 +56,9 @@ impl Forwarder {
         let http = tls
             .builder()
             .timeout(timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            // Below the peers' api.idle_timeout_ms default (60 s): a pooled
+            // connection is dropped here before the peer closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build()
             .expect("HTTP client builds");
         Forwarder { http }

@@ -5,8 +5,9 @@
 //!   (mutual TLS). [`ServerTls::reload`] re-reads the files (on SIGHUP);
 //!   connections already open keep their session, new handshakes get the new
 //!   certificate. A reload that fails keeps the old configuration.
-//! - [`serve`]: the HTTPS accept loop (hyper http1 over tokio-rustls) with a
-//!   graceful shutdown like `axum::serve`'s.
+//! - [`serve`]: the one accept loop, HTTP or HTTPS (hyper http1, over
+//!   tokio-rustls for HTTPS) with a graceful shutdown like `axum::serve`'s;
+//!   each connection is served by `api::conn`.
 //! - [`ClientTls`]: what a client trusts (a CA file; then only that CA) and
 //!   the identity it presents when a peer asks for one.
 //! - [`DevPki`]: a CA and one certificate for `localhost`/`127.0.0.1`/`::1`
@@ -22,6 +23,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use crate::api::conn::{serve_conn, ServeLimits};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,23 +164,12 @@ impl ServerTls {
     }
 }
 
-/// Bounds on the server's connections.
-#[derive(Debug, Clone, Copy)]
-pub struct ServeLimits {
-    /// Connections served at once (api.max_connections); past it the
-    /// server stops accepting until one closes.
-    pub max_connections: usize,
-    /// How long a client may take to send a whole request head
-    /// (api.header_read_timeout_ms); then it is disconnected.
-    pub header_read_timeout: Duration,
-}
-
 /// Serves `app` on `listener` (over TLS when `tls` is set) until
 /// `shutdown`, then lets open requests finish (idle keep-alive connections
 /// close at once). Every connection's task belongs to this server's
 /// `JoinSet`, which is drained before it returns; at most
-/// `limits.max_connections` are open at once, and a client that does not
-/// finish its request head in time is disconnected.
+/// `limits.max_connections` are open at once, and each connection is
+/// bounded in time as `api::conn` says (header read, keep-alive idle).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -238,26 +230,6 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     while conns.join_next().await.is_some() {}
-}
-
-/// Serves HTTP/1.1 on one connection, watched by the graceful shutdown.
-async fn serve_conn<S>(
-    stream: S,
-    app: axum::Router,
-    watcher: hyper_util::server::graceful::Watcher,
-    limits: ServeLimits,
-    peer: std::net::SocketAddr,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper_util::service::TowerToHyperService::new(app);
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(%peer, error = %e, "connection ended with an error");
-    }
 }
 
 /// What an HTTP client trusts and presents.

@@ -4,7 +4,7 @@
 //! the gauges `/metrics` refreshes. Free functions over a [`Router`], since
 //! nodes without the client role serve `/health*` and `/metrics` too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::api::wire::{DbRole, NodeView, Ready, RegionView, Regions};
 use crate::router::Router;
@@ -104,24 +104,51 @@ pub async fn write_reachable(router: &Router) -> bool {
     router.write_store().ping().await.is_ok()
 }
 
-/// Sets the cluster gauges of `/metrics` (queue depths, runs by status,
-/// primary reachability, unhealthy nodes) from the local database.
-pub async fn refresh_gauges(router: &Router, heartbeat_ms: u64) {
-    let store = router.local_store();
-    if let Ok(depths) = store.queue_depths().await {
-        for (q, n) in depths {
-            metrics::gauge!("swf_queue_depth", "queue" => q).set(n as f64);
+/// The database-derived gauges of `/metrics`: queue depths, runs by
+/// status, primary reachability, unhealthy nodes. One task of the node
+/// refreshes them (`node::gauges`), so a scrape costs no query. A label that
+/// disappears from the database (a queue dropped, no run left in a status)
+/// is set to 0 rather than left at its last value.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    queues: HashSet<String>,
+    statuses: HashSet<String>,
+}
+
+impl Gauges {
+    /// Reads the gauges from the local database (the primary's ping for
+    /// reachability) and sets them; what cannot be read keeps its value.
+    pub async fn refresh(&mut self, router: &Router, heartbeat_ms: u64) {
+        let store = router.local_store();
+        if let Ok(depths) = store.queue_depths().await {
+            set_labelled("swf_queue_depth", "queue", depths, &mut self.queues);
+        }
+        if let Ok(by) = store.runs_by_status().await {
+            set_labelled("swf_runs", "status", by, &mut self.statuses);
+        }
+        let reachable = write_reachable(router).await;
+        metrics::gauge!("swf_primary_reachable").set(if reachable { 1.0 } else { 0.0 });
+        if let Ok(nodes) = store.nodes().await {
+            let unhealthy = nodes.iter().filter(|n| !n.is_healthy(heartbeat_ms)).count();
+            metrics::gauge!("swf_nodes_unhealthy").set(unhealthy as f64);
         }
     }
-    if let Ok(by) = store.runs_by_status().await {
-        for (s, n) in by {
-            metrics::gauge!("swf_runs", "status" => s).set(n as f64);
-        }
+}
+
+/// Sets `name{label=value}` for each row, and 0 for each value of `seen`
+/// that is no longer among them; `seen` becomes the rows' values.
+fn set_labelled(
+    name: &'static str,
+    label: &'static str,
+    rows: Vec<(String, i64)>,
+    seen: &mut HashSet<String>,
+) {
+    let now: HashSet<String> = rows.iter().map(|(v, _)| v.clone()).collect();
+    for gone in seen.difference(&now) {
+        metrics::gauge!(name, label => gone.clone()).set(0.0);
     }
-    let reachable = write_reachable(router).await;
-    metrics::gauge!("swf_primary_reachable").set(if reachable { 1.0 } else { 0.0 });
-    if let Ok(nodes) = store.nodes().await {
-        let unhealthy = nodes.iter().filter(|n| !n.is_healthy(heartbeat_ms)).count();
-        metrics::gauge!("swf_nodes_unhealthy").set(unhealthy as f64);
+    for (v, n) in rows {
+        metrics::gauge!(name, label => v).set(n as f64);
     }
+    *seen = now;
 }

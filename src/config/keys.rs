@@ -82,6 +82,8 @@ pub(crate) const KEYS: &[Key] = &[
     shown("api.peer_ca", Str),
     key("api.max_connections", Int),
     key("api.header_read_timeout_ms", Int),
+    key("api.idle_timeout_ms", Int),
+    key("api.anonymous_concurrency", Int),
     key("database", Tbl),
     shown("database.url", Str),
     key("database.max_connections", Int),

@@ -148,6 +148,13 @@ pub struct ApiConfig {
     /// A client that has not sent a whole request head within this long is
     /// disconnected (slow-header attacks).
     pub header_read_timeout_ms: u64,
+    /// A keep-alive connection idle between requests for longer than this
+    /// is closed.
+    pub idle_timeout_ms: u64,
+    /// Requests served at once to callers that need no token (`/health*`,
+    /// open `/metrics` and `/health/info`, paths outside `/v1` no route
+    /// matches); past it they answer 503 `overloaded` at once.
+    pub anonymous_concurrency: usize,
 }
 
 impl Default for ApiConfig {
@@ -162,6 +169,8 @@ impl Default for ApiConfig {
             peer_ca: None,
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            anonymous_concurrency: 4,
         }
     }
 }

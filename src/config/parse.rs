@@ -308,6 +308,20 @@ fn build_api(
         1,
         600_000,
     )?;
+    let idle_timeout_ms = ctx.ranged(
+        "api.idle_timeout_ms",
+        int("idle_timeout_ms"),
+        d.idle_timeout_ms as i64,
+        1,
+        3_600_000,
+    )?;
+    let anonymous_concurrency = ctx.ranged(
+        "api.anonymous_concurrency",
+        int("anonymous_concurrency"),
+        d.anonymous_concurrency as i64,
+        1,
+        100_000,
+    )?;
     Ok(ApiConfig {
         listen,
         public_url,
@@ -317,6 +331,8 @@ fn build_api(
         peer_ca,
         max_connections,
         header_read_timeout_ms,
+        idle_timeout_ms,
+        anonymous_concurrency,
     })
 }
 

@@ -2,7 +2,8 @@
 //! them and shuts them down.
 //!
 //! Every node runs the HTTP server (health, info and metrics are always
-//! served; `/v1` only with the client role) and a heartbeat. The client role
+//! served; `/v1` only with the client role), a heartbeat and the task that
+//! refreshes `/metrics`' database-derived gauges. The client role
 //! adds the [`Client`](crate::client::Client) and its submit batcher; the
 //! executor role adds the worker pools, their listener and the finisher.
 //! Every task the node starts belongs to one `JoinSet` (an executor pool's
@@ -16,9 +17,11 @@
 //!
 //! Files: `assemble.rs` store, router, client and executor from the config;
 //! `server.rs` the HTTP server and SIGHUP TLS reload; `heartbeat.rs` the
-//! heartbeat; `signals.rs` the process signals that stop a node.
+//! heartbeat; `gauges.rs` the task behind `/metrics`' database gauges;
+//! `signals.rs` the process signals that stop a node.
 
 mod assemble;
+mod gauges;
 mod heartbeat;
 mod server;
 pub mod signals;
@@ -101,6 +104,13 @@ impl Node {
             parts.executor.clone(),
             info.clone(),
             Duration::from_millis(config.executor.heartbeat_interval_ms),
+            shutdown.clone(),
+            &mut tasks,
+            &span,
+        );
+        gauges::spawn(
+            parts.router.clone(),
+            config.executor.heartbeat_interval_ms,
             shutdown.clone(),
             &mut tasks,
             &span,

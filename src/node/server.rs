@@ -80,6 +80,9 @@ pub(super) fn spawn(
         inflight: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_concurrent_requests,
         )),
+        anonymous: Arc::new(tokio::sync::Semaphore::new(
+            config.api.anonymous_concurrency,
+        )),
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         peer_tls,
     });
@@ -91,9 +94,10 @@ pub(super) fn spawn(
         tasks.spawn(reload_on_hup(hup, tls, shutdown.clone()).instrument(span.clone()));
     }
     let shutdown = shutdown.clone();
-    let limits = crate::api::tls::ServeLimits {
+    let limits = crate::api::conn::ServeLimits {
         max_connections: config.api.max_connections,
         header_read_timeout: Duration::from_millis(config.api.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.api.idle_timeout_ms),
     };
     let serve = crate::api::tls::serve(listener, app, tls, limits, shutdown);
     tasks.spawn(serve.instrument(span.clone()));

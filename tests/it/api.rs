@@ -99,10 +99,9 @@ async fn routes_headers_and_error_codes() {
     assert!(l.header("swf-read-source").is_some());
     api.wait_terminal(&run_id, 30).await;
 
-    // Metrics after some work.
-    let m = api.get("/metrics").await;
-    let text = m.body.as_str().unwrap_or("").to_string();
-    for name in [
+    // Metrics after some work; the database gauges follow within a
+    // refresh period of the node's gauges task.
+    let names = [
         "swf_http_request_duration_seconds",
         "swf_tasks_claimed_total",
         "swf_tasks_completed_total",
@@ -110,9 +109,13 @@ async fn routes_headers_and_error_codes() {
         "swf_runs",
         "swf_primary_reachable 1",
         "swf_nodes_unhealthy",
-    ] {
-        assert!(text.contains(name), "metrics lack {name}");
-    }
+    ];
+    wait_for("the metrics after some work", 30, || async {
+        let m = api.get("/metrics").await;
+        let text = m.body.as_str().unwrap_or("").to_string();
+        names.iter().all(|n| text.contains(n)).then_some(())
+    })
+    .await;
 
     let before = stored(&db).await;
     // (body, expected status, expected code)

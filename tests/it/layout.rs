@@ -214,6 +214,8 @@ fn rank(m: &str) -> u8 {
         ("", _) => 99,
         (_, "api::wire") => 1,
         (_, "api::tls") => 2,
+        // One connection of the server; the accept loop in api::tls uses it.
+        (_, "api::conn") => 2,
         (_, "api::client") => 3,
         ("model" | "wait" | "telemetry" | "batch", _) => 0,
         ("config", _) => 1,

@@ -61,8 +61,10 @@ pub async fn info(State(st): State<ApiState>) -> Json<NodeInfoBody> {
     })
 }
 
+/// The Prometheus text. It costs no query: the database-derived gauges are
+/// kept by a task of the node (`client::cluster::Gauges`); only the worker
+/// pools' gauges, held in memory, are read here.
 pub async fn metrics_text(State(st): State<ApiState>) -> Response {
-    cluster::refresh_gauges(&st.router, st.heartbeat_ms).await;
     if let Some(ex) = &st.executor {
         for p in ex.status() {
             metrics::gauge!("swf_pool_busy", "pool" => p.name.clone()).set(p.busy as f64);
