@@ -1,11 +1,36 @@
 //! A database's place in the cluster: recovery state, epoch and WAL
-//! position, fencing, promotion, epoch bumps, and the replication lag a
-//! primary measures for its standbys.
+//! position, fencing, promotion, compare-and-set epoch bumps, what recovery
+//! inspects (timeline, fence) and the write probe that tells why a write is
+//! refused, and the replication lag a primary measures for its standbys.
 
 use sqlx::Row;
 
 use super::conn::{parse_lsn, Result, Store, StoreError};
 use crate::model::token::Lsn;
+
+/// A database as recovery sees it ([`Store::inspect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbState {
+    pub in_recovery: bool,
+    /// Read-only by default: a fenced primary (or a replica).
+    pub read_only: bool,
+    pub epoch: u64,
+    /// The WAL timeline a primary writes on (None in recovery).
+    pub timeline: Option<u64>,
+}
+
+/// What became of a write attempted on a database ([`Store::write_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteProbe {
+    /// Accepted (and rolled back).
+    Writable,
+    /// Refused: read-only, a fenced primary.
+    ReadOnly,
+    /// Refused: in recovery, a replica.
+    InRecovery,
+    /// Refused: the database's epoch is older than the one given.
+    StaleEpoch,
+}
 
 impl Store {
     /// Whether the database is in recovery (a replica), its epoch, and its
@@ -77,8 +102,9 @@ impl Store {
         Ok(())
     }
 
-    /// Promotes this replica and bumps the epoch; returns the new epoch.
-    pub async fn promote(&self, region: &str) -> Result<u64> {
+    /// Promotes this replica (`pg_promote`, waiting up to 60 s). The epoch
+    /// is bumped separately ([`Store::bump_epoch`]).
+    pub async fn promote(&self) -> Result<()> {
         let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 60)")
             .fetch_one(&self.pool)
             .await?;
@@ -87,19 +113,80 @@ impl Store {
                 "pg_promote did not finish within 60 s".into(),
             ));
         }
-        self.bump_epoch(region).await
+        Ok(())
     }
 
-    /// Starts a new epoch on a freshly promoted primary; returns it.
-    pub async fn bump_epoch(&self, region: &str) -> Result<u64> {
-        let epoch: i64 = sqlx::query_scalar(
-            "UPDATE swf.cluster_state SET epoch = epoch + 1, write_region = $1, updated_at = now()
+    /// Starts a new epoch on a freshly promoted primary, compare-and-set:
+    /// the epoch becomes `expected + 1` (and the write region `region`) only
+    /// if it is still `expected`. Answers the new epoch, or None when the
+    /// epoch had moved (someone else bumped it: the caller lost).
+    pub async fn bump_epoch(&self, region: &str, expected: u64) -> Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE swf.cluster_state SET epoch = $2 + 1, write_region = $1, updated_at = now()
+              WHERE epoch = $2
              RETURNING epoch",
         )
         .bind(region)
+        .bind(expected as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(epoch.map(|e| e as u64))
+    }
+
+    /// What recovery needs to know of a database: whether it is in recovery
+    /// (a replica), whether it is read-only by default (fenced), its epoch,
+    /// and (not in recovery) the WAL timeline it writes on, which grows by
+    /// one at every promotion.
+    pub async fn inspect(&self) -> Result<DbState> {
+        let row = sqlx::query(
+            "SELECT pg_is_in_recovery(),
+                    current_setting('default_transaction_read_only')::bool,
+                    (SELECT epoch FROM swf.cluster_state),
+                    CASE WHEN pg_is_in_recovery() THEN NULL
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))
+                                  ::bit(32)::bigint END",
+        )
         .fetch_one(&self.pool)
         .await?;
-        Ok(epoch as u64)
+        Ok(DbState {
+            in_recovery: row.try_get(0)?,
+            read_only: row.try_get(1)?,
+            epoch: row.try_get::<i64, _>(2)? as u64,
+            timeline: row.try_get::<Option<i64>, _>(3)?.map(|t| t as u64),
+        })
+    }
+
+    /// Attempts a write that changes nothing (in a transaction rolled back)
+    /// and says why it was refused, if it was: in recovery, read-only (a
+    /// fenced primary), or an epoch older than `epoch`. An unreachable
+    /// database is an error ([`StoreError::Unavailable`]).
+    pub async fn write_probe(&self, epoch: u64) -> Result<WriteProbe> {
+        let mut tx = self.pool.begin().await?;
+        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut *tx)
+            .await?;
+        if in_recovery {
+            return Ok(WriteProbe::InRecovery);
+        }
+        let wrote = sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
+            .execute(&mut *tx)
+            .await;
+        match wrote.map_err(StoreError::from) {
+            Ok(_) => {}
+            Err(StoreError::ReadOnly) => return Ok(WriteProbe::ReadOnly),
+            Err(e) => return Err(e),
+        }
+        let asserted = sqlx::query("SELECT swf.assert_epoch($1)")
+            .bind(epoch as i64)
+            .execute(&mut *tx)
+            .await;
+        let probe = match asserted.map_err(StoreError::from) {
+            Ok(_) => WriteProbe::Writable,
+            Err(StoreError::StaleEpoch(_)) => WriteProbe::StaleEpoch,
+            Err(e) => return Err(e),
+        };
+        tx.rollback().await?;
+        Ok(probe)
     }
 
     /// Replay lag per standby (by application_name) as the primary measures
