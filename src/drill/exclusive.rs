@@ -1,89 +1,46 @@
-//! What this process is doing to the cluster right now: the drills it runs
-//! (so `swf drill recover`, and a peer asking, can tell a live drill from
-//! one whose process was killed) and whether a recovery runs. Cluster-wide
-//! exclusivity is the journal's (one `running` row); this is the process's
-//! part of it. Also the dev-only hold points that stop a drill at a phase.
+//! The drills this process runs right now, so `swf drill recover` (here,
+//! or on a peer that asks) can tell a live drill from one whose process was
+//! killed. Cluster-wide exclusivity is the journal's (one `running` row);
+//! one drill or recovery at a time per node is the API's lock. Also the
+//! dev-only hold points that stop a drill at a phase.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use super::error::DrillError;
-
 /// Environment variable (`swf dev` builds only): the name of a hold point at
 /// which every drill of this process stops for good, after logging
 /// `drill held at phase `<name>``, so a test can kill the process there.
 pub const HOLD_ENV: &str = "SWF_DEV_DRILL_HOLD_AT";
 
-#[derive(Default)]
-struct Activity {
-    drills: HashSet<Uuid>,
-    recovering: bool,
-}
+/// The drills this process runs.
+static LIVE: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);
 
-static ACTIVITY: Mutex<Option<Activity>> = Mutex::new(None);
-
-fn with<T>(f: impl FnOnce(&mut Activity) -> T) -> T {
-    let mut a = ACTIVITY.lock().expect("drill activity lock");
-    f(a.get_or_insert_with(Activity::default))
+fn with<T>(f: impl FnOnce(&mut HashSet<Uuid>) -> T) -> T {
+    let mut live = LIVE.lock().expect("live drills lock");
+    f(live.get_or_insert_with(HashSet::new))
 }
 
 /// Whether this process runs the drill `id` right now.
 pub fn is_active(id: Uuid) -> bool {
-    with(|a| a.drills.contains(&id))
+    with(|l| l.contains(&id))
 }
 
-/// A drill this process runs, registered until dropped.
+/// A drill this process runs, registered until dropped (registered before
+/// its row is claimed, so a live drill is never taken for a dead one).
 pub(super) struct LiveDrill(Uuid);
 
 impl LiveDrill {
-    /// Registers drill `id`; refused while this process runs a recovery.
-    pub(super) fn enter(id: Uuid) -> Result<LiveDrill, DrillError> {
-        with(|a| {
-            if a.recovering {
-                return Err(DrillError::InProgress(
-                    "`swf drill recover` is running on this node".into(),
-                ));
-            }
-            a.drills.insert(id);
-            Ok(LiveDrill(id))
-        })
+    pub(super) fn enter(id: Uuid) -> LiveDrill {
+        with(|l| l.insert(id));
+        LiveDrill(id)
     }
 }
 
 impl Drop for LiveDrill {
     fn drop(&mut self) {
-        with(|a| a.drills.remove(&self.0));
-    }
-}
-
-/// A recovery this process runs, registered until dropped.
-pub(super) struct Recovering(());
-
-impl Recovering {
-    /// Refused while this process runs a drill or another recovery.
-    pub(super) fn enter() -> Result<Recovering, DrillError> {
-        with(|a| {
-            if a.recovering {
-                return Err(DrillError::InProgress(
-                    "another `swf drill recover` is running on this node".into(),
-                ));
-            }
-            if let Some(id) = a.drills.iter().next() {
-                return Err(DrillError::InProgress(format!(
-                    "drill {id} is running on this node"
-                )));
-            }
-            a.recovering = true;
-            Ok(Recovering(()))
-        })
-    }
-}
-
-impl Drop for Recovering {
-    fn drop(&mut self) {
-        with(|a| a.recovering = false);
+        with(|l| l.remove(&self.0));
     }
 }
 

@@ -66,8 +66,9 @@ pub async fn run(
     me: &Runner,
 ) -> Result<DrillReport, DrillError> {
     let mut d = Drill::new(router, control, authorization, tls);
-    let (plan, mut j) = d.begin(req, me).await?;
-    let _live = exclusive::LiveDrill::enter(j.row.id)?;
+    let id = uuid::Uuid::now_v7();
+    let _live = exclusive::LiveDrill::enter(id);
+    let (plan, mut j) = d.begin(req, me, id).await?;
     hold_point("claimed").await;
     let (targets, all_nodes) = match node_urls(router, heartbeat_ms).await {
         Ok(urls) => urls,

@@ -139,6 +139,7 @@ impl<'a> Drill<'a> {
         &mut self,
         req: &DrillRequest,
         me: &Runner,
+        id: Uuid,
     ) -> Result<(Plan, Journal), DrillError> {
         if let Some(d) = journal::unresolved(self.router).await.first() {
             return Err(journal::in_progress(d));
@@ -147,7 +148,7 @@ impl<'a> Drill<'a> {
             let plan = self.preflight(req).await?;
             let now = chrono::Utc::now();
             let j = Journal::new(DrillRow {
-                id: Uuid::now_v7(),
+                id,
                 kind: req.kind.as_str().to_string(),
                 from_region: plan.from.clone(),
                 to_region: plan.to.clone(),

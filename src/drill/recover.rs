@@ -14,6 +14,11 @@
 //! replicas where a control exists (else the report says what the operator
 //! must do). The journal's unresolved drills are marked `recovered`.
 //! Nothing wrong: nothing changes, and the report says so.
+//!
+//! Exclusive: one drill or recovery at a time per node (the API's lock);
+//! recovery refuses while a journal drill is alive (run by this process, or
+//! by a node that says so when asked), and a drill refuses to start while
+//! the journal holds an unresolved drill, which recovery resolves last.
 
 use std::time::Duration;
 
@@ -21,7 +26,7 @@ use serde_json::json;
 
 use super::control::ClusterControl;
 use super::error::{failed, DrillError};
-use super::exclusive::{self, Recovering};
+use super::exclusive;
 use super::journal::{self, in_progress};
 use crate::api::client::ApiClient;
 use crate::api::tls::ClientTls;
@@ -127,7 +132,6 @@ pub async fn recover(
     control: Option<&dyn ClusterControl>,
     peers: &Peers,
 ) -> Result<RecoverReport, DrillError> {
-    let _recovering = Recovering::enter()?;
     let regions = inspect(router).await;
     let drills = journal::unresolved(router).await;
     refuse_live(&drills, peers).await?;
@@ -136,6 +140,14 @@ pub async fn recover(
     let keep = choose(&regions, drill)?;
     let kept = regions.iter().find(|r| r.name == keep).expect("chosen");
     let kept_state = *kept.primary().expect("chosen is a primary");
+    // A drill that started since (there was nothing to resolve) wins.
+    if let Some(d) = journal::unresolved(router)
+        .await
+        .iter()
+        .find(|d| drills.iter().all(|seen| seen.id != d.id))
+    {
+        return Err(in_progress(d));
+    }
     let mut actions = Vec::new();
     let mut operator = Vec::new();
 

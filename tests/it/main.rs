@@ -9,6 +9,7 @@ mod drills;
 mod engine;
 mod harness;
 mod layout;
+mod recover;
 mod regions;
 mod roles;
 mod runtime;
