@@ -218,8 +218,31 @@ async fn killed_drill_is_recovered(kind: &str, hold: &str, expect: &str) {
     kill_9(&dev, child).await;
     drill.abort();
 
-    // Restarted on whatever the crash left; then recovered.
+    // Restarted on whatever the crash left. The node that ran the drill
+    // marked it interrupted where a primary takes writes (between fence and
+    // promotion none does: it stays running); either way no drill starts
+    // until it is recovered.
     let mut child = dev.start(None).await;
+    let left = us.get("/v1/admin/drills").await.body;
+    let state = left["drills"][0]["state"].as_str().unwrap_or_default();
+    match (kind, hold) {
+        (_, "fenced") => assert_eq!(state, "running", "{left}"),
+        ("switchover", _) => assert_eq!(state, "interrupted", "{left}"),
+        _ => assert!(["running", "interrupted"].contains(&state), "{left}"),
+    }
+    let refused = us
+        .send(
+            us.http
+                .post(format!("{}/v1/admin/drills", us.base))
+                .json(&json!({"kind": "switchover", "to": "eu-west"})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "drill_in_progress"),
+        "{}",
+        refused.body
+    );
     let report = dev.cli(&["drill", "recover"]).await;
     assert_eq!(report["write_region"], expect, "{report:#}");
     assert_eq!(report["changed"], true, "{report:#}");
