@@ -98,8 +98,15 @@ impl Dev {
 
     /// Runs `swf <args> --api <region 0's URL> --json` and reads its output.
     async fn cli(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.cli_text(&args).await).unwrap()
+    }
+
+    /// Runs `swf <args> --api <region 0's URL>`; its standard output.
+    async fn cli_text(&self, args: &[&str]) -> String {
         let mut cmd = swf();
-        cmd.args(args).args(["--api", &self.url(0), "--json"]);
+        cmd.args(args).args(["--api", &self.url(0)]);
         let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
             .unwrap();
@@ -109,7 +116,7 @@ impl Dev {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -294,10 +301,14 @@ async fn killed_drill_is_recovered(kind: &str, hold: &str, expect: &str) {
     );
     assert_eq!(us.status(&before).await["status"], "completed");
 
+    let table = dev.cli_text(&["drill", "list"]).await;
+    assert!(table.contains(id) && table.contains("recovered"), "{table}");
     // A second recover finds nothing wrong and changes nothing.
     let again = dev.cli(&["drill", "recover"]).await;
     assert_eq!(again["changed"], false, "{again:#}");
     assert_eq!(again["write_region"], expect);
+    let said = dev.cli_text(&["drill", "recover"]).await;
+    assert!(said.contains("nothing to do"), "{said}");
 
     stop(&mut child).await;
     let _ = std::fs::remove_dir_all(&dev.dir);
