@@ -72,7 +72,8 @@
 //!   `recover::a_failover_killed_after_promotion_is_finished_forward`,
 //!   `recover::a_switchover_killed_after_the_epoch_bump_is_finished_forward`,
 //!   `recover::a_switchover_killed_during_rejoin_is_recovered`,
-//!   `drills::a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences`).
+//!   `drills::a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences`,
+//!   `drills::a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_replica`).
 //! - Drills are exclusive cluster-wide: a second one answers 409
 //!   `drill_in_progress`, never 500
 //!   (`drills::two_drills_at_once_one_runs_and_the_other_is_refused_and_the_journal_lists_them`,

@@ -215,21 +215,16 @@ impl<'a> Drill<'a> {
         j: &mut Journal,
     ) -> Result<u64, DrillError> {
         j.phase(&plan.old, plan.epoch_before, "fence").await;
-        let mut touched = false;
         let moved = async {
             match kind {
                 DrillKind::Switchover => {
-                    touched = true;
                     let last = self.fence(plan).await?;
                     self.stop_old(plan).await?;
                     if let Some(last) = last {
                         self.catch_up(plan, last).await?;
                     }
                 }
-                DrillKind::Failover => {
-                    touched = true;
-                    self.lose_old(plan).await?
-                }
+                DrillKind::Failover => self.lose_old(plan).await?,
             }
             hold_point("fenced").await;
             self.promote(plan).await?;
@@ -239,22 +234,13 @@ impl<'a> Drill<'a> {
         .await;
         match moved {
             Ok(epoch) => Ok(epoch),
-            Err(e) if !touched => {
-                j.finish(
-                    &plan.old,
-                    plan.epoch_before,
-                    DrillState::Failed,
-                    error_report(&e),
-                )
-                .await;
-                Err(e)
-            }
             Err(e) => Err(self.abort(plan, kind, j, e).await),
         }
     }
 
-    /// After a failed move that may have fenced (or lost) the old primary:
-    /// unfences it only when the target answers that it is in recovery.
+    /// After a failed move, which may have fenced (or lost) the old primary
+    /// whatever step failed: unfences it only when the target answers that
+    /// it is in recovery (unfencing a primary never fenced changes nothing).
     async fn abort(
         &mut self,
         plan: &Plan,
@@ -284,8 +270,8 @@ impl<'a> Drill<'a> {
         }
         if kind == DrillKind::Failover {
             return DrillError::Failed(format!(
-                "{e}; the old primary `{}` was stopped and the target `{}` is still a replica: \
-                 start the old primary again, then run `swf drill recover`",
+                "{e}; the old primary `{}` was stopped (or was being stopped) and the target `{}` \
+                 is still a replica: start the old primary again, then run `swf drill recover`",
                 plan.from, plan.to
             ));
         }

@@ -209,7 +209,7 @@ pub async fn recover(
         .filter(|r| r.name != keep && r.primary().is_some())
         .collect();
     let moved = drill.is_some() || !actions.is_empty();
-    match control {
+    match control.filter(|c| c.can_rejoin()) {
         Some(c) => {
             if moved {
                 c.promoted(&keep)
@@ -242,6 +242,16 @@ pub async fn recover(
             }
         }
         None => {
+            if drill.is_some_and(|d| d.from_region != keep) {
+                for r in regions.iter().filter(|r| r.name != keep) {
+                    if matches!(&r.state, Ok(s) if s.in_recovery) {
+                        operator.push(format!(
+                            "region `{}`'s replica: make sure it streams from `{keep}`",
+                            r.name
+                        ));
+                    }
+                }
+            }
             for r in &stale {
                 operator.push(format!(
                     "region `{}`'s database is a fenced primary: rebuild it as a replica of `{keep}` (e.g. pg_rewind or a fresh pg_basebackup)",

@@ -3,7 +3,8 @@
 //! inspects (timeline, fence) and the write probe that tells why a write is
 //! refused, and the replication lag a primary measures for its standbys.
 
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Row};
 
 use super::conn::{parse_lsn, Result, Store, StoreError};
 use crate::model::token::Lsn;
@@ -74,7 +75,8 @@ impl Store {
         sqlx::query("SELECT pg_reload_conf()")
             .execute(&mut *c)
             .await?;
-        // Sessions already open keep their settings: end them.
+        let mut c = read_only_reloaded(c, true).await?;
+        // Sessions already open may be inside a transaction: end them.
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
               WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
@@ -89,7 +91,10 @@ impl Store {
         parse_lsn(&lsn)
     }
 
-    /// Undoes [`Store::fence`] (a drill that aborts before promotion).
+    /// Undoes [`Store::fence`] (a drill that aborts before promotion, or a
+    /// recovery). Returns once the reload has reached this session, so it
+    /// has been signalled to every other one: their next statement is no
+    /// longer read-only.
     pub async fn unfence(&self) -> Result<()> {
         let mut c = self.pool.acquire().await?;
         sqlx::query("ALTER SYSTEM RESET default_transaction_read_only")
@@ -98,6 +103,7 @@ impl Store {
         sqlx::query("SELECT pg_reload_conf()")
             .execute(&mut *c)
             .await?;
+        let c = read_only_reloaded(c, false).await?;
         c.detach();
         Ok(())
     }
@@ -203,4 +209,41 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
+}
+
+/// Waits (5 s at most) until a configuration reload has made
+/// `default_transaction_read_only` read `want` in the session `c`: the
+/// server has then re-read its configuration and signalled every session,
+/// so the next statement of any of them runs with it.
+async fn read_only_reloaded(
+    c: PoolConnection<Postgres>,
+    want: bool,
+) -> Result<PoolConnection<Postgres>> {
+    let conn = tokio::sync::Mutex::new(c);
+    let c = &conn;
+    let reloaded = crate::wait::until(
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(5),
+        || async move {
+            let mut c = c.lock().await;
+            let read_only = sqlx::query_scalar::<_, bool>(
+                "SELECT current_setting('default_transaction_read_only')::bool",
+            )
+            .fetch_one(&mut **c)
+            .await;
+            match read_only {
+                Ok(now) if now == want => Some(Ok(())),
+                Ok(_) => None,
+                Err(e) => Some(Err(StoreError::from(e))),
+            }
+        },
+    )
+    .await
+    .map_err(|_| {
+        StoreError::Database(format!(
+            "the configuration reload did not make default_transaction_read_only {want} within 5 s"
+        ))
+    })?;
+    reloaded?;
+    Ok(conn.into_inner())
 }

@@ -653,3 +653,113 @@ async fn the_write_probe_tells_why_a_write_is_refused() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+/// Whether a database accepts a write (one that changes nothing).
+async fn accepts_writes(url: &str) -> bool {
+    let pool = sql(url).await;
+    let ok = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
+            .execute(&mut *tx)
+            .await?;
+        tx.rollback().await
+    }
+    .await
+    .is_ok();
+    pool.close().await;
+    ok
+}
+
+#[tokio::test]
+async fn a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_replica() {
+    let (c, _us, _eu) = cluster().await;
+    let (us_db, eu_db) = (
+        c.cluster.regions[0].database_url.clone(),
+        c.cluster.regions[1].database_url.clone(),
+    );
+    let eu_port: u16 = eu_db
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Edge nodes that fence with SQL and promote through a hook that fails:
+    // before promoting, and after.
+    let hook_node = |id: &str, promote: String| {
+        let mut cfg = node_config(id, &us_db);
+        cfg.enable_executor = false;
+        cfg.worker_pools.clear();
+        cfg.regions = c
+            .cluster
+            .regions
+            .iter()
+            .map(|r| singularity_workflow::config::RegionSpec {
+                name: r.name.clone(),
+                database_url: r.database_url.clone(),
+                api_url: None,
+            })
+            .collect();
+        cfg.drills.promote_command = Some(promote);
+        start_node(cfg, Registry::with_builtins())
+    };
+    let psql_promote =
+        format!("psql -h 127.0.0.1 -p {eu_port} -U postgres -d postgres -qc 'SELECT pg_promote()'");
+    let before = hook_node("before-1", "echo refused >&2; exit 3".into()).await;
+    let after = hook_node("after-1", format!("{psql_promote} && exit 3")).await;
+    let (before_api, after_api) = (Api::new(&before.url()), Api::new(&after.url()));
+
+    // The promotion never happened: the target is verified a replica, so
+    // the old primary is unfenced and takes writes again.
+    let r = drill(&before_api, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("refused") && msg.contains("unfenced"), "{msg}");
+    assert!(accepts_writes(&us_db).await);
+    assert!(!accepts_writes(&eu_db).await);
+    let list = before_api.get("/v1/admin/drills").await.body;
+    assert_eq!(list["drills"][0]["state"], "failed", "{list}");
+
+    // The hook promoted the target, then failed: the old primary stays
+    // fenced (never two writable primaries) and recover is asked for.
+    let r = drill(&after_api, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("stays fenced") && msg.contains("swf drill recover"),
+        "{msg}"
+    );
+    assert!(!accepts_writes(&us_db).await);
+    assert!(accepts_writes(&eu_db).await);
+    // Recover finishes forward; rebuilding the old primary is left to the
+    // operator (no rejoin command).
+    let r = recover(&after_api).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["write_region"].as_str(), r.body["epoch"].as_u64()),
+        (Some("eu-west"), Some(2)),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["operator"][0]
+            .as_str()
+            .unwrap()
+            .contains("region `us-east`'s database is a fenced primary"),
+        "{}",
+        r.body
+    );
+    assert!(!accepts_writes(&us_db).await);
+    assert!(accepts_writes(&eu_db).await);
+    let list = after_api.get("/v1/admin/drills").await.body;
+    let states: Vec<&str> = list["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["recovered", "failed"], "{list}");
+    before.kill().await;
+    after.kill().await;
+    finish(c).await;
+}
