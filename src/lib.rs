@@ -22,7 +22,8 @@
 //!   wake-ups, running handlers, completion batching, lease extension, drain;
 //!   `executor::handlers` the handler and decomposer registry.
 //! - [`drill`]: switchover and failover drills: phases, timeline, the load
-//!   they generate (`drill::load`) and the verdict (a pure function).
+//!   they generate (`drill::load`), the verdict (a pure function), the
+//!   journal and `swf drill recover`.
 //! - [`router`]: where each read and write goes: the read plan (pure), the
 //!   LSN tracker, primary discovery and epochs, the lineage cache.
 //! - [`store`]: ALL SQL, by concern (connection and schema, engine
@@ -94,6 +95,18 @@
 //! - No header, path parameter or method gets an unspecified status, stores
 //!   anything or moves the node's epoch
 //!   (`fuzz::generated_headers_and_path_parameters_get_specified_answers_and_change_nothing`).
+//! - A drill never leaves two writable primaries, and `swf drill recover`
+//!   after a drill killed at any phase leaves exactly one
+//!   (`recover::a_switchover_killed_after_the_fence_is_recovered_by_unfencing`,
+//!   `recover::a_failover_killed_after_promotion_is_finished_forward`,
+//!   `recover::a_switchover_killed_after_the_epoch_bump_is_finished_forward`,
+//!   `recover::a_switchover_killed_during_rejoin_is_recovered`,
+//!   `drills::a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences`,
+//!   `drills::a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_replica`).
+//! - Drills are exclusive cluster-wide: a second one answers 409
+//!   `drill_in_progress`, never 500
+//!   (`drills::two_drills_at_once_one_runs_and_the_other_is_refused_and_the_journal_lists_them`,
+//!   `drills::a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences`).
 
 #![deny(clippy::await_holding_lock)]
 

@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
-    Cancelled, DrillReport, DrillRequest, ErrorCode, Health, ListQuery, NodeInfoBody, Ready,
-    Regions, RunLineage, RunList, RunStatus, Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY,
-    H_TOKEN,
+    Cancelled, DrillList, DrillRecord, DrillReport, DrillRequest, ErrorCode, Health, ListQuery,
+    NodeInfoBody, Ready, RecoverReport, Regions, RunLineage, RunList, RunStatus, Submitted,
+    H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -444,6 +444,22 @@ impl ApiClient {
     /// `POST /v1/admin/drills`: runs a drill and answers with its report.
     pub async fn drill(&self, req: &DrillRequest) -> Result<Answer<DrillReport>, CallError> {
         self.call(Method::POST, "/v1/admin/drills", Some(req)).await
+    }
+
+    /// `GET /v1/admin/drills`: the drill journal, newest first.
+    pub async fn drills(&self) -> Result<Answer<DrillList>, CallError> {
+        self.get("/v1/admin/drills").await
+    }
+
+    /// `GET /v1/admin/drills/{id}`.
+    pub async fn drill_record(&self, id: &str) -> Result<Answer<DrillRecord>, CallError> {
+        self.get(&format!("/v1/admin/drills/{id}")).await
+    }
+
+    /// `POST /v1/admin/drills/recover`: recovers from an interrupted drill.
+    pub async fn recover(&self) -> Result<Answer<RecoverReport>, CallError> {
+        self.call::<_, ()>(Method::POST, "/v1/admin/drills/recover", None)
+            .await
     }
 
     /// `GET /health`.

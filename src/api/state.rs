@@ -32,7 +32,7 @@ pub struct ApiState {
     pub heartbeat_ms: u64,
     /// Control of the databases for drills (`swf dev`), if any.
     pub control: Option<Arc<dyn crate::drill::ClusterControl>>,
-    /// Held while a drill runs on this node (one at a time).
+    /// Held while a drill or a recovery runs on this node (one at a time).
     pub drill_running: Arc<tokio::sync::Mutex<()>>,
     pub auth: Arc<Auth>,
     /// Permits for requests served at once (limits.max_concurrent_requests).

@@ -37,6 +37,14 @@ pub fn v1_routes() -> Routes {
         )
         .add(Method::GET, "/v1/regions", READ, regions::regions)
         .add(Method::POST, "/v1/admin/drills", ADMIN, admin::drill)
+        .add(Method::GET, "/v1/admin/drills", ADMIN, admin::list)
+        .add(Method::GET, "/v1/admin/drills/{id}", ADMIN, admin::one)
+        .add(
+            Method::POST,
+            "/v1/admin/drills/recover",
+            ADMIN,
+            admin::recover,
+        )
 }
 
 /// Probes, node info and metrics (served by every node).
@@ -108,6 +116,30 @@ mod tests {
                 "ok",
             ),
             ("GET", Some("/v1/regions"), Some("Bearer a-secret"), "ok"),
+            (
+                "GET",
+                Some("/v1/admin/drills/{id}"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "GET",
+                Some("/v1/admin/drills/{id}"),
+                Some("Bearer a-secret"),
+                "ok",
+            ),
+            (
+                "POST",
+                Some("/v1/admin/drills/recover"),
+                Some("Bearer w-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/admin/drills/recover"),
+                Some("Bearer a-secret"),
+                "ok",
+            ),
             // A method the route does not serve: the route's least scope.
             ("DELETE", Some("/v1/workflows"), None, "401"),
             (

@@ -55,6 +55,9 @@ pub enum ErrorCode {
     InvalidState,
     ForwardingLoop,
     Internal,
+    /// Another drill (or a recovery) is running, or an interrupted drill
+    /// awaits `swf drill recover` (409).
+    DrillInProgress,
     /// A code this client does not know (a newer server); never sent.
     #[serde(other)]
     Unknown,
@@ -62,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the server sends, for tables and tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidWorkflow,
         ErrorCode::InvalidRequest,
@@ -82,6 +85,7 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::ForwardingLoop,
         ErrorCode::Internal,
+        ErrorCode::DrillInProgress,
     ];
 
     /// The HTTP status the code is answered with.
@@ -93,7 +97,7 @@ impl ErrorCode {
             Unauthorized => 401,
             Forbidden | ClientRoleDisabled => 403,
             NotFound => 404,
-            InvalidState => 409,
+            InvalidState | DrillInProgress => 409,
             PayloadTooLarge => 413,
             RateLimited => 429,
             Internal | Unknown => 500,
@@ -126,6 +130,7 @@ impl ErrorCode {
             InvalidState => "invalid_state",
             ForwardingLoop => "forwarding_loop",
             Internal => "internal",
+            DrillInProgress => "drill_in_progress",
             Unknown => "unknown",
         }
     }
@@ -553,10 +558,144 @@ pub struct DrillReport {
     /// The three slowest acknowledged writes (time from the load's start).
     pub slowest_writes: Vec<SlowWrite>,
     pub old_primary_fenced: bool,
+    /// What a write attempted on the old primary at the new epoch met:
+    /// fenced, replica and stale_epoch count as fenced.
+    #[serde(default)]
+    pub old_primary: OldPrimary,
     pub nodes_rerouted: usize,
     pub nodes_total: usize,
     pub phases: Vec<Phase>,
     pub ok: bool,
+}
+
+/// What a write attempted on a drill's old primary met (the report's
+/// `old_primary`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OldPrimary {
+    /// Refused: read-only.
+    Fenced,
+    /// Refused: in recovery (it rejoined as a replica).
+    Replica,
+    /// Refused: its epoch is older than the new one.
+    StaleEpoch,
+    /// No answer: not known to be fenced.
+    #[default]
+    Unreachable,
+    /// Accepted: not fenced.
+    Writable,
+}
+
+impl OldPrimary {
+    /// Whether the old primary refuses writes for a fencing reason.
+    pub fn is_fenced(self) -> bool {
+        matches!(
+            self,
+            OldPrimary::Fenced | OldPrimary::Replica | OldPrimary::StaleEpoch
+        )
+    }
+}
+
+/// A drill's state in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillState {
+    Running,
+    Ok,
+    Failed,
+    Interrupted,
+    Recovered,
+}
+
+impl DrillState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillState::Running => "running",
+            DrillState::Ok => "ok",
+            DrillState::Failed => "failed",
+            DrillState::Interrupted => "interrupted",
+            DrillState::Recovered => "recovered",
+        }
+    }
+
+    /// Running or interrupted: a new drill must wait (or `swf drill recover`).
+    pub fn is_unresolved(self) -> bool {
+        matches!(self, DrillState::Running | DrillState::Interrupted)
+    }
+}
+
+/// One drill of the journal: `GET /v1/admin/drills/{id}`, and each entry of
+/// `GET /v1/admin/drills`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    pub id: Uuid,
+    pub kind: DrillKind,
+    pub from_region: String,
+    pub to_region: String,
+    pub state: DrillState,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The drill's report when it finished; `{"error"}` when it aborted;
+    /// `recovery` added by `swf drill recover`.
+    pub report: Option<Value>,
+    /// The node that runs (ran) it.
+    #[serde(default)]
+    pub node_id: String,
+    /// The last phase it started.
+    #[serde(default)]
+    pub phase: String,
+    /// The answering node's process runs this drill right now.
+    #[serde(default)]
+    pub active: bool,
+}
+
+/// `GET /v1/admin/drills`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillList {
+    pub drills: Vec<DrillRecord>,
+}
+
+/// A region's database as `swf drill recover` found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbFound {
+    /// Out of recovery and takes writes.
+    Writable,
+    /// Out of recovery but read-only: a fenced primary.
+    Fenced,
+    /// In recovery.
+    Replica,
+    Unreachable,
+}
+
+/// One region in a recovery report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionFound {
+    pub region: String,
+    pub found: DbFound,
+    pub epoch: Option<u64>,
+    /// The WAL timeline of a database out of recovery.
+    pub timeline: Option<u64>,
+    /// Why it is unreachable.
+    pub error: Option<String>,
+}
+
+/// The answer of `POST /v1/admin/drills/recover` (`swf drill recover`):
+/// what it found, what it did, and the write region it left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverReport {
+    pub regions: Vec<RegionFound>,
+    /// Unresolved drills it found (running or interrupted) and marked recovered.
+    pub drills: Vec<Uuid>,
+    /// What it did, in order; empty when nothing was wrong.
+    pub actions: Vec<String>,
+    /// What is left to the operator (no control of the databases).
+    pub operator: Vec<String>,
+    /// The one writable primary it left, and its epoch.
+    pub write_region: String,
+    pub epoch: u64,
+    /// Whether it changed anything.
+    pub changed: bool,
 }
 
 /// One slow acknowledged write of the drill's load.
@@ -582,6 +721,7 @@ mod tests {
             (ErrorCode::ClientRoleDisabled, "client_role_disabled", 403),
             (ErrorCode::RateLimited, "rate_limited", 429),
             (ErrorCode::InvalidState, "invalid_state", 409),
+            (ErrorCode::DrillInProgress, "drill_in_progress", 409),
             (ErrorCode::RegionUnavailable, "region_unavailable", 503),
             (ErrorCode::RequestTimeout, "request_timeout", 504),
             (ErrorCode::ForwardingLoop, "forwarding_loop", 508),

@@ -91,6 +91,17 @@ pub enum DrillCommand {
     Switchover(DrillArgs),
     /// Simulated loss of the write region's primary: stop it hard, promote.
     Failover(DrillArgs),
+    /// The drill journal, newest first.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// After a drill was interrupted: leave exactly one writable primary
+    /// and report what was found and done.
+    Recover {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
-//! The client commands (`submit`, `status`, `lineage`, `regions`, `drill`):
+//! The client commands (`submit`, `status`, `lineage`, `regions`, `drill`,
+//! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
 
@@ -9,7 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::args::{ApiArgs, DrillArgs};
-use super::render::{render_drill, render_lineage, render_regions, render_status, to_json};
+use super::render::{
+    render_drill, render_drill_list, render_lineage, render_recover, render_regions, render_status,
+    to_json,
+};
 use crate::api::client::{ApiClient, CallError, RetryPolicy};
 use crate::api::wire::{DrillKind, DrillRequest, RunState};
 
@@ -145,4 +149,25 @@ pub async fn drill(kind: DrillKind, a: DrillArgs) -> anyhow::Result<i32> {
         print!("{}", render_drill(&report));
     }
     Ok(if report.ok { 0 } else { 4 })
+}
+
+pub async fn drill_list(api: &ApiArgs) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?.drills().await?.body;
+    if api.json {
+        print_json(&doc)?;
+    } else {
+        print!("{}", render_drill_list(&doc));
+    }
+    Ok(0)
+}
+
+pub async fn drill_recover(api: &ApiArgs) -> anyhow::Result<i32> {
+    // Re-cloning a database as a replica may take a while.
+    let report = client(api, Duration::from_secs(600))?.recover().await?.body;
+    if api.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", render_recover(&report));
+    }
+    Ok(0)
 }

@@ -121,6 +121,8 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             commands::drill(DrillKind::Switchover, a).await
         }
         Command::Drill(DrillCommand::Failover(a)) => commands::drill(DrillKind::Failover, a).await,
+        Command::Drill(DrillCommand::List { api }) => commands::drill_list(&api).await,
+        Command::Drill(DrillCommand::Recover { api }) => commands::drill_recover(&api).await,
         Command::Auth(AuthCommand::HashToken) => {
             let mut t = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("read stdin")?;

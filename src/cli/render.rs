@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::wire::{DrillReport, Regions, RunLineage, RunStatus};
+use crate::api::wire::{DrillList, DrillReport, RecoverReport, Regions, RunLineage, RunStatus};
 
 /// A JSON value as a cell: `-` for null, a string as is, else its JSON.
 fn s(v: &Value) -> String {
@@ -136,7 +136,7 @@ pub fn render_drill(r: &DrillReport) -> String {
         out += &format!("    {:>7} ms  {:>7} ms  {}\n", p.ms, total, p.name);
     }
     out += &format!(
-        "  detection {} ms, RTO {} ms\n  writes: {} acknowledged, {} lost, {} duplicated, {} indeterminate, {} failed\n  stale reads: {}; old primary fenced: {}; nodes re-routed: {}/{}\n  {}\n",
+        "  detection {} ms, RTO {} ms\n  writes: {} acknowledged, {} lost, {} duplicated, {} indeterminate, {} failed\n  stale reads: {}; old primary fenced: {} ({}); nodes re-routed: {}/{}\n  {}\n",
         r.detection_ms,
         r.rto_ms,
         r.acknowledged_writes,
@@ -146,12 +146,76 @@ pub fn render_drill(r: &DrillReport) -> String {
         r.failed_writes,
         r.stale_reads,
         r.old_primary_fenced,
+        to_json(&r.old_primary).as_str().unwrap_or(""),
         r.nodes_rerouted,
         r.nodes_total,
         if r.ok { "OK" } else { "NOT OK" }
     );
     if !r.failures.is_empty() {
         out += &format!("  failed writes by answer: {}\n", to_json(&r.failures));
+    }
+    out
+}
+
+/// Human rendering of the drill journal: one line per drill, newest first.
+pub fn render_drill_list(doc: &DrillList) -> String {
+    if doc.drills.is_empty() {
+        return "no drills\n".to_string();
+    }
+    let mut out = format!(
+        "{:<36}  {:<10}  {:<25}  {:<11}  {:<20}  {}\n",
+        "id", "kind", "from -> to", "state", "started", "finished"
+    );
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    for d in &doc.drills {
+        out += &format!(
+            "{:<36}  {:<10}  {:<25}  {:<11}  {:<20}  {}\n",
+            d.id,
+            d.kind.as_str(),
+            format!("{} -> {}", d.from_region, d.to_region),
+            d.state.as_str(),
+            time(&d.started_at),
+            d.finished_at
+                .as_ref()
+                .map(time)
+                .unwrap_or_else(|| format!("(phase {})", d.phase)),
+        );
+    }
+    out
+}
+
+/// Human rendering of a recovery: what it found, what it did.
+pub fn render_recover(r: &RecoverReport) -> String {
+    let mut out = "found:\n".to_string();
+    for f in &r.regions {
+        out += &format!(
+            "  {:<12} {:<11} epoch {}{}\n",
+            f.region,
+            to_json(&f.found).as_str().unwrap_or(""),
+            f.epoch.map_or("-".to_string(), |e| e.to_string()),
+            f.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    if r.actions.is_empty() {
+        out += &format!(
+            "nothing to do: one writable primary ({}, epoch {}) and no interrupted drill\n",
+            r.write_region, r.epoch
+        );
+    } else {
+        out += "done:\n";
+        for a in &r.actions {
+            out += &format!("  {a}\n");
+        }
+        out += &format!(
+            "write region {} (epoch {}) is the one writable primary\n",
+            r.write_region, r.epoch
+        );
+    }
+    for o in &r.operator {
+        out += &format!("for the operator: {o}\n");
     }
     out
 }

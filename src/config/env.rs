@@ -19,6 +19,7 @@ pub const IGNORED_ENV: &[&str] = &[
     "SWF_CLIENT_CERT",
     "SWF_CLIENT_KEY",
     "SWF_TEST_KEEP",
+    "SWF_DEV_DRILL_HOLD_AT",
 ];
 
 pub(crate) fn ignored_env(name: &str) -> bool {

@@ -3,13 +3,15 @@
 //! Starts a PostgreSQL primary from the machine's binaries under the data
 //! dir (as an unprivileged user when run as root), migrates it, runs one
 //! hybrid node, writes `cluster.json`, and stops everything it started on
-//! Ctrl-C. Restarts reuse the data dir; `--fresh` starts over. The same
-//! building blocks ([`prepare_database`]) serve the integration tests.
+//! Ctrl-C. Restarts reuse the data dir, whatever state a previous run left
+//! it in (see [`restart`]); `--fresh` starts over. The same building blocks
+//! ([`prepare_database`]) serve the integration tests.
 
 pub mod bench;
 pub mod pgserver;
 pub mod pki;
 pub mod proxy;
+mod restart;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,9 @@ impl ClusterFile {
 /// Name of the application database inside each dev PostgreSQL server.
 pub const DEV_DATABASE: &str = "swf";
 
-/// Creates `database` on the server at `admin_url` if missing and migrates it.
+/// Creates `database` on the server at `admin_url` if missing and migrates
+/// it. A database already at this binary's schema is left untouched (a
+/// fenced primary could not be migrated, and needs not be).
 pub async fn prepare_database(
     admin_url: &str,
     database_url: &str,
@@ -103,7 +107,13 @@ pub async fn prepare_database(
     }
     admin.close().await;
     let store = Store::connect_lazy(database_url, 2)?;
-    store.migrate().await.context("migrate the database")?;
+    let current = matches!(
+        store.schema_compat().await,
+        Ok(crate::store::SchemaCompat::Current(_))
+    );
+    if !current {
+        store.migrate().await.context("migrate the database")?;
+    }
     store.close().await;
     Ok(())
 }
@@ -341,10 +351,9 @@ impl ClusterControl for DevControl {
             let (upstream, dir, port) = self.upstream(&region, &primary).await?;
             // A fresh clone of the new primary: the old timeline may hold
             // WAL the new primary never saw (always so after a failover).
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("remove {}", dir.display()))?;
-            }
+            // Renamed away first, so a crash never leaves it half deleted.
+            restart::remove_dir(&dir)?;
+            crate::drill::hold_point("rejoin").await;
             let server = start_replica(&dir, &region, upstream, Some(port), self.pg_tls()).await?;
             self.dbs
                 .lock()
@@ -398,21 +407,31 @@ impl DevCluster {
         let data_dir = std::fs::canonicalize(&opts.data_dir)?;
         let wan = Duration::from_millis(opts.wan_latency_ms);
         let pg_dir = |r: &str| data_dir.join("pg").join(r);
-        // The primary is the region whose data dir is not a standby: the
-        // first region on a new cluster; whichever a drill promoted on a
-        // reused one.
-        let primary = regions
-            .iter()
-            .find(|r| {
-                pg_dir(r).join("PG_VERSION").exists() && !pg_dir(r).join("standby.signal").exists()
-            })
-            .unwrap_or(&regions[0])
-            .clone();
+        let cluster_path = data_dir.join("cluster.json");
+        // The primary: the first region on a new cluster; whichever a drill
+        // promoted on a reused one (see `restart`).
+        let mut states = Vec::new();
+        for r in regions {
+            let dir = pg_dir(r);
+            restart::remove_dir(&restart::trash_path(&dir))?;
+            let mut state = restart::dir_state(&dir);
+            if state == restart::DirState::Incomplete {
+                eprintln!(
+                    "region {r}: {} is an incomplete data dir: cloned again",
+                    dir.display()
+                );
+                restart::remove_dir(&dir)?;
+                state = restart::DirState::Missing;
+            }
+            states.push((r.clone(), state));
+        }
+        let layout = restart::layout(&states, restart::recorded_primary(&cluster_path).as_deref())?;
+        let primary = layout.primary.clone();
         let control = Arc::new(DevControl {
             dbs: tokio::sync::Mutex::new(Default::default()),
             proxies: tokio::sync::Mutex::new(Default::default()),
             wan,
-            cluster_path: data_dir.join("cluster.json"),
+            cluster_path,
             tls: if opts.tls {
                 Some(DevTls::ensure(&data_dir)?)
             } else {
@@ -421,7 +440,7 @@ impl DevCluster {
         });
         let mut order = vec![primary.clone()];
         order.extend(regions.iter().filter(|r| **r != primary).cloned());
-        match Self::start_inner(opts, registry, &data_dir, &primary, &control, &order).await {
+        match Self::start_inner(opts, registry, &data_dir, &layout, &control, &order).await {
             Ok((nodes, cluster)) => Ok(DevCluster {
                 nodes,
                 control: control.clone(),
@@ -440,11 +459,12 @@ impl DevCluster {
         opts: &DevOptions,
         registry: Registry,
         data_dir: &Path,
-        primary: &str,
+        layout: &restart::Layout,
         control: &Arc<DevControl>,
         order: &[String],
     ) -> anyhow::Result<(Vec<Node>, ClusterFile)> {
         let regions = &opts.regions;
+        let primary = layout.primary.as_str();
         let pg_dir = |r: &str| data_dir.join("pg").join(r);
         eprintln!(
             "starting PostgreSQL primary for region {primary} under {}",
@@ -467,6 +487,25 @@ impl DevCluster {
             },
         );
         for r in order.iter().skip(1) {
+            if layout.fenced.contains(r) {
+                // A primary too (a drill was interrupted after promoting the
+                // primary): never a second writable one, never silently a
+                // standby; `swf drill recover` rejoins it.
+                eprintln!(
+                    "region {r}'s database is a primary too (an interrupted drill): started fenced; run `swf drill recover`"
+                );
+                pgserver::fence_data_dir(&pg_dir(r))?;
+                let pg = start_primary(&pg_dir(r), r, control.pg_tls()).await?;
+                control.dbs.lock().await.insert(
+                    r.clone(),
+                    DevDb {
+                        dir: pg_dir(r),
+                        port: pg.port(),
+                        server: Some(pg),
+                    },
+                );
+                continue;
+            }
             // Replication crosses the WAN too.
             let upstream = control
                 .link(primary_port, format!("replication {primary}->{r}"))
@@ -555,6 +594,11 @@ impl DevCluster {
             token_file: control.tls.as_ref().map(|t| t.token_file.clone()),
         };
         cluster.set_primary(primary);
+        for r in &mut cluster.regions {
+            if layout.fenced.contains(&r.name) {
+                r.role = "fenced".into();
+            }
+        }
         cluster.write(&control.cluster_path)?;
         Ok((nodes, cluster))
     }

@@ -29,6 +29,11 @@ pub trait ClusterControl: Send + Sync {
     fn promote(&self, _from: &str, _to: &str) -> BoxFuture<'_, anyhow::Result<bool>> {
         Box::pin(async { Ok(false) })
     }
+    /// Whether [`ClusterControl::rejoin`] really rebuilds a database as a
+    /// replica (recovery otherwise leaves it to the operator).
+    fn can_rejoin(&self) -> bool {
+        true
+    }
 }
 
 /// A [`ClusterControl`] that runs the node's `[drills]` hook commands (see
@@ -117,5 +122,8 @@ impl ClusterControl for HookControl {
         *self.from_to.lock().expect("hook lock") = (from.to_string(), to.to_string());
         let to = to.to_string();
         Box::pin(async move { self.run("promote", &self.hooks.promote_command, &to).await })
+    }
+    fn can_rejoin(&self) -> bool {
+        self.hooks.rejoin_command.is_some()
     }
 }

@@ -9,6 +9,15 @@
 //! [`ClusterControl`], e.g. `swf dev`), the old primary then rejoins as a
 //! replica of the new one.
 //!
+//! Exclusive cluster-wide, journaled, recoverable: a drill claims the one
+//! `running` slot of the drill journal (`swf.drills`) on the primary before
+//! it touches anything, and records its phases there (on the old primary
+//! until the fence, on the new one from the epoch bump; see [`journal`]).
+//! The epoch bump is a compare-and-set. After a failure the old primary is
+//! unfenced only when the target is verified still a replica. When the
+//! drilling process dies part way, [`recover`] inspects every region and
+//! the journal and leaves exactly one writable primary.
+//!
 //! Measurement: an optional load submits workflows through every region's
 //! client node during the drill ([`crate::drill::load`]); each acknowledged
 //! run is then looked up on the new primary (present, lost, or
@@ -19,26 +28,32 @@ pub mod load;
 
 mod control;
 mod error;
+mod exclusive;
+mod journal;
 mod phases;
+mod recover;
 mod reroute;
 mod timeline;
 mod verdict;
 
 use std::time::Instant;
 
-use crate::api::wire::{DrillReport, DrillRequest};
+use crate::api::wire::{DrillReport, DrillRequest, DrillState};
 use crate::router::Router;
 
 pub use control::{ClusterControl, HookControl};
 pub use error::DrillError;
+pub use exclusive::{hold_point, is_active, HOLD_ENV};
+pub use journal::{get, interrupt_own, list, Runner, LIST_LIMIT};
+pub use recover::{recover, Peers};
 
 use error::failed;
-use phases::Drill;
+use phases::{error_report, Drill};
 use reroute::node_urls;
 use timeline::ms;
 use verdict::{verdict, Observed};
 
-/// Runs a drill from this node.
+/// Runs a drill from this node, `me`.
 /// `authorization` is the caller's `Authorization` header, which the load
 /// presents to every node.
 pub async fn run(
@@ -48,43 +63,94 @@ pub async fn run(
     authorization: Option<reqwest::header::HeaderValue>,
     tls: &crate::api::tls::ClientTls,
     heartbeat_ms: u64,
+    me: &Runner,
 ) -> Result<DrillReport, DrillError> {
     let mut d = Drill::new(router, control, authorization, tls);
-    let plan = d.preflight(req).await?;
-    let (targets, all_nodes) = node_urls(router, heartbeat_ms).await.map_err(failed)?;
+    let id = uuid::Uuid::now_v7();
+    let _live = exclusive::LiveDrill::enter(id);
+    let (plan, mut j) = d.begin(req, me, id).await?;
+    hold_point("claimed").await;
+    let (targets, all_nodes) = match node_urls(router, heartbeat_ms).await {
+        Ok(urls) => urls,
+        Err(e) => {
+            let e = failed(e);
+            j.finish(
+                &plan.old,
+                plan.epoch_before,
+                DrillState::Failed,
+                error_report(&e),
+            )
+            .await;
+            return Err(e);
+        }
+    };
     let mut load = d.start_load(targets, req.load).await;
 
     router.take_primary_lost_at();
     let fault = Instant::now();
-    let epoch_after = d.move_primary(&plan, req.kind).await?;
-    let (rerouted, total) = d.reroute(&plan, epoch_after, &all_nodes).await?;
-    let rerouted_at = Instant::now();
-    d.rejoin(&plan).await?;
+    let epoch_after = d.move_primary(&plan, req.kind, &mut j).await?;
+    // From here on the journal lives on the new primary.
+    j.phase(&plan.target, epoch_after, "re-route").await;
+    hold_point("epoch-bumped").await;
+    let finished = async {
+        let (rerouted, total) = d.reroute(&plan, epoch_after, &all_nodes).await?;
+        let rerouted_at = Instant::now();
+        d.rejoin(&plan, &mut j, epoch_after).await?;
 
-    let (attempts, fault_offset_ms) = d.stop_load(&mut load, fault).await;
-    let found = d.verify(&plan, &attempts, &load.label, epoch_after).await?;
-    let noticed_ms = router
-        .take_primary_lost_at()
-        .filter(|t| *t >= fault)
-        .map(|t| ms(t - fault));
-    let seen = Observed {
-        from: plan.from,
-        to: plan.to,
-        epoch_before: plan.epoch_before,
-        epoch_after,
-        old_primary_fenced: found.old_primary_fenced,
-        nodes_rerouted: rerouted,
-        nodes_total: total,
-        fault_offset_ms,
-        noticed_ms,
-        rerouted_ms: ms(rerouted_at - fault),
-        phases: d.tl.into_phases(),
-    };
-    Ok(verdict(
-        req,
-        &attempts,
-        &found.present,
-        found.duplicates,
-        seen,
-    ))
+        let (attempts, fault_offset_ms) = d.stop_load(&mut load, fault).await;
+        let found = d.verify(&plan, &attempts, &load.label, epoch_after).await?;
+        let noticed_ms = router
+            .take_primary_lost_at()
+            .filter(|t| *t >= fault)
+            .map(|t| ms(t - fault));
+        let seen = Observed {
+            from: plan.from.clone(),
+            to: plan.to.clone(),
+            epoch_before: plan.epoch_before,
+            epoch_after,
+            old_primary: found.old_primary,
+            nodes_rerouted: rerouted,
+            nodes_total: total,
+            fault_offset_ms,
+            noticed_ms,
+            rerouted_ms: ms(rerouted_at - fault),
+            phases: std::mem::take(&mut d.tl).into_phases(),
+        };
+        Ok::<_, DrillError>(verdict(
+            req,
+            &attempts,
+            &found.present,
+            found.duplicates,
+            seen,
+        ))
+    }
+    .await;
+    match finished {
+        Ok(report) => {
+            let state = if report.ok {
+                DrillState::Ok
+            } else {
+                DrillState::Failed
+            };
+            let json = serde_json::to_value(&report).unwrap_or_default();
+            j.finish(&plan.target, epoch_after, state, json).await;
+            Ok(report)
+        }
+        Err(e) => {
+            // The target is the one writable primary; the old one is fenced
+            // (or stopped): `swf drill recover` rejoins it.
+            let e = DrillError::Failed(format!(
+                "{e} (after the target `{}` was promoted at epoch {epoch_after}; the old primary stays fenced: run `swf drill recover` to rejoin it)",
+                plan.to
+            ));
+            j.finish(
+                &plan.target,
+                epoch_after,
+                DrillState::Failed,
+                error_report(&e),
+            )
+            .await;
+            Err(e)
+        }
+    }
 }

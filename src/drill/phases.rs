@@ -1,9 +1,12 @@
-//! The phases of a drill, in the order they run: preflight, load warm-up,
-//! fence (or lose) the old primary, wait until the target has replayed its
-//! last write, promote the target (out of recovery, epoch bumped), re-route
-//! every node, rejoin the old primary, stop the load and verify. Each phase
-//! records itself in the drill's [`Timeline`]; the report's names and
-//! order of phases come from here.
+//! The phases of a drill, in the order they run: preflight (and the claim
+//! of the journal's one running slot), load warm-up, fence (or lose) the old
+//! primary, wait until the target has replayed its last write, promote the
+//! target, bump the epoch (compare-and-set), re-route every node, rejoin the
+//! old primary, stop the load and verify. Each phase records itself in the
+//! drill's [`Timeline`]; the report's names and order of phases come from
+//! here. The journal row is written on the old primary up to the fence and
+//! on the new one from the epoch bump on; in between nothing is written.
+//! Hold points (dev builds, [`hold_point`]) sit between the phases.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +17,20 @@ use uuid::Uuid;
 
 use super::control::ClusterControl;
 use super::error::{failed, DrillError};
+use super::exclusive::hold_point;
+use super::journal::{self, Journal, Runner};
 use super::load::{self, Attempted, LoadHandle, LoadSpec};
 use super::reroute::wait_rerouted;
 use super::timeline::{ms, Timeline};
 use crate::api::tls::ClientTls;
-use crate::api::wire::{DrillKind, DrillRequest};
+use crate::api::wire::{DrillKind, DrillRequest, DrillState, OldPrimary};
 use crate::model::token::Lsn;
 use crate::router::Router;
-use crate::store::Store;
+use crate::store::{DrillRow, Store, WriteProbe};
+
+/// How long the write attempted on the old primary may take before it
+/// counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A drill in progress: what it acts through, and its timeline.
 pub(super) struct Drill<'a> {
@@ -51,12 +60,12 @@ pub(super) struct Load {
     pub label: String,
 }
 
-/// What the new primary holds of the load's writes, and whether the old
-/// primary refuses writes at the new epoch.
+/// What the new primary holds of the load's writes, and what a write at the
+/// new epoch met on the old primary.
 pub(super) struct Found {
     pub present: HashSet<String>,
     pub duplicates: u64,
-    pub old_primary_fenced: bool,
+    pub old_primary: OldPrimary,
 }
 
 impl<'a> Drill<'a> {
@@ -79,7 +88,11 @@ impl<'a> Drill<'a> {
     /// not a healthy replica close behind the primary.
     pub(super) async fn preflight(&mut self, req: &DrillRequest) -> Result<Plan, DrillError> {
         let router = self.router;
-        router.discover_primary().await.map_err(failed)?;
+        router.discover_primary().await.map_err(|e| {
+            DrillError::Refused(format!(
+                "no writable primary to move ({e:#}); if a drill was interrupted, run `swf drill recover`"
+            ))
+        })?;
         let from = router.write_region();
         let epoch_before = router.epoch();
         let to = req.to.clone();
@@ -117,6 +130,54 @@ impl<'a> Drill<'a> {
         })
     }
 
+    /// Refuses while a drill is unresolved anywhere in the cluster, runs the
+    /// preflight and claims the journal's one running slot on the primary.
+    /// A refusal or failure that a concurrent drill explains (it fenced the
+    /// primary, ended our sessions, took the slot) is answered as
+    /// [`DrillError::InProgress`].
+    pub(super) async fn begin(
+        &mut self,
+        req: &DrillRequest,
+        me: &Runner,
+        id: Uuid,
+    ) -> Result<(Plan, Journal), DrillError> {
+        if let Some(d) = journal::unresolved(self.router).await.first() {
+            return Err(journal::in_progress(d));
+        }
+        let claimed = async {
+            let plan = self.preflight(req).await?;
+            let now = chrono::Utc::now();
+            let j = Journal::new(DrillRow {
+                id,
+                kind: req.kind.as_str().to_string(),
+                from_region: plan.from.clone(),
+                to_region: plan.to.clone(),
+                state: DrillState::Running.as_str().to_string(),
+                node_id: me.node_id.clone(),
+                node_url: Some(me.node_url.clone()),
+                phase: "preflight".into(),
+                epoch_before: plan.epoch_before as i64,
+                started_at: now,
+                updated_at: now,
+                finished_at: None,
+                report: None,
+            });
+            j.claim(&plan.old, plan.epoch_before).await?;
+            Ok((plan, j))
+        }
+        .await;
+        match claimed {
+            Err(e @ (DrillError::Refused(_) | DrillError::Failed(_))) => {
+                // A concurrent drill explains it better than its symptom.
+                match journal::unresolved(self.router).await.first() {
+                    Some(d) => Err(journal::in_progress(d)),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Starts submitting `rate_per_s` workflows a second to `targets` (none
     /// at 0), and lets the load run for a second before the fault.
     pub(super) async fn start_load(&mut self, targets: Vec<String>, rate_per_s: f64) -> Load {
@@ -140,20 +201,24 @@ impl<'a> Drill<'a> {
         Load { handle, label }
     }
 
-    /// Moves the write region to the target and returns the new epoch. If
-    /// the move fails after this drill fenced the old primary with SQL but
-    /// before a promotion, the fence is lifted again so the cluster is not
-    /// left without a writable primary.
+    /// Moves the write region to the target and returns the new epoch. The
+    /// last journal write on the old primary comes first; then the fence (or
+    /// loss), promotion and the compare-and-set epoch bump. If the move
+    /// fails once the old primary may be fenced, it is unfenced again only
+    /// when the target is verified still a replica; otherwise it stays
+    /// fenced (never two writable primaries) and the error says to run
+    /// `swf drill recover`.
     pub(super) async fn move_primary(
         &mut self,
         plan: &Plan,
         kind: DrillKind,
+        j: &mut Journal,
     ) -> Result<u64, DrillError> {
-        let mut fenced_here = false;
+        j.phase(&plan.old, plan.epoch_before, "fence").await;
         let moved = async {
             match kind {
                 DrillKind::Switchover => {
-                    let last = self.fence(plan, &mut fenced_here).await?;
+                    let last = self.fence(plan).await?;
                     self.stop_old(plan).await?;
                     if let Some(last) = last {
                         self.catch_up(plan, last).await?;
@@ -161,29 +226,84 @@ impl<'a> Drill<'a> {
                 }
                 DrillKind::Failover => self.lose_old(plan).await?,
             }
-            self.promote(plan).await
+            hold_point("fenced").await;
+            self.promote(plan).await?;
+            hold_point("promoted").await;
+            self.bump(plan).await
         }
         .await;
-        if moved.is_err() && fenced_here {
-            match plan.old.unfence().await {
-                Ok(()) => {
-                    tracing::warn!(region = %plan.from, "drill aborted: the old primary is unfenced")
-                }
-                Err(e) => tracing::error!(region = %plan.from, error = %e,
-                    "drill aborted and the old primary could not be unfenced"),
-            }
+        match moved {
+            Ok(epoch) => Ok(epoch),
+            Err(e) => Err(self.abort(plan, kind, j, e).await),
         }
-        moved
     }
 
-    /// Fences the old primary (by the control's hook, else with SQL, which
-    /// sets `fenced_here` first) and returns the last WAL position it will
-    /// ever have, read after a hook's fence too where it is still reachable.
-    async fn fence(
+    /// After a failed move, which may have fenced (or lost) the old primary
+    /// whatever step failed: unfences it only when the target answers that
+    /// it is in recovery (unfencing a primary never fenced changes nothing).
+    async fn abort(
         &mut self,
         plan: &Plan,
-        fenced_here: &mut bool,
-    ) -> Result<Option<Lsn>, DrillError> {
+        kind: DrillKind,
+        j: &mut Journal,
+        e: DrillError,
+    ) -> DrillError {
+        let target = tokio::time::timeout(PROBE_TIMEOUT, plan.target.inspect()).await;
+        let why = match target {
+            Ok(Ok(t)) if t.in_recovery => None,
+            Ok(Ok(_)) => Some(format!(
+                "the target `{}` is out of recovery (promoted)",
+                plan.to
+            )),
+            Ok(Err(err)) => Some(format!(
+                "the target `{}` cannot be checked ({err})",
+                plan.to
+            )),
+            Err(_) => Some(format!("the target `{}` does not answer", plan.to)),
+        };
+        if let Some(why) = why {
+            tracing::error!(region = %plan.from, error = %e, "drill aborted; the old primary stays fenced: {why}");
+            return DrillError::Failed(format!(
+                "{e}; the old primary `{}` stays fenced because {why}: run `swf drill recover`",
+                plan.from
+            ));
+        }
+        if kind == DrillKind::Failover {
+            return DrillError::Failed(format!(
+                "{e}; the old primary `{}` was stopped (or was being stopped) and the target `{}` \
+                 is still a replica: start the old primary again, then run `swf drill recover`",
+                plan.from, plan.to
+            ));
+        }
+        match plan.old.unfence().await {
+            Ok(()) => {
+                tracing::warn!(region = %plan.from, "drill aborted: the target is still a replica, the old primary is unfenced");
+                j.finish(
+                    &plan.old,
+                    plan.epoch_before,
+                    DrillState::Failed,
+                    error_report(&e),
+                )
+                .await;
+                DrillError::Failed(format!(
+                    "{e}; the target is still a replica, so the old primary `{}` is unfenced",
+                    plan.from
+                ))
+            }
+            Err(err) => {
+                tracing::error!(region = %plan.from, error = %err, "drill aborted and the old primary could not be unfenced");
+                DrillError::Failed(format!(
+                    "{e}; the old primary `{}` could not be unfenced ({err}): run `swf drill recover`",
+                    plan.from
+                ))
+            }
+        }
+    }
+
+    /// Fences the old primary (by the control's hook, else with SQL) and
+    /// returns the last WAL position it will ever have, read after a hook's
+    /// fence too where it is still reachable.
+    async fn fence(&mut self, plan: &Plan) -> Result<Option<Lsn>, DrillError> {
         let hooked = match self.control {
             Some(c) => c.fence(&plan.from, &plan.to).await.map_err(failed)?,
             None => false,
@@ -191,7 +311,6 @@ impl<'a> Drill<'a> {
         let last = if hooked {
             plan.old.position().await.ok().map(|(_, _, l)| l)
         } else {
-            *fenced_here = true;
             Some(plan.old.fence().await.map_err(failed)?)
         };
         self.tl.mark("fence old primary");
@@ -223,22 +342,41 @@ impl<'a> Drill<'a> {
         Ok(())
     }
 
-    /// Promotes the target (by the control's hook, then waits until it is
-    /// out of recovery and bumps the epoch; else `pg_promote()` and the
-    /// epoch bump in one) and returns the new epoch.
-    async fn promote(&mut self, plan: &Plan) -> Result<u64, DrillError> {
+    /// Promotes the target: by the control's hook, then waits until it is
+    /// out of recovery; else `pg_promote()`.
+    async fn promote(&mut self, plan: &Plan) -> Result<(), DrillError> {
         let hooked = match self.control {
             Some(c) => c.promote(&plan.from, &plan.to).await.map_err(failed)?,
             None => false,
         };
-        let epoch_after = if hooked {
+        if hooked {
             wait_out_of_recovery(&plan.target).await?;
-            plan.target.bump_epoch(&plan.to).await.map_err(failed)?
         } else {
-            plan.target.promote(&plan.to).await.map_err(failed)?
-        };
+            plan.target.promote().await.map_err(failed)?;
+        }
         self.tl.mark("promote target");
-        Ok(epoch_after)
+        Ok(())
+    }
+
+    /// Bumps the epoch on the promoted target, compare-and-set from the
+    /// epoch the drill started at; a lost compare fails the drill.
+    async fn bump(&mut self, plan: &Plan) -> Result<u64, DrillError> {
+        let bumped = plan
+            .target
+            .bump_epoch(&plan.to, plan.epoch_before)
+            .await
+            .map_err(failed)?;
+        let Some(epoch) = bumped else {
+            let now = plan.target.role().await.map(|(e, _)| e.to_string());
+            return Err(DrillError::Failed(format!(
+                "the epoch moved under the drill: expected {} on the target, found {}; \
+                 another drill or a recovery bumped it",
+                plan.epoch_before,
+                now.unwrap_or_else(|e| format!("nothing readable ({e})"))
+            )));
+        };
+        self.tl.mark("bump epoch");
+        Ok(epoch)
     }
 
     /// Points the router, the deployment and the other replicas at the new
@@ -277,8 +415,14 @@ impl<'a> Drill<'a> {
 
     /// Makes the old primary a replica of the new one, where the drill
     /// controls the databases.
-    pub(super) async fn rejoin(&mut self, plan: &Plan) -> Result<(), DrillError> {
+    pub(super) async fn rejoin(
+        &mut self,
+        plan: &Plan,
+        j: &mut Journal,
+        epoch: u64,
+    ) -> Result<(), DrillError> {
         if let Some(c) = self.control {
+            j.phase(&plan.target, epoch, "rejoin").await;
             c.rejoin(&plan.from, &plan.to).await.map_err(failed)?;
             self.tl.mark("rejoin old primary as replica");
         }
@@ -309,8 +453,8 @@ impl<'a> Drill<'a> {
     }
 
     /// Looks up every acknowledged write on the new primary, counts runs of
-    /// one attempt stored twice, and checks that the old primary refuses a
-    /// write at the new epoch.
+    /// one attempt stored twice, and attempts a write at the new epoch on
+    /// the old primary.
     pub(super) async fn verify(
         &mut self,
         plan: &Plan,
@@ -337,14 +481,36 @@ impl<'a> Drill<'a> {
             .duplicate_goals(&load::goal_prefix(label))
             .await
             .map_err(failed)? as u64;
-        let old_primary_fenced = plan.old.cancel_run(Uuid::nil(), epoch_after).await.is_err();
+        let old_primary = old_primary(&plan.old, epoch_after).await;
         self.tl.mark("verify");
         Ok(Found {
             present,
             duplicates,
-            old_primary_fenced,
+            old_primary,
         })
     }
+}
+
+/// What a write at `epoch` (one that changes nothing) meets on the old
+/// primary: refused as fenced, replica or stale epoch; accepted; or no
+/// answer (unreachable, which is not fenced).
+async fn old_primary(old: &Store, epoch: u64) -> OldPrimary {
+    match tokio::time::timeout(PROBE_TIMEOUT, old.write_probe(epoch)).await {
+        Ok(Ok(WriteProbe::ReadOnly)) => OldPrimary::Fenced,
+        Ok(Ok(WriteProbe::InRecovery)) => OldPrimary::Replica,
+        Ok(Ok(WriteProbe::StaleEpoch)) => OldPrimary::StaleEpoch,
+        Ok(Ok(WriteProbe::Writable)) => OldPrimary::Writable,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the old primary did not answer the write probe");
+            OldPrimary::Unreachable
+        }
+        Err(_) => OldPrimary::Unreachable,
+    }
+}
+
+/// The journal's report of a drill that ended in an error.
+pub(super) fn error_report(e: &DrillError) -> serde_json::Value {
+    serde_json::json!({ "error": e.to_string() })
 }
 
 /// Refuses a target that is not a replica, or whose replay does not reach

@@ -11,6 +11,12 @@ pub(super) struct Timeline {
     phases: Vec<Phase>,
 }
 
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline::new()
+    }
+}
+
 impl Timeline {
     pub(super) fn new() -> Self {
         let now = Instant::now();

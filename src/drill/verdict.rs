@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::load::{self, Attempted, Outcome};
-use crate::api::wire::{DrillKind, DrillReport, DrillRequest, Phase, SlowWrite};
+use crate::api::wire::{DrillKind, DrillReport, DrillRequest, OldPrimary, Phase, SlowWrite};
 
 /// What the drill observed besides the load's attempts.
 pub(super) struct Observed {
@@ -14,8 +14,8 @@ pub(super) struct Observed {
     pub to: String,
     pub epoch_before: u64,
     pub epoch_after: u64,
-    /// The old primary refused a write at the new epoch.
-    pub old_primary_fenced: bool,
+    /// What a write at the new epoch met on the old primary.
+    pub old_primary: OldPrimary,
     pub nodes_rerouted: usize,
     pub nodes_total: usize,
     /// How long the load had been running when the fault came (no load: None).
@@ -60,7 +60,7 @@ pub(super) fn verdict(
         summary.rto_ms.max(slowest_write)
     };
     let ok = seen.nodes_rerouted == seen.nodes_total
-        && seen.old_primary_fenced
+        && seen.old_primary.is_fenced()
         && duplicates == 0
         && stale_reads == 0
         && (req.kind == DrillKind::Failover || lost.is_empty())
@@ -82,7 +82,8 @@ pub(super) fn verdict(
         stale_reads,
         failures: failures(attempts),
         slowest_writes,
-        old_primary_fenced: seen.old_primary_fenced,
+        old_primary_fenced: seen.old_primary.is_fenced(),
+        old_primary: seen.old_primary,
         nodes_rerouted: seen.nodes_rerouted,
         nodes_total: seen.nodes_total,
         phases: seen.phases,
@@ -188,7 +189,7 @@ mod tests {
         attempts: Vec<Attempted>,
         present: &'static [&'static str],
         duplicates: u64,
-        fenced: bool,
+        old_primary: OldPrimary,
         rerouted: (usize, usize),
         fault_offset_ms: Option<u64>,
         noticed_ms: Option<u64>,
@@ -209,7 +210,7 @@ mod tests {
             attempts: Vec::new(),
             present: &[],
             duplicates: 0,
-            fenced: true,
+            old_primary: OldPrimary::Fenced,
             rerouted: (3, 3),
             fault_offset_ms: None,
             noticed_ms: Some(40),
@@ -300,9 +301,22 @@ mod tests {
                 ..clean("a run stored twice fails")
             },
             Case {
-                fenced: false,
+                old_primary: OldPrimary::Writable,
                 ok: false,
                 ..clean("an old primary that still takes writes fails")
+            },
+            Case {
+                old_primary: OldPrimary::Unreachable,
+                ok: false,
+                ..clean("an old primary that does not answer is not known to be fenced")
+            },
+            Case {
+                old_primary: OldPrimary::Replica,
+                ..clean("an old primary that rejoined as a replica is fenced")
+            },
+            Case {
+                old_primary: OldPrimary::StaleEpoch,
+                ..clean("an old primary of an older epoch is fenced")
             },
             Case {
                 rerouted: (2, 3),
@@ -339,7 +353,7 @@ mod tests {
                 to: "eu".into(),
                 epoch_before: 4,
                 epoch_after: 5,
-                old_primary_fenced: c.fenced,
+                old_primary: c.old_primary,
                 nodes_rerouted: c.rerouted.0,
                 nodes_total: c.rerouted.1,
                 fault_offset_ms: c.fault_offset_ms,
@@ -362,6 +376,8 @@ mod tests {
             assert_eq!((r.nodes_rerouted, r.nodes_total), c.rerouted, "{name}");
             assert_eq!((r.epoch_before, r.epoch_after), (4, 5), "{name}");
             assert_eq!(r.phases.len(), 1, "{name}");
+            assert_eq!(r.old_primary, c.old_primary, "{name}");
+            assert_eq!(r.old_primary_fenced, c.old_primary.is_fenced(), "{name}");
         }
     }
 

@@ -32,8 +32,9 @@ pub(super) struct Assembled {
     pub(super) control: Option<Arc<dyn ClusterControl>>,
 }
 
-/// Connects, checks the schema, finds the primary, starts the tracker and
-/// the roles' subsystems. Their tasks join `tasks` under `span`.
+/// Connects, checks the schema, finds the primary (marking the drills this
+/// node was running when it last stopped interrupted), starts the tracker
+/// and the roles' subsystems. Their tasks join `tasks` under `span`.
 pub(super) async fn assemble(
     config: &Config,
     registry: &Registry,
@@ -59,10 +60,16 @@ pub(super) async fn assemble(
         &config.node_id,
         token_key,
     ));
-    router
-        .discover_primary()
-        .await
-        .context("find the primary database")?;
+    // With no writable primary (e.g. a drill was killed between fence and
+    // promotion) the node still starts, so `swf drill recover` can be run
+    // through it; its writes fail and look for the primary again.
+    match router.discover_primary().await {
+        Ok(()) => crate::drill::interrupt_own(&router, &config.node_id).await,
+        Err(e) => tracing::warn!(
+            "no writable primary found at start ({e:#}); writes fail until one is \
+             (after an interrupted drill: `swf drill recover`)"
+        ),
+    }
     tasks.spawn(
         router
             .clone()

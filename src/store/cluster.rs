@@ -1,11 +1,37 @@
 //! A database's place in the cluster: recovery state, epoch and WAL
-//! position, fencing, promotion, epoch bumps, and the replication lag a
-//! primary measures for its standbys.
+//! position, fencing, promotion, compare-and-set epoch bumps, what recovery
+//! inspects (timeline, fence) and the write probe that tells why a write is
+//! refused, and the replication lag a primary measures for its standbys.
 
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Row};
 
 use super::conn::{parse_lsn, Result, Store, StoreError};
 use crate::model::token::Lsn;
+
+/// A database as recovery sees it ([`Store::inspect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbState {
+    pub in_recovery: bool,
+    /// Read-only by default: a fenced primary (or a replica).
+    pub read_only: bool,
+    pub epoch: u64,
+    /// The WAL timeline a primary writes on (None in recovery).
+    pub timeline: Option<u64>,
+}
+
+/// What became of a write attempted on a database ([`Store::write_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteProbe {
+    /// Accepted (and rolled back).
+    Writable,
+    /// Refused: read-only, a fenced primary.
+    ReadOnly,
+    /// Refused: in recovery, a replica.
+    InRecovery,
+    /// Refused: the database's epoch is older than the one given.
+    StaleEpoch,
+}
 
 impl Store {
     /// Whether the database is in recovery (a replica), its epoch, and its
@@ -49,7 +75,8 @@ impl Store {
         sqlx::query("SELECT pg_reload_conf()")
             .execute(&mut *c)
             .await?;
-        // Sessions already open keep their settings: end them.
+        let mut c = read_only_reloaded(c, true).await?;
+        // Sessions already open may be inside a transaction: end them.
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
               WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
@@ -64,7 +91,10 @@ impl Store {
         parse_lsn(&lsn)
     }
 
-    /// Undoes [`Store::fence`] (a drill that aborts before promotion).
+    /// Undoes [`Store::fence`] (a drill that aborts before promotion, or a
+    /// recovery). Returns once the reload has reached this session, so it
+    /// has been signalled to every other one: their next statement is no
+    /// longer read-only.
     pub async fn unfence(&self) -> Result<()> {
         let mut c = self.pool.acquire().await?;
         sqlx::query("ALTER SYSTEM RESET default_transaction_read_only")
@@ -73,12 +103,14 @@ impl Store {
         sqlx::query("SELECT pg_reload_conf()")
             .execute(&mut *c)
             .await?;
+        let c = read_only_reloaded(c, false).await?;
         c.detach();
         Ok(())
     }
 
-    /// Promotes this replica and bumps the epoch; returns the new epoch.
-    pub async fn promote(&self, region: &str) -> Result<u64> {
+    /// Promotes this replica (`pg_promote`, waiting up to 60 s). The epoch
+    /// is bumped separately ([`Store::bump_epoch`]).
+    pub async fn promote(&self) -> Result<()> {
         let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 60)")
             .fetch_one(&self.pool)
             .await?;
@@ -87,19 +119,80 @@ impl Store {
                 "pg_promote did not finish within 60 s".into(),
             ));
         }
-        self.bump_epoch(region).await
+        Ok(())
     }
 
-    /// Starts a new epoch on a freshly promoted primary; returns it.
-    pub async fn bump_epoch(&self, region: &str) -> Result<u64> {
-        let epoch: i64 = sqlx::query_scalar(
-            "UPDATE swf.cluster_state SET epoch = epoch + 1, write_region = $1, updated_at = now()
+    /// Starts a new epoch on a freshly promoted primary, compare-and-set:
+    /// the epoch becomes `expected + 1` (and the write region `region`) only
+    /// if it is still `expected`. Answers the new epoch, or None when the
+    /// epoch had moved (someone else bumped it: the caller lost).
+    pub async fn bump_epoch(&self, region: &str, expected: u64) -> Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE swf.cluster_state SET epoch = $2 + 1, write_region = $1, updated_at = now()
+              WHERE epoch = $2
              RETURNING epoch",
         )
         .bind(region)
+        .bind(expected as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(epoch.map(|e| e as u64))
+    }
+
+    /// What recovery needs to know of a database: whether it is in recovery
+    /// (a replica), whether it is read-only by default (fenced), its epoch,
+    /// and (not in recovery) the WAL timeline it writes on, which grows by
+    /// one at every promotion.
+    pub async fn inspect(&self) -> Result<DbState> {
+        let row = sqlx::query(
+            "SELECT pg_is_in_recovery(),
+                    current_setting('default_transaction_read_only')::bool,
+                    (SELECT epoch FROM swf.cluster_state),
+                    CASE WHEN pg_is_in_recovery() THEN NULL
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))
+                                  ::bit(32)::bigint END",
+        )
         .fetch_one(&self.pool)
         .await?;
-        Ok(epoch as u64)
+        Ok(DbState {
+            in_recovery: row.try_get(0)?,
+            read_only: row.try_get(1)?,
+            epoch: row.try_get::<i64, _>(2)? as u64,
+            timeline: row.try_get::<Option<i64>, _>(3)?.map(|t| t as u64),
+        })
+    }
+
+    /// Attempts a write that changes nothing (in a transaction rolled back)
+    /// and says why it was refused, if it was: in recovery, read-only (a
+    /// fenced primary), or an epoch older than `epoch`. An unreachable
+    /// database is an error ([`StoreError::Unavailable`]).
+    pub async fn write_probe(&self, epoch: u64) -> Result<WriteProbe> {
+        let mut tx = self.pool.begin().await?;
+        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut *tx)
+            .await?;
+        if in_recovery {
+            return Ok(WriteProbe::InRecovery);
+        }
+        let wrote = sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
+            .execute(&mut *tx)
+            .await;
+        match wrote.map_err(StoreError::from) {
+            Ok(_) => {}
+            Err(StoreError::ReadOnly) => return Ok(WriteProbe::ReadOnly),
+            Err(e) => return Err(e),
+        }
+        let asserted = sqlx::query("SELECT swf.assert_epoch($1)")
+            .bind(epoch as i64)
+            .execute(&mut *tx)
+            .await;
+        let probe = match asserted.map_err(StoreError::from) {
+            Ok(_) => WriteProbe::Writable,
+            Err(StoreError::StaleEpoch(_)) => WriteProbe::StaleEpoch,
+            Err(e) => return Err(e),
+        };
+        tx.rollback().await?;
+        Ok(probe)
     }
 
     /// Replay lag per standby (by application_name) as the primary measures
@@ -116,4 +209,41 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
+}
+
+/// Waits (5 s at most) until a configuration reload has made
+/// `default_transaction_read_only` read `want` in the session `c`: the
+/// server has then re-read its configuration and signalled every session,
+/// so the next statement of any of them runs with it.
+async fn read_only_reloaded(
+    c: PoolConnection<Postgres>,
+    want: bool,
+) -> Result<PoolConnection<Postgres>> {
+    let conn = tokio::sync::Mutex::new(c);
+    let c = &conn;
+    let reloaded = crate::wait::until(
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(5),
+        || async move {
+            let mut c = c.lock().await;
+            let read_only = sqlx::query_scalar::<_, bool>(
+                "SELECT current_setting('default_transaction_read_only')::bool",
+            )
+            .fetch_one(&mut **c)
+            .await;
+            match read_only {
+                Ok(now) if now == want => Some(Ok(())),
+                Ok(_) => None,
+                Err(e) => Some(Err(StoreError::from(e))),
+            }
+        },
+    )
+    .await
+    .map_err(|_| {
+        StoreError::Database(format!(
+            "the configuration reload did not make default_transaction_read_only {want} within 5 s"
+        ))
+    })?;
+    reloaded?;
+    Ok(conn.into_inner())
 }

@@ -15,6 +15,7 @@
 //!   release, cancel).
 //! - `reads`: run documents, the run list, drill checks.
 //! - `cluster`: recovery state, epochs, fencing, promotion, replication lag.
+//! - `journal`: the drill journal.
 //! - `nodes`: heartbeats.
 //! - `keys`: the cluster's token key (signing consistency tokens).
 //! - `queues`: pgmq queues, their depths, NOTIFY channels.
@@ -26,14 +27,17 @@ mod cluster;
 mod conn;
 mod engine;
 mod keys;
+mod journal;
 mod nodes;
 mod queues;
 mod reads;
 
+pub use cluster::{DbState, WriteProbe};
 pub use conn::{Result, SchemaCompat, Store, StoreError, MIGRATOR};
 pub use engine::{
     strip_nul, AttemptRef, ClaimedTask, Finish, FinishResult, Leases, NewRun, Submitted,
 };
+pub use journal::DrillRow;
 pub use nodes::NodeRow;
 pub use queues::notify_channel;
 pub use reads::{RunDoc, RunSummary};

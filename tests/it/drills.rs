@@ -385,3 +385,382 @@ async fn switchover_can_be_delegated_to_hook_commands() {
     let _ = std::fs::remove_file(&log_path);
     finish(c).await;
 }
+
+/// `POST /v1/admin/drills/recover` on `api`.
+async fn recover(api: &Api) -> Answer {
+    api.send(
+        api.http
+            .post(format!("{}/v1/admin/drills/recover", api.base))
+            .timeout(std::time::Duration::from_secs(300)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn two_drills_at_once_one_runs_and_the_other_is_refused_and_the_journal_lists_them() {
+    let (c, us, eu) = cluster().await;
+    // Started on both nodes at once: exactly one runs, the other answers
+    // 409 drill_in_progress (never a 500), whichever claims first.
+    let (a, b) = tokio::join!(
+        drill(&us, "switchover", "eu-west", 5.0),
+        drill(&eu, "switchover", "eu-west", 5.0)
+    );
+    let mut answers = [
+        (a.status, a.code().to_string()),
+        (b.status, b.code().to_string()),
+    ];
+    answers.sort();
+    assert_eq!(
+        answers,
+        [(200, String::new()), (409, "drill_in_progress".to_string())],
+        "{} / {}",
+        a.body,
+        b.body
+    );
+    let first = if a.status == 200 { &a.body } else { &b.body };
+    assert_eq!(first["old_primary"], "replica", "{first}");
+    assert_eq!(first["old_primary_fenced"], true);
+    // And back: the journal holds both, newest first; the refused one
+    // left no row.
+    let back = drill(&eu, "switchover", "us-east", 0.0).await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    let list = us.get("/v1/admin/drills").await;
+    assert_eq!(list.status, 200);
+    let drills = list.body["drills"].as_array().unwrap().clone();
+    let summary: Vec<(&str, &str, &str, &str)> = drills
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap(),
+                d["from_region"].as_str().unwrap(),
+                d["to_region"].as_str().unwrap(),
+                d["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("switchover", "eu-west", "us-east", "ok"),
+            ("switchover", "us-east", "eu-west", "ok")
+        ]
+    );
+    assert!(drills[0]["started_at"].as_str() > drills[1]["started_at"].as_str());
+    assert_eq!(drills[1]["report"]["to_region"], "eu-west");
+    assert!(drills[0]["finished_at"].is_string());
+    // One drill: the same object; unknown 404; not an id 400.
+    let id = drills[0]["id"].as_str().unwrap();
+    let one = eu.get(&format!("/v1/admin/drills/{id}")).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.body, drills[0]);
+    let unknown = us
+        .get(&format!("/v1/admin/drills/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
+    let bad = us.get("/v1/admin/drills/not-an-id").await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_request"));
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn recover_on_a_healthy_cluster_changes_nothing() {
+    let (c, us, _eu) = cluster().await;
+    let cluster_json = std::fs::read_to_string(&c.cluster_path).unwrap();
+    let r = recover(&us).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["changed"], false, "{}", r.body);
+    assert_eq!(r.body["actions"], json!([]));
+    assert_eq!(r.body["drills"], json!([]));
+    assert_eq!(r.body["write_region"], "us-east");
+    assert_eq!(r.body["epoch"], 1);
+    let found: Vec<(&str, &str)> = r.body["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["region"].as_str().unwrap(), f["found"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, [("us-east", "writable"), ("eu-west", "replica")]);
+    assert_eq!(
+        std::fs::read_to_string(&c.cluster_path).unwrap(),
+        cluster_json
+    );
+    let regions = us.get("/v1/regions").await.body;
+    assert_eq!(
+        (regions["write_region"].as_str(), regions["epoch"].as_u64()),
+        (Some("us-east"), Some(1))
+    );
+    assert_eq!(us.get("/v1/admin/drills").await.body["drills"], json!([]));
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences() {
+    let (c, us, eu) = cluster().await;
+    // What a drill killed between fence and promotion leaves: its running
+    // row, and the primary fenced.
+    let old = sql(&c.cluster.regions[0].database_url).await;
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO swf.drills (id, kind, from_region, to_region, node_id, node_url, phase,
+                                 epoch_before)
+         VALUES ($1, 'switchover', 'us-east', 'eu-west', 'gone-1', 'http://127.0.0.1:9', 'fence', 1)",
+    )
+    .bind(id)
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query("ALTER SYSTEM SET default_transaction_read_only = on")
+        .execute(&old)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&old)
+        .await
+        .unwrap();
+    old.close().await;
+    for api in [&us, &eu] {
+        let r = drill(api, "switchover", "eu-west", 0.0).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "drill_in_progress"),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&id.to_string()),
+            "{}",
+            r.body
+        );
+    }
+    // Its node is gone: recover unfences the old primary (the target is
+    // still a replica) and marks the drill recovered.
+    let r = recover(&eu).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["write_region"], "us-east", "{}", r.body);
+    assert_eq!(r.body["drills"], json!([id.to_string()]));
+    let actions = r.body["actions"].as_array().unwrap();
+    assert!(
+        actions[0]
+            .as_str()
+            .unwrap()
+            .contains("unfenced region `us-east`"),
+        "{}",
+        r.body
+    );
+    let d = us.get(&format!("/v1/admin/drills/{id}")).await.body;
+    assert_eq!(
+        (d["state"].as_str(), d["active"].as_bool()),
+        (Some("recovered"), Some(false))
+    );
+    for api in [&us, &eu] {
+        wait_for("a submit to succeed", 30, || {
+            let api = api.clone();
+            async move {
+                let a = api
+                    .post(
+                        "/v1/workflows",
+                        &json!({"goal": "after", "steps": [{"id": "a", "handler": "noop"}]}),
+                    )
+                    .await;
+                (a.status == 201).then_some(())
+            }
+        })
+        .await;
+    }
+    // Nothing left to recover: a drill runs again.
+    let r = drill(&us, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn an_old_primary_that_does_not_answer_is_reported_unreachable_not_fenced() {
+    let (c, _us, _eu) = cluster().await;
+    let eu_port: u16 = c.cluster.regions[1]
+        .database_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid_file = c
+        .cluster_path
+        .parent()
+        .unwrap()
+        .join("pg/us-east/postmaster.pid");
+    // An edge node whose fence hook stops the old primary's server outright.
+    let mut cfg = node_config("stopper-1", &c.cluster.regions[0].database_url);
+    cfg.enable_executor = false;
+    cfg.worker_pools.clear();
+    cfg.regions = c
+        .cluster
+        .regions
+        .iter()
+        .map(|r| singularity_workflow::config::RegionSpec {
+            name: r.name.clone(),
+            database_url: r.database_url.clone(),
+            api_url: None,
+        })
+        .collect();
+    cfg.drills.fence_command = Some(format!(
+        "kill -INT $(head -1 {}); while [ -f {} ]; do sleep 0.05; done",
+        pid_file.display(),
+        pid_file.display()
+    ));
+    cfg.drills.promote_command = Some(format!(
+        "psql -h 127.0.0.1 -p {eu_port} -U postgres -d postgres -qc 'SELECT pg_promote()'"
+    ));
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let r = drill(&api, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["old_primary"], "unreachable", "{}", r.body);
+    assert_eq!(r.body["old_primary_fenced"], false, "{}", r.body);
+    assert_eq!(r.body["ok"], false, "{}", r.body);
+    // The journal keeps the drill as failed, on the new primary.
+    let list = api.get("/v1/admin/drills").await.body;
+    assert_eq!(list["drills"][0]["state"], "failed", "{list}");
+    assert_eq!(list["drills"][0]["report"]["old_primary"], "unreachable");
+    node.kill().await;
+    finish(c).await;
+}
+
+#[tokio::test]
+async fn the_write_probe_tells_why_a_write_is_refused() {
+    use singularity_workflow::store::WriteProbe;
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 2).unwrap();
+    assert_eq!(store.write_probe(1).await.unwrap(), WriteProbe::Writable);
+    // A database of an older epoch than the one the caller has seen.
+    assert_eq!(store.write_probe(2).await.unwrap(), WriteProbe::StaleEpoch);
+    // The probe changed nothing.
+    assert_eq!(store.role().await.unwrap(), (1, false));
+    // A replica.
+    let replica_db = replica_url(&db);
+    wait_db(&replica_db).await;
+    let replica = Store::connect_lazy(&replica_db, 1).unwrap();
+    assert_eq!(
+        replica.write_probe(1).await.unwrap(),
+        WriteProbe::InRecovery
+    );
+    // Nothing listening: an error, never a refusal.
+    let nowhere = Store::connect_lazy("postgres://postgres@127.0.0.1:9/none", 1).unwrap();
+    assert!(matches!(
+        nowhere.write_probe(1).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+/// Whether a database accepts a write (one that changes nothing).
+async fn accepts_writes(url: &str) -> bool {
+    let pool = sql(url).await;
+    let ok = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
+            .execute(&mut *tx)
+            .await?;
+        tx.rollback().await
+    }
+    .await
+    .is_ok();
+    pool.close().await;
+    ok
+}
+
+#[tokio::test]
+async fn a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_replica() {
+    let (c, _us, _eu) = cluster().await;
+    let (us_db, eu_db) = (
+        c.cluster.regions[0].database_url.clone(),
+        c.cluster.regions[1].database_url.clone(),
+    );
+    let eu_port: u16 = eu_db
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Edge nodes that fence with SQL and promote through a hook that fails:
+    // before promoting, and after.
+    let hook_node = |id: &str, promote: String| {
+        let mut cfg = node_config(id, &us_db);
+        cfg.enable_executor = false;
+        cfg.worker_pools.clear();
+        cfg.regions = c
+            .cluster
+            .regions
+            .iter()
+            .map(|r| singularity_workflow::config::RegionSpec {
+                name: r.name.clone(),
+                database_url: r.database_url.clone(),
+                api_url: None,
+            })
+            .collect();
+        cfg.drills.promote_command = Some(promote);
+        start_node(cfg, Registry::with_builtins())
+    };
+    let psql_promote =
+        format!("psql -h 127.0.0.1 -p {eu_port} -U postgres -d postgres -qc 'SELECT pg_promote()'");
+    let before = hook_node("before-1", "echo refused >&2; exit 3".into()).await;
+    let after = hook_node("after-1", format!("{psql_promote} && exit 3")).await;
+    let (before_api, after_api) = (Api::new(&before.url()), Api::new(&after.url()));
+
+    // The promotion never happened: the target is verified a replica, so
+    // the old primary is unfenced and takes writes again.
+    let r = drill(&before_api, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("refused") && msg.contains("unfenced"), "{msg}");
+    assert!(accepts_writes(&us_db).await);
+    assert!(!accepts_writes(&eu_db).await);
+    let list = before_api.get("/v1/admin/drills").await.body;
+    assert_eq!(list["drills"][0]["state"], "failed", "{list}");
+
+    // The hook promoted the target, then failed: the old primary stays
+    // fenced (never two writable primaries) and recover is asked for.
+    let r = drill(&after_api, "switchover", "eu-west", 0.0).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("stays fenced") && msg.contains("swf drill recover"),
+        "{msg}"
+    );
+    assert!(!accepts_writes(&us_db).await);
+    assert!(accepts_writes(&eu_db).await);
+    // Recover finishes forward; rebuilding the old primary is left to the
+    // operator (no rejoin command).
+    let r = recover(&after_api).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["write_region"].as_str(), r.body["epoch"].as_u64()),
+        (Some("eu-west"), Some(2)),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["operator"][0]
+            .as_str()
+            .unwrap()
+            .contains("region `us-east`'s database is a fenced primary"),
+        "{}",
+        r.body
+    );
+    assert!(!accepts_writes(&us_db).await);
+    assert!(accepts_writes(&eu_db).await);
+    let list = after_api.get("/v1/admin/drills").await.body;
+    let states: Vec<&str> = list["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["recovered", "failed"], "{list}");
+    before.kill().await;
+    after.kill().await;
+    finish(c).await;
+}

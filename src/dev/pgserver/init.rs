@@ -217,6 +217,22 @@ pub fn set_primary_conninfo(
     })
 }
 
+/// Fences the (stopped) server in `data_dir` from its next start: new
+/// sessions are read-only by default, as `ALTER SYSTEM SET
+/// default_transaction_read_only = on` would make them (and `ALTER SYSTEM
+/// RESET` undoes it).
+pub fn fence_data_dir(data_dir: &Path) -> Result<(), PgError> {
+    let path = data_dir.join("postgresql.auto.conf");
+    let text = fs::read_to_string(&path).map_err(io_err(format!("read {}", path.display())))?;
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("default_transaction_read_only"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str("default_transaction_read_only = 'on'\n");
+    fs::write(&path, out).map_err(io_err(format!("write {}", path.display())))
+}
+
 /// PEM texts a server needs for TLS.
 #[derive(Debug, Clone)]
 pub struct PgTls {

@@ -35,7 +35,8 @@ mod user;
 pub use binaries::PgBinaries;
 pub use error::PgError;
 pub use init::{
-    free_port, init_primary, init_replica, install_server_tls, set_primary_conninfo, PgTls,
+    fence_data_dir, free_port, init_primary, init_replica, install_server_tls,
+    set_primary_conninfo, PgTls,
 };
 pub use process::cleanup_stale_dirs;
 pub use server::{PgServer, PgSettings};
