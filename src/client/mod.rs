@@ -43,14 +43,16 @@ pub enum ClientError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    TooManyQueues(String),
 }
 
 impl ClientError {
     fn from_write(e: StoreError) -> Self {
-        if e.is_transient() {
-            ClientError::WriteUnavailable(e.to_string())
-        } else {
-            ClientError::Internal(e.to_string())
+        match e {
+            StoreError::TooManyQueues(m) => ClientError::TooManyQueues(m),
+            e if e.is_transient() => ClientError::WriteUnavailable(e.to_string()),
+            e => ClientError::Internal(e.to_string()),
         }
     }
 
@@ -106,19 +108,23 @@ impl Client {
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Client {
         let r = router.clone();
+        let max_queues = limits.max_queues;
         let submitter = Batcher::start(
             MAX_SUBMIT_BATCH,
             SUBMIT_BATCHES_IN_FLIGHT,
             // A batch refused for a reason other than the write path (e.g.
-            // one run PostgreSQL cannot store) is submitted run by run.
-            |e: &ClientError| matches!(e, ClientError::Internal(_)),
+            // one run PostgreSQL cannot store, or whose new queues would
+            // pass the cap) is submitted run by run.
+            |e: &ClientError| {
+                matches!(e, ClientError::Internal(_) | ClientError::TooManyQueues(_))
+            },
             move |runs: Vec<NewRun>| {
                 let r = r.clone();
                 async move {
                     let runs = &runs;
                     let (out, token) = r
                         .write(WRITE_RETRY, |store, epoch| async move {
-                            store.submit_runs(runs, epoch).await
+                            store.submit_runs(runs, Some(max_queues), epoch).await
                         })
                         .await
                         .map_err(ClientError::from_write)?;
@@ -162,6 +168,7 @@ impl Client {
                 ClientError::UnknownHandler(e.to_string())
             }
             e @ ValidationError::UnknownRegion { .. } => ClientError::UnknownRegion(e.to_string()),
+            e @ ValidationError::TooManyQueues { .. } => ClientError::TooManyQueues(e.to_string()),
         })?;
         let run = NewRun {
             run_id: Uuid::now_v7(),

@@ -1,23 +1,86 @@
-//! Lease extension: a task whose step timeout exceeds the lease has its
-//! visibility extended every third of a lease while its handler runs, and
-//! is stopped once its attempt is no longer current.
+//! Leases: when an attempt's lease ends as this node knows it, and keeping
+//! it: a task whose step timeout exceeds the lease has its visibility
+//! extended every third of a lease while its handler runs, every task while
+//! its outcome is being reported, and either stops once its attempt is no
+//! longer current.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::executor::core::Executor;
 use crate::store::AttemptRef;
 
+/// Longest pause before a failed extension is tried again.
+const EXTEND_RETRY: Duration = Duration::from_secs(1);
+
+/// An attempt's lease as this node knows it. The database set the message's
+/// visibility to `min(step timeout, lease) + margin` after the claim or
+/// extension was sent; counting `len` from the send leaves the margin and
+/// the round trip as slack, so the lease really lasts at least until
+/// [`Lease::until`].
+pub(super) struct Lease {
+    len: Duration,
+    /// When the claim or the last successful extension was sent.
+    set: Mutex<Instant>,
+}
+
+/// Why [`Executor::keep_leased`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseLost {
+    /// The attempt is no longer current (cancelled, re-claimed, finished).
+    NotCurrent,
+    /// The lease ended without an extension (only when asked to stop then).
+    Ended,
+}
+
+impl Lease {
+    /// The lease of a task claimed by a claim sent at `sent`.
+    pub(super) fn new(sent: Instant, timeout_ms: i32, lease_ms: i32) -> Lease {
+        let ms = timeout_ms.min(lease_ms).max(1) as u64;
+        Lease {
+            len: Duration::from_millis(ms),
+            set: Mutex::new(sent),
+        }
+    }
+
+    fn set_at(&self) -> Instant {
+        *self.set.lock().expect("lease lock")
+    }
+
+    /// When the lease ends unless it is extended.
+    pub(super) fn until(&self) -> Instant {
+        self.set_at() + self.len
+    }
+
+    /// An extension sent at `sent` succeeded.
+    fn renewed(&self, sent: Instant) {
+        let mut set = self.set.lock().expect("lease lock");
+        *set = (*set).max(sent);
+    }
+}
+
 impl Executor {
-    /// Extends the lease of `a` until the attempt stops being current
-    /// (cancelled or re-claimed elsewhere), then returns. A failed extension
-    /// is retried at the next period.
-    pub(super) async fn keep_leased(&self, a: &AttemptRef) {
-        let lease = self.settings.leases.lease_ms as u64;
-        let every = Duration::from_millis((lease / 3).max(50));
+    /// Extends the lease of `a` a third of a lease after it was last set,
+    /// until the attempt stops being current (cancelled or re-claimed
+    /// elsewhere), then returns. A failed extension is retried soon. With
+    /// `ends`, also returns once the lease has ended unextended.
+    pub(super) async fn keep_leased(&self, a: &AttemptRef, lease: &Lease, ends: bool) -> LeaseLost {
+        let every = (lease.len / 3).max(Duration::from_millis(50));
+        let mut retry_at: Option<Instant> = None;
         loop {
-            tokio::time::sleep(every).await;
+            let due = retry_at.unwrap_or_else(|| lease.set_at() + every);
+            let wake = if ends { due.min(lease.until()) } else { due };
+            tokio::time::sleep_until(wake).await;
+            let now = Instant::now();
+            if ends && now >= lease.until() {
+                return LeaseLost::Ended;
+            }
+            if now < due {
+                continue;
+            }
             let extended = self
                 .router
                 .write_store()
@@ -31,11 +94,39 @@ impl Executor {
                 Ok(current) if current.is_empty() => {
                     info!(run_id = %a.run_id, step_id = %a.step_id,
                           "attempt no longer current (cancelled or re-claimed); stopping it");
-                    return;
+                    return LeaseLost::NotCurrent;
                 }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "extend task lease"),
+                Ok(_) => {
+                    lease.renewed(now);
+                    retry_at = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "extend task lease");
+                    retry_at = Some(Instant::now() + every.min(EXTEND_RETRY));
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_counts_from_its_last_send_and_never_moves_back() {
+        let t0 = Instant::now();
+        // The lease is the shorter of the step timeout and the lease setting.
+        let l = Lease::new(t0, 60_000, 15_000);
+        assert_eq!(l.until(), t0 + Duration::from_secs(15));
+        assert_eq!(
+            Lease::new(t0, 2_000, 15_000).until(),
+            t0 + Duration::from_secs(2)
+        );
+        l.renewed(t0 + Duration::from_secs(5));
+        assert_eq!(l.until(), t0 + Duration::from_secs(20));
+        // An extension answered late (sent earlier) does not shorten it.
+        l.renewed(t0 + Duration::from_secs(1));
+        assert_eq!(l.until(), t0 + Duration::from_secs(20));
     }
 }
