@@ -115,9 +115,7 @@ impl Client {
             // A batch refused for a reason other than the write path (e.g.
             // one run PostgreSQL cannot store, or whose new queues would
             // pass the cap) is submitted run by run.
-            |e: &ClientError| {
-                matches!(e, ClientError::Internal(_) | ClientError::TooManyQueues(_))
-            },
+            |e: &ClientError| matches!(e, ClientError::Internal(_) | ClientError::TooManyQueues(_)),
             move |runs: Vec<NewRun>| {
                 let r = r.clone();
                 async move {

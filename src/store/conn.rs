@@ -348,7 +348,9 @@ mod tests {
     #[test]
     fn sqlstates_are_classified_once() {
         // Only the write path being down or moved rediscovers the primary.
-        for code in ["25006", "SWF01", "57P01", "57P02", "57P03", "53300", "08006", "08001"] {
+        for code in [
+            "25006", "SWF01", "57P01", "57P02", "57P03", "53300", "08006", "08001",
+        ] {
             assert_eq!(class_of(code), ErrorClass::Path, "{code}");
         }
         for code in ["40P01", "40001", "55P03"] {
@@ -356,7 +358,9 @@ mod tests {
         }
         // jsonb/array size limits, out of memory, bad data, the queue cap:
         // the statement's data, which a retry does not change.
-        for code in ["54000", "54001", "53200", "22P02", "22023", "23514", "SWF02"] {
+        for code in [
+            "54000", "54001", "53200", "22P02", "22023", "23514", "SWF02",
+        ] {
             assert_eq!(class_of(code), ErrorClass::Item, "{code}");
         }
         for code in ["42883", "42P01", "XX000", "P0001"] {

@@ -9,6 +9,7 @@ mod drills;
 mod engine;
 mod harness;
 mod layout;
+mod limits;
 mod regions;
 mod roles;
 mod runtime;

@@ -131,7 +131,10 @@ async fn a_database_of_the_first_schema_upgrades_in_place_with_work_in_flight() 
         {"id": "b", "handler": "noop", "depends_on": ["a"]}]}));
     let long = new_run(json!({"goal": "long", "steps": [{"id": "l", "handler": "noop"}]}));
     let ids = [done.run_id, chain.run_id, long.run_id];
-    store.submit_runs(&[done, chain, long], None, 1).await.unwrap();
+    store
+        .submit_runs(&[done, chain, long], None, 1)
+        .await
+        .unwrap();
     let claimed = claim(&store, 1).await;
     assert_eq!(claimed.len(), 3);
     for t in claimed.iter().filter(|t| t.run_id != ids[2]) {
