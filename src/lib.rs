@@ -65,6 +65,18 @@
 //!   denied below and run before every submission).
 //! - PostgreSQL servers started by this process never outlive it
 //!   (`dev::pgserver::server::tests::servers_die_with_their_process`).
+//! - One bad message never blocks a queue: a claim that raises for a
+//!   message's sake sets it apart and fails its step, and the queue goes on
+//!   (`limits::a_message_no_claim_can_read_is_archived_and_the_queue_keeps_running`,
+//!   `limits::a_step_input_too_large_for_the_database_fails_its_step_and_the_queue_keeps_running`).
+//! - A handler's output never exceeds `limits.max_output_bytes` in the
+//!   database (`limits::an_echo_chain_past_max_output_bytes_fails_once_with_output_too_large`).
+//! - Submits never take the database past `limits.max_queues` pgmq queues,
+//!   concurrent ones included
+//!   (`limits::the_257th_queue_is_refused_with_too_many_queues_and_nothing_is_stored`).
+//! - A completion report is retried while its attempt's lease lasts: a
+//!   primary outage shorter than the lease runs no task twice
+//!   (`limits::a_completion_report_outlasting_a_primary_outage_lands_and_the_task_runs_once`).
 
 #![deny(clippy::await_holding_lock)]
 
