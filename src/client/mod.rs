@@ -18,7 +18,7 @@ use crate::model::token::Token;
 use crate::model::workflow::{self, Limits, ValidationError, WorkflowSpec};
 use crate::router::cache::CachedDoc;
 use crate::router::{ReadPlan, ReadSource, Router};
-use crate::store::{NewRun, RunDoc, RunSummary, StoreError, Submitted};
+use crate::store::{ErrorClass, NewRun, RunDoc, RunSummary, StoreError, Submitted};
 
 /// Client-side failures, each with a stable API code.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,9 +57,11 @@ impl ClientError {
     }
 
     fn from_read(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) => ClientError::Unavailable(e.to_string()),
-            other => ClientError::Internal(other.to_string()),
+        match e.class() {
+            // A lost connection, or a replica cancelling a read that
+            // conflicts with replay (a serialization failure).
+            ErrorClass::Path | ErrorClass::Conflict => ClientError::Unavailable(e.to_string()),
+            _ => ClientError::Internal(e.to_string()),
         }
     }
 }

@@ -51,7 +51,7 @@ impl Executor {
         };
         let a = t.attempt_ref();
         let owned = Arc::new(AtomicBool::new(false));
-        let lease = Lease::new(sent, t.timeout_ms, self.settings.leases.lease_ms);
+        let lease = Lease::new(sent, t.timeout_ms, self.settings.leases);
         let span = tracing::info_span!("task", run_id = %t.run_id, step_id = %t.step_id,
                                        attempt = t.attempt, pool = %pool.spec.name);
         let job = self
@@ -118,7 +118,7 @@ impl Executor {
                     timed_out: true,
                 },
             }),
-            _ = self.keep_leased(a, lease, false), if needs_extension => None,
+            _ = self.keep_leased(a, lease, None), if needs_extension => None,
         }
     }
 
@@ -197,7 +197,7 @@ impl Executor {
         };
         let answer = tokio::select! {
             r = reporting => r,
-            lost = self.keep_leased(a, lease, true) => {
+            lost = self.keep_leased(a, lease, Some(Instant::now())) => {
                 match lost {
                     LeaseLost::NotCurrent => {}
                     LeaseLost::Ended => warn!(run_id = %a.run_id, step_id = %a.step_id,
