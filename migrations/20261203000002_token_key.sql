@@ -1,7 +1,7 @@
 -- The cluster's token key: the secret nodes sign consistency tokens with.
 --
 -- No transition changes here: the state machine is the header of
--- 20261203000001_state_machine_names.sql. A database of the previous schema
+-- 20261203000004_limits.sql. A database of the previous schema
 -- upgrades in place (one new table); work in flight is untouched.
 --
 -- A node hands out a consistency token as `<epoch>-<hi>/<lo>.<mac>`, the MAC

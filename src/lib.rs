@@ -107,6 +107,18 @@
 //!   `drill_in_progress`, never 500
 //!   (`drills::two_drills_at_once_one_runs_and_the_other_is_refused_and_the_journal_lists_them`,
 //!   `drills::a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences`).
+//! - One bad message never blocks a queue: a claim that raises for a
+//!   message's sake sets it apart and fails its step, and the queue goes on
+//!   (`limits::a_message_no_claim_can_read_is_archived_and_the_queue_keeps_running`,
+//!   `limits::a_step_input_too_large_for_the_database_fails_its_step_and_the_queue_keeps_running`).
+//! - A handler's output never exceeds `limits.max_output_bytes` in the
+//!   database (`limits::an_echo_chain_past_max_output_bytes_fails_once_with_output_too_large`).
+//! - Submits never take the database past `limits.max_queues` pgmq queues,
+//!   concurrent ones included
+//!   (`limits::the_257th_queue_is_refused_with_too_many_queues_and_nothing_is_stored`).
+//! - A completion report is retried while its attempt's lease lasts: a
+//!   primary outage shorter than the lease runs no task twice
+//!   (`limits::a_completion_report_outlasting_a_primary_outage_lands_and_the_task_runs_once`).
 
 #![deny(clippy::await_holding_lock)]
 

@@ -65,6 +65,7 @@ impl From<ClientError> for ApiError {
             WriteUnavailable(_) => ErrorCode::WriteUnavailable,
             Unavailable(_) => ErrorCode::RegionUnavailable,
             Internal(_) => ErrorCode::Internal,
+            TooManyQueues(_) => ErrorCode::TooManyQueues,
         };
         if code.status() >= 500 {
             tracing::warn!(code = code.as_str(), error = %e, "request failed");

@@ -58,6 +58,8 @@ pub enum ErrorCode {
     /// Another drill (or a recovery) is running, or an interrupted drill
     /// awaits `swf drill recover` (409).
     DrillInProgress,
+    /// A submit would take the cluster past `limits.max_queues` queues (400).
+    TooManyQueues,
     /// A code this client does not know (a newer server); never sent.
     #[serde(other)]
     Unknown,
@@ -65,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the server sends, for tables and tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidWorkflow,
         ErrorCode::InvalidRequest,
@@ -86,6 +88,7 @@ impl ErrorCode {
         ErrorCode::ForwardingLoop,
         ErrorCode::Internal,
         ErrorCode::DrillInProgress,
+        ErrorCode::TooManyQueues,
     ];
 
     /// The HTTP status the code is answered with.
@@ -93,7 +96,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidJson | InvalidWorkflow | InvalidRequest | InvalidToken | UnknownHandler
-            | UnknownRegion => 400,
+            | UnknownRegion | TooManyQueues => 400,
             Unauthorized => 401,
             Forbidden | ClientRoleDisabled => 403,
             NotFound => 404,
@@ -131,6 +134,7 @@ impl ErrorCode {
             ForwardingLoop => "forwarding_loop",
             Internal => "internal",
             DrillInProgress => "drill_in_progress",
+            TooManyQueues => "too_many_queues",
             Unknown => "unknown",
         }
     }
@@ -139,6 +143,35 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The `code` of an attempt's error (lineage `execution_trace[].error`,
+/// and the step's and run's `error`) when the engine or the executor, not
+/// the handler, decided the failure. These fail the step at once, whatever
+/// attempts are left: a retry would fail the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskErrorCode {
+    /// The handler's output (serialized JSON) was larger than
+    /// `limits.max_output_bytes`; it was not stored.
+    OutputTooLarge,
+    /// The task's input (run input, step input and its dependencies'
+    /// outputs) would be larger than the database can hold in one value.
+    InputTooLarge,
+    /// Claiming the task raised another error that belongs to it (the
+    /// message names it).
+    ClaimFailed,
+}
+
+impl TaskErrorCode {
+    /// The code as it appears in an error object.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskErrorCode::OutputTooLarge => "output_too_large",
+            TaskErrorCode::InputTooLarge => "input_too_large",
+            TaskErrorCode::ClaimFailed => "claim_failed",
+        }
     }
 }
 
@@ -726,6 +759,7 @@ mod tests {
             (ErrorCode::RequestTimeout, "request_timeout", 504),
             (ErrorCode::ForwardingLoop, "forwarding_loop", 508),
             (ErrorCode::Internal, "internal", 500),
+            (ErrorCode::TooManyQueues, "too_many_queues", 400),
         ];
         for (code, text, status) in cases {
             assert_eq!(serde_json::to_value(code).unwrap(), Value::from(text));
@@ -738,6 +772,16 @@ mod tests {
         }
         let odd: ErrorCode = serde_json::from_str("\"some_new_code\"").unwrap();
         assert_eq!(odd, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn task_error_codes_serialize_as_their_text() {
+        use TaskErrorCode::*;
+        for code in [OutputTooLarge, InputTooLarge, ClaimFailed] {
+            let v = serde_json::to_value(code).unwrap();
+            assert_eq!(v, Value::from(code.as_str()));
+            assert_eq!(serde_json::from_value::<TaskErrorCode>(v).unwrap(), code);
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::model::token::Token;
 use crate::model::workflow::{self, Limits, ValidationError, WorkflowSpec};
 use crate::router::cache::CachedDoc;
 use crate::router::{LocalState, ReadPlan, ReadSource, Router};
-use crate::store::{NewRun, RunDoc, RunSummary, StoreError, Submitted};
+use crate::store::{ErrorClass, NewRun, RunDoc, RunSummary, StoreError, Submitted};
 
 /// Client-side failures, each with a stable API code.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,21 +48,25 @@ pub enum ClientError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    TooManyQueues(String),
 }
 
 impl ClientError {
     fn from_write(e: StoreError) -> Self {
-        if e.is_transient() {
-            ClientError::WriteUnavailable(e.to_string())
-        } else {
-            ClientError::Internal(e.to_string())
+        match e {
+            StoreError::TooManyQueues(m) => ClientError::TooManyQueues(m),
+            e if e.is_transient() => ClientError::WriteUnavailable(e.to_string()),
+            e => ClientError::Internal(e.to_string()),
         }
     }
 
     fn from_read(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) => ClientError::Unavailable(e.to_string()),
-            other => ClientError::Internal(other.to_string()),
+        match e.class() {
+            // A lost connection, or a replica cancelling a read that
+            // conflicts with replay (a serialization failure).
+            ErrorClass::Path | ErrorClass::Conflict => ClientError::Unavailable(e.to_string()),
+            _ => ClientError::Internal(e.to_string()),
         }
     }
 }
@@ -111,19 +115,21 @@ impl Client {
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Client {
         let r = router.clone();
+        let max_queues = limits.max_queues;
         let submitter = Batcher::start(
             MAX_SUBMIT_BATCH,
             SUBMIT_BATCHES_IN_FLIGHT,
             // A batch refused for a reason other than the write path (e.g.
-            // one run PostgreSQL cannot store) is submitted run by run.
-            |e: &ClientError| matches!(e, ClientError::Internal(_)),
+            // one run PostgreSQL cannot store, or whose new queues would
+            // pass the cap) is submitted run by run.
+            |e: &ClientError| matches!(e, ClientError::Internal(_) | ClientError::TooManyQueues(_)),
             move |runs: Vec<NewRun>| {
                 let r = r.clone();
                 async move {
                     let runs = &runs;
                     let (out, token) = r
                         .write(WRITE_RETRY, |store, epoch| async move {
-                            store.submit_runs(runs, epoch).await
+                            store.submit_runs(runs, Some(max_queues), epoch).await
                         })
                         .await
                         .map_err(ClientError::from_write)?;
@@ -167,6 +173,7 @@ impl Client {
                 ClientError::UnknownHandler(e.to_string())
             }
             e @ ValidationError::UnknownRegion { .. } => ClientError::UnknownRegion(e.to_string()),
+            e @ ValidationError::TooManyQueues { .. } => ClientError::TooManyQueues(e.to_string()),
         })?;
         let run = NewRun {
             run_id: Uuid::now_v7(),

@@ -107,6 +107,8 @@ pub(crate) const KEYS: &[Key] = &[
     key("limits.request_timeout_ms", Int),
     key("limits.max_concurrent_requests", Int),
     key("limits.per_token_rate_per_s", Int),
+    key("limits.max_output_bytes", Int),
+    key("limits.max_queues", Int),
     key("handlers", Tbl),
     key("handlers.shell_allow", StrList),
     key("handlers.http_allow", StrList),

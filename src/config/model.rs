@@ -243,6 +243,12 @@ pub struct LimitsConfig {
     pub max_concurrent_requests: usize,
     /// Requests per second per API token (a bucket of twice that); 429 past it.
     pub per_token_rate_per_s: u64,
+    /// Largest handler output (serialized JSON) stored; a larger one fails
+    /// its attempt with `output_too_large`, not retried.
+    pub max_output_bytes: usize,
+    /// Most pgmq queues in the cluster's database that submits may create;
+    /// past it a submit answers 400 `too_many_queues`.
+    pub max_queues: usize,
 }
 
 impl Default for LimitsConfig {
@@ -256,6 +262,8 @@ impl Default for LimitsConfig {
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
             per_token_rate_per_s: 1000,
+            max_output_bytes: 1 << 20,
+            max_queues: 256,
         }
     }
 }

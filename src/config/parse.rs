@@ -426,6 +426,14 @@ fn build_limits(doc: &Doc<'_>, ctx: &Ctx) -> Result<LimitsConfig, ConfigError> {
             1,
             1_000_000,
         )?,
+        max_output_bytes: positive("max_output_bytes", d.max_output_bytes)?,
+        max_queues: ctx.ranged(
+            "limits.max_queues",
+            int("max_queues"),
+            d.max_queues as i64,
+            1,
+            i32::MAX as i64,
+        )?,
     })
 }
 

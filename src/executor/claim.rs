@@ -1,6 +1,15 @@
 //! Claiming: the LISTEN connection that wakes pools when their queues get
 //! work, each pool's claim loop, and a pool's drain at shutdown.
 //!
+//! A claim is one set-based round trip. When it fails, the error's class
+//! ([`ErrorClass`]) decides: the write path being down or moved rediscovers
+//! the primary; contention just waits; an error that belongs to a message
+//! (a step input too large for the database, data it refuses) sets that
+//! message apart: the pool claims the visible messages one by one, and each
+//! whose claim raises has its step failed with a code (`input_too_large`,
+//! `claim_failed`) and its message removed, so one bad message never blocks
+//! a queue. The normal path pays nothing for this.
+//!
 //! A claim loop owns the `JoinSet` of its pool's running tasks. At shutdown
 //! it stops claiming, waits for them (on their completion) until the grace
 //! deadline, releases those whose outcome is not being reported yet, and
@@ -15,15 +24,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::api::wire::TaskErrorCode;
 use crate::executor::core::Executor;
 use crate::executor::pool::Pool;
-use crate::store::{AttemptRef, ClaimedTask, StoreError};
+use crate::store::{AttemptRef, ClaimedTask, Claimer, ErrorClass, StoreError};
 
 /// How long outcomes already being reported get after the grace deadline.
 const REPORT_GRACE: Duration = Duration::from_secs(5);
 /// How long releasing tasks at shutdown may take.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause after a failed claim (no writable primary known).
+/// Pause after a failed claim (no writable primary known, contention).
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
 
 impl Executor {
@@ -109,6 +119,7 @@ impl Executor {
                 continue;
             }
             let want = free.min(self.settings.claim_batch);
+            let sent = Instant::now();
             match self.claim(&pool, want).await {
                 Ok(tasks) if shutdown.is_cancelled() => {
                     // Claimed while stopping: give them straight back.
@@ -123,16 +134,19 @@ impl Executor {
                     metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                         .increment(got as u64);
                     for t in tasks {
-                        self.spawn_task(&pool, &mut running, t);
+                        self.spawn_task(&pool, &mut running, t, sent);
                     }
                     if got == want {
                         continue; // more may be waiting
                     }
                 }
                 Err(e) => {
-                    // Claiming pauses while no writable primary is known.
+                    // Claiming pauses while no writable primary is known;
+                    // only the write path being down or moved looks for it.
                     warn!(pool = %pool.spec.name, error = %e, "claim tasks");
-                    self.router.write_failed().await;
+                    if e.class() == ErrorClass::Path {
+                        self.router.write_failed().await;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(CLAIM_RETRY) => {}
                         _ = shutdown.cancelled() => break,
@@ -150,10 +164,12 @@ impl Executor {
         self.drain_pool(&pool, running).await;
     }
 
-    /// One claim round trip for up to `want` tasks.
+    /// One claim round trip for up to `want` tasks; when it fails for a
+    /// message's sake, the isolation path instead.
     async fn claim(&self, pool: &Pool, want: usize) -> Result<Vec<ClaimedTask>, StoreError> {
         let s = &self.settings;
-        self.router
+        let claimed = self
+            .router
             .write_store()
             .claim_tasks(
                 &pool.mqs,
@@ -164,7 +180,74 @@ impl Executor {
                 s.leases,
                 self.router.epoch(),
             )
-            .await
+            .await;
+        match claimed {
+            Err(e) if matches!(e.class(), ErrorClass::Item | ErrorClass::Other) => {
+                warn!(pool = %pool.spec.name, error = %e,
+                      "claim tasks failed on a message; claiming them one by one");
+                self.claim_one_by_one(pool, want).await
+            }
+            other => other,
+        }
+    }
+
+    /// The isolation path: claims the visible messages one at a time; a
+    /// message whose claim raises for its own sake has its step failed
+    /// (`input_too_large` for a size limit, `claim_failed` otherwise) and is
+    /// removed. A message failing otherwise is left (and logged).
+    async fn claim_one_by_one(
+        &self,
+        pool: &Pool,
+        want: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        let s = &self.settings;
+        let store = self.router.write_store();
+        let epoch = self.router.epoch();
+        let by = Claimer {
+            node_id: &s.node_id,
+            region: &s.region,
+            pool: &pool.spec.name,
+        };
+        let mut got = Vec::new();
+        for (mq, msg_id) in store.peek_tasks(&pool.mqs, want).await? {
+            if got.len() >= want {
+                break;
+            }
+            let e = match store.claim_message(&mq, msg_id, by, s.leases, epoch).await {
+                Ok(tasks) => {
+                    got.extend(tasks);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if e.class() != ErrorClass::Item {
+                warn!(pool = %pool.spec.name, mq = %mq, msg_id, error = %e,
+                      "claim one message; left in its queue");
+                if got.is_empty() && e.is_transient() {
+                    return Err(e);
+                }
+                continue;
+            }
+            let code = match e {
+                StoreError::TooLarge(_) => TaskErrorCode::InputTooLarge,
+                _ => TaskErrorCode::ClaimFailed,
+            };
+            let detail = match &e {
+                StoreError::TooLarge(m) | StoreError::Invalid(m) => m.clone(),
+                other => other.to_string(),
+            };
+            match store
+                .reject_task(&mq, msg_id, code.as_str(), &detail, by, epoch)
+                .await
+            {
+                Ok(done) => warn!(pool = %pool.spec.name, mq = %mq, msg_id, code = code.as_str(),
+                                  error = %detail, outcome = done.as_str(),
+                                  "a task could not be claimed; its step failed"),
+                Err(e2) => warn!(pool = %pool.spec.name, mq = %mq, msg_id, error = %e2,
+                                 "fail a task that could not be claimed"),
+            }
+        }
+        Ok(got)
     }
 
     /// Gives tasks back to their queue at once (bounded in time).

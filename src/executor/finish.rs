@@ -1,6 +1,7 @@
 //! Completion batching: outcomes from every pool go through one
 //! micro-batcher into one `finish_tasks` round trip per batch, through the
-//! router's write path.
+//! router's write path. Outcomes are shared (`Arc`), so a batch split or a
+//! report tried again copies no output.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use crate::batch::Batcher;
 use crate::router::Router;
 use crate::store::{AttemptRef, Finish, FinishResult, Leases};
 
-pub(super) type Finisher = Batcher<(AttemptRef, Finish), FinishResult, ReportError>;
+pub(super) type Finisher = Batcher<(AttemptRef, Arc<Finish>), FinishResult, ReportError>;
 
 /// Batches of up to this many outcomes, this many batches at once.
 const MAX_BATCH: usize = 64;
@@ -22,7 +23,7 @@ const BATCHES_IN_FLIGHT: usize = 4;
 #[derive(Debug, Clone)]
 pub(super) struct ReportError {
     pub(super) message: String,
-    transient: bool,
+    pub(super) transient: bool,
 }
 
 /// Starts the finisher; its task joins `tasks`.
@@ -31,7 +32,7 @@ pub(super) fn start(router: Arc<Router>, leases: Leases, tasks: &mut JoinSet<()>
         MAX_BATCH,
         BATCHES_IN_FLIGHT,
         |e: &ReportError| !e.transient,
-        move |items: Vec<(AttemptRef, Finish)>| {
+        move |items: Vec<(AttemptRef, Arc<Finish>)>| {
             let r = router.clone();
             async move { finish_batch(&r, &items, leases).await }
         },
@@ -40,10 +41,11 @@ pub(super) fn start(router: Arc<Router>, leases: Leases, tasks: &mut JoinSet<()>
 }
 
 /// Reports a batch through the router's write path (transient errors are
-/// retried there for up to 10 s).
+/// retried there for up to 10 s; the reporting task tries again after that
+/// while its lease lasts).
 async fn finish_batch(
     router: &Router,
-    items: &[(AttemptRef, Finish)],
+    items: &[(AttemptRef, Arc<Finish>)],
     leases: Leases,
 ) -> Result<Vec<FinishResult>, ReportError> {
     router

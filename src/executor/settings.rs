@@ -23,6 +23,8 @@ pub struct ExecutorSettings {
     pub poll_interval: Duration,
     pub shutdown_grace: Duration,
     pub leases: Leases,
+    /// `limits.max_output_bytes`: larger outputs fail with `output_too_large`.
+    pub max_output_bytes: usize,
 }
 
 /// Live counters of one pool (shown in /health/info, heartbeats, metrics):

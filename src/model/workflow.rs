@@ -58,6 +58,9 @@ pub struct Limits {
     pub max_id_len: usize,
     pub max_goal_len: usize,
     pub max_json_depth: usize,
+    /// Most pgmq queues one workflow may use (`limits.max_queues`, the
+    /// cluster-wide cap, which the database enforces across workflows).
+    pub max_queues: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             max_id_len: 128,
             max_goal_len: 1024,
             max_json_depth: 32,
+            max_queues: 256,
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum ValidationError {
     UnknownHandler { step: String, handler: String },
     #[error("step `{step}` is pinned to unknown region `{region}`")]
     UnknownRegion { step: String, region: String },
+    #[error("the workflow uses {used} queues; the cluster allows {max} (limits.max_queues)")]
+    TooManyQueues { used: usize, max: usize },
 }
 
 /// A validated step, ready for the engine: defaults filled in and its pgmq
@@ -237,6 +243,14 @@ pub fn validate(
             input: step.input.clone(),
             max_attempts,
             timeout_ms,
+        });
+    }
+    // Queues and their region variants are each a pgmq queue.
+    let queues: BTreeSet<&str> = planned.iter().map(|s| s.mq.as_str()).collect();
+    if queues.len() > limits.max_queues {
+        return Err(ValidationError::TooManyQueues {
+            used: queues.len(),
+            max: limits.max_queues,
         });
     }
     if let Some(cycle_at) = find_cycle(&spec.steps, &index) {
@@ -511,6 +525,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("limit is 4"));
+    }
+
+    #[test]
+    fn too_many_queues_in_one_workflow() {
+        // Three pgmq queues: `a`, `b`, and `a` pinned to a region.
+        let wf = spec(json!({"goal": "g", "steps": [
+            {"id": "s1", "handler": "noop", "queue": "a"},
+            {"id": "s2", "handler": "noop", "queue": "a"},
+            {"id": "s3", "handler": "noop", "queue": "b"},
+            {"id": "s4", "handler": "noop", "queue": "a", "region": "eu-west"}]}));
+        let with = |max_queues| Limits {
+            max_queues,
+            ..Limits::default()
+        };
+        assert!(validate(&wf, &with(3), |_| true, |_| true).is_ok());
+        let err = validate(&wf, &with(2), |_| true, |_| true).unwrap_err();
+        assert_eq!(err, ValidationError::TooManyQueues { used: 3, max: 2 });
+        assert_eq!(
+            err.to_string(),
+            "the workflow uses 3 queues; the cluster allows 2 (limits.max_queues)"
+        );
     }
 
     #[test]

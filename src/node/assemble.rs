@@ -86,6 +86,7 @@ pub(super) async fn assemble(
                 max_id_len: config.limits.max_id_len,
                 max_goal_len: config.limits.max_goal_len,
                 max_json_depth: config.limits.max_json_depth,
+                max_queues: config.limits.max_queues,
             },
             &config.node_id,
             tasks,
@@ -161,6 +162,7 @@ fn executor_settings(config: &Config) -> ExecutorSettings {
             backoff_base_ms: BACKOFF_BASE_MS,
             backoff_cap_ms: BACKOFF_CAP_MS,
         },
+        max_output_bytes: config.limits.max_output_bytes,
     }
 }
 

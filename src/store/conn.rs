@@ -29,32 +29,92 @@ pub enum StoreError {
     Database(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// Contention: a deadlock, a serialization failure, a lock not available.
+    #[error("database conflict: {0}")]
+    Conflict(String),
+    /// A value past one of the database's size limits (a jsonb value over
+    /// 256 MiB, an array over 1 GiB, memory).
+    #[error("too large for the database: {0}")]
+    TooLarge(String),
+    /// Data the database refuses (a malformed value, a violated constraint).
+    #[error("the database refused the data: {0}")]
+    Invalid(String),
+    /// Creating queues would pass `limits.max_queues` (`swf.ensure_queues`).
+    #[error("{0}")]
+    TooManyQueues(String),
+}
+
+/// What a caller does about a [`StoreError`]: the one classification of
+/// database errors ([`StoreError::class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The write path is down or moved: a lost or refused connection, a
+    /// read-only database (a replica, one in recovery, a fenced primary), a
+    /// primary of an older epoch. Rediscover the primary, then retry.
+    Path,
+    /// Contention (deadlock, serialization failure): retry as it is; the
+    /// primary is fine.
+    Conflict,
+    /// The statement's data: a size limit or a value the database refuses.
+    /// The same call fails again; the caller sets the item apart.
+    Item,
+    /// Anything else (a bug, a schema mismatch): neither retried at once nor
+    /// blamed on an item.
+    Other,
 }
 
 impl StoreError {
+    /// How callers treat this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Unavailable(_) | StoreError::ReadOnly | StoreError::StaleEpoch(_) => {
+                ErrorClass::Path
+            }
+            StoreError::Conflict(_) => ErrorClass::Conflict,
+            StoreError::TooLarge(_) | StoreError::Invalid(_) | StoreError::TooManyQueues(_) => {
+                ErrorClass::Item
+            }
+            StoreError::Database(_) | StoreError::Migrate(_) => ErrorClass::Other,
+        }
+    }
+
     /// Errors of the write path rather than of the request (deadlock,
     /// lost connection, a replica or fenced or stale primary): retrying,
     /// possibly against a newly discovered primary, may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::ReadOnly | StoreError::StaleEpoch(_)
-        )
+        matches!(self.class(), ErrorClass::Path | ErrorClass::Conflict)
+    }
+}
+
+/// A database error by its SQLSTATE: the one table behind [`StoreError`].
+fn from_sqlstate(code: &str, message: &str, full: impl FnOnce() -> String) -> StoreError {
+    let m = || message.to_string();
+    match code {
+        "25006" => StoreError::ReadOnly,
+        // Raised by swf.assert_epoch.
+        "SWF01" => StoreError::StaleEpoch(m()),
+        // Raised by swf.ensure_queues.
+        "SWF02" => StoreError::TooManyQueues(m()),
+        // admin or crash shutdown, cannot connect now, too many connections
+        "57P01" | "57P02" | "57P03" | "53300" => StoreError::Unavailable(m()),
+        _ if code.starts_with("08") => StoreError::Unavailable(m()),
+        // deadlock, serialization failure, lock not available
+        "40P01" | "40001" | "55P03" => StoreError::Conflict(m()),
+        // program limit exceeded (jsonb or array size), out of memory
+        "53200" => StoreError::TooLarge(m()),
+        _ if code.starts_with("54") => StoreError::TooLarge(m()),
+        // data exception, integrity constraint violation
+        _ if code.starts_with("22") || code.starts_with("23") => StoreError::Invalid(m()),
+        _ => StoreError::Database(full()),
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                Some("25006") => StoreError::ReadOnly,
-                // Raised by swf.assert_epoch.
-                Some("SWF01") => StoreError::StaleEpoch(db.message().to_string()),
-                // deadlock, serialization failure, admin shutdown, cannot connect now
-                Some("40P01") | Some("40001") | Some("57P01") | Some("57P03") => {
-                    StoreError::Unavailable(db.message().to_string())
-                }
-                _ => StoreError::Database(e.to_string()),
+            sqlx::Error::Database(db) => match db.code() {
+                Some(code) => from_sqlstate(&code, db.message(), || e.to_string()),
+                None => StoreError::Database(e.to_string()),
             },
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
@@ -274,5 +334,70 @@ impl Store {
     /// The newest migration this binary knows.
     pub fn known_schema_version() -> i64 {
         MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class_of(code: &str) -> ErrorClass {
+        from_sqlstate(code, "m", || "full".into()).class()
+    }
+
+    #[test]
+    fn sqlstates_are_classified_once() {
+        // Only the write path being down or moved rediscovers the primary.
+        for code in [
+            "25006", "SWF01", "57P01", "57P02", "57P03", "53300", "08006", "08001",
+        ] {
+            assert_eq!(class_of(code), ErrorClass::Path, "{code}");
+        }
+        for code in ["40P01", "40001", "55P03"] {
+            assert_eq!(class_of(code), ErrorClass::Conflict, "{code}");
+        }
+        // jsonb/array size limits, out of memory, bad data, the queue cap:
+        // the statement's data, which a retry does not change.
+        for code in [
+            "54000", "54001", "53200", "22P02", "22023", "23514", "SWF02",
+        ] {
+            assert_eq!(class_of(code), ErrorClass::Item, "{code}");
+        }
+        for code in ["42883", "42P01", "XX000", "P0001"] {
+            assert_eq!(class_of(code), ErrorClass::Other, "{code}");
+        }
+        assert!(matches!(
+            from_sqlstate("SWF02", "too many queues", || unreachable!()),
+            StoreError::TooManyQueues(m) if m == "too many queues"
+        ));
+        assert!(matches!(
+            from_sqlstate("54000", "total size of jsonb", || unreachable!()),
+            StoreError::TooLarge(_)
+        ));
+        assert!(matches!(
+            from_sqlstate("42883", "m", || "full text".into()),
+            StoreError::Database(m) if m == "full text"
+        ));
+    }
+
+    #[test]
+    fn connection_failures_are_the_write_path_and_the_rest_is_not() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        for e in [
+            sqlx::Error::Io(refused),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+            sqlx::Error::Protocol("cut".into()),
+        ] {
+            let e = StoreError::from(e);
+            assert_eq!(e.class(), ErrorClass::Path, "{e}");
+            assert!(e.is_transient());
+        }
+        let e = StoreError::from(sqlx::Error::RowNotFound);
+        assert_eq!(e.class(), ErrorClass::Other);
+        assert!(!e.is_transient());
+        assert!(StoreError::Conflict("deadlock".into()).is_transient());
+        assert!(!StoreError::TooLarge("big".into()).is_transient());
     }
 }

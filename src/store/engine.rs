@@ -4,6 +4,7 @@
 //! machine is documented), and each carries the node's epoch.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
@@ -66,20 +67,47 @@ pub struct AttemptRef {
 /// How an attempt ended, as reported by an executor.
 #[derive(Debug, Clone)]
 pub enum Finish {
-    Completed(Value),
+    /// The handler's output, serialized once ([`Finish::completed`]): what
+    /// output limits measure is what the database is sent.
+    Completed(Box<RawValue>),
+    /// The handler failed or timed out; retried while attempts are left.
     Failed { error: Value, timed_out: bool },
+    /// A failure a retry cannot fix (its output was over
+    /// `limits.max_output_bytes`): the step fails at once, whatever
+    /// attempts are left.
+    Fatal { error: Value },
 }
 
 impl Finish {
+    /// A completion with `output`, NUL characters replaced (see
+    /// [`Finish::sanitized`]) and serialized.
+    pub fn completed(output: Value) -> Finish {
+        let raw = serde_json::value::to_raw_value(&strip_nul(output))
+            .expect("a JSON value always serializes");
+        Finish::Completed(raw)
+    }
+
+    /// Bytes of a completion's serialized output (0 for a failure).
+    pub fn output_bytes(&self) -> usize {
+        match self {
+            Finish::Completed(raw) => raw.get().len(),
+            _ => 0,
+        }
+    }
+
     /// PostgreSQL's jsonb cannot hold NUL characters; a handler's output or
     /// error that has some gets them replaced by U+FFFD rather than failing
-    /// the report (and every other report batched with it).
+    /// the report (and every other report batched with it). Outputs are
+    /// replaced when made ([`Finish::completed`]), errors here.
     pub fn sanitized(self) -> Finish {
         match self {
-            Finish::Completed(v) => Finish::Completed(strip_nul(v)),
+            Finish::Completed(raw) => Finish::Completed(raw),
             Finish::Failed { error, timed_out } => Finish::Failed {
                 error: strip_nul(error),
                 timed_out,
+            },
+            Finish::Fatal { error } => Finish::Fatal {
+                error: strip_nul(error),
             },
         }
     }
@@ -125,16 +153,41 @@ pub struct Leases {
 impl Store {
     /// Stores a batch of validated runs in one transaction and one round
     /// trip. Returns one [`Submitted`] per input (same order) and the token.
+    ///
+    /// With `max_queues`, the pgmq queues of every step are created first
+    /// where missing, and the batch is refused ([`StoreError::TooManyQueues`],
+    /// nothing stored) when that would pass `max_queues` queues in the
+    /// database. Without (tools, tests), queues are created uncapped as
+    /// steps become ready.
     pub async fn submit_runs(
         &self,
         runs: &[NewRun],
+        max_queues: Option<usize>,
         epoch: u64,
     ) -> Result<(Vec<Submitted>, Token)> {
-        let row = sqlx::query("CALL swf.submit_runs($1, $2)")
-            .bind(sqlx::types::Json(runs))
-            .bind(epoch as i64)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = match max_queues {
+            None => {
+                sqlx::query("CALL swf.submit_runs($1, $2)")
+                    .bind(sqlx::types::Json(runs))
+                    .bind(epoch as i64)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+            Some(max) => {
+                let mqs: std::collections::BTreeSet<&str> = runs
+                    .iter()
+                    .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
+                    .collect();
+                let mqs: Vec<&str> = mqs.into_iter().collect();
+                sqlx::query("CALL swf.submit_runs($1, $2, $3, $4)")
+                    .bind(sqlx::types::Json(runs))
+                    .bind(epoch as i64)
+                    .bind(mqs)
+                    .bind(i32::try_from(max).unwrap_or(i32::MAX))
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
         let result: Value = row.try_get("p_runs")?;
         let token = token_from_row(&row)?;
         let items = result
@@ -193,26 +246,41 @@ impl Store {
         .await?)
     }
 
-    /// Records a batch of finished attempts (completions and failures), one
-    /// round trip per kind present. Results come back in input order.
-    pub async fn finish_tasks(
+    /// Records a batch of finished attempts (completions and failures) in
+    /// one round trip. Results come back in input order.
+    pub async fn finish_tasks<F: std::borrow::Borrow<Finish>>(
         &self,
-        items: &[(AttemptRef, Finish)],
+        items: &[(AttemptRef, F)],
         leases: Leases,
         epoch: u64,
     ) -> Result<Vec<FinishResult>> {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for (a, f) in items {
-            match f {
-                Finish::Completed(output) => done.push(serde_json::json!({
-                    "run_id": a.run_id, "step_id": a.step_id, "attempt": a.attempt, "output": output,
-                })),
-                Finish::Failed { error, timed_out } => failed.push(serde_json::json!({
-                    "run_id": a.run_id, "step_id": a.step_id, "attempt": a.attempt, "error": error,
-                    "outcome": if *timed_out { "timed_out" } else { "failed" },
-                })),
-            }
+            let (error, outcome, retry) = match f.borrow() {
+                Finish::Completed(output) => {
+                    done.push(DoneItem {
+                        run_id: a.run_id,
+                        step_id: &a.step_id,
+                        attempt: a.attempt,
+                        output,
+                    });
+                    continue;
+                }
+                Finish::Failed { error, timed_out } => {
+                    let outcome = if *timed_out { "timed_out" } else { "failed" };
+                    (error, outcome, true)
+                }
+                Finish::Fatal { error } => (error, "failed", false),
+            };
+            failed.push(FailedItem {
+                run_id: a.run_id,
+                step_id: &a.step_id,
+                attempt: a.attempt,
+                error,
+                outcome,
+                retry,
+            });
         }
         // One statement, so one round trip and one implicit transaction: a
         // mixed batch commits both halves together, and an answer is never
@@ -223,9 +291,9 @@ impl Store {
              UNION ALL
              SELECT run_id, step_id, attempt, result FROM swf.fail_tasks($3, $2, $4, $5)",
         )
-        .bind(Value::Array(done))
+        .bind(sqlx::types::Json(&done))
         .bind(epoch as i64)
-        .bind(Value::Array(failed))
+        .bind(sqlx::types::Json(&failed))
         .bind(leases.backoff_base_ms)
         .bind(leases.backoff_cap_ms)
         .fetch_all(&self.pool)
@@ -266,6 +334,32 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
+}
+
+/// One completion as `swf.complete_tasks` reads it; the output goes as it
+/// was serialized.
+#[derive(Serialize)]
+struct DoneItem<'a> {
+    run_id: Uuid,
+    step_id: &'a str,
+    attempt: i32,
+    output: &'a RawValue,
+}
+
+/// One failure as `swf.fail_tasks` reads it (`retry` only when false).
+#[derive(Serialize)]
+struct FailedItem<'a> {
+    run_id: Uuid,
+    step_id: &'a str,
+    attempt: i32,
+    error: &'a Value,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "is_true")]
+    retry: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The consistency token a procedure returns after its COMMIT.

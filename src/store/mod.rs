@@ -6,13 +6,17 @@
 //! whose latest header documents the state machine of runs, steps, attempts
 //! and pgmq messages. Database errors are translated into [`StoreError`]
 //! here, once: read-only (a replica or a fenced primary), stale epoch,
-//! unavailable, not found. Every write carries the node's epoch, asserted
-//! in SQL, so a database of an older epoch (a stale old primary) refuses it.
+//! unavailable, conflict, too large, invalid data, not found; and
+//! [`ErrorClass`] says what a caller does about each. Every write carries
+//! the node's epoch, asserted in SQL, so a database of an older epoch (a
+//! stale old primary) refuses it.
 //!
 //! By concern:
 //! - `conn`: the [`Store`], connecting, errors, migrations and schema version.
 //! - `engine`: run and task transitions (submit, claim, finish, extend,
 //!   release, cancel).
+//! - `isolation`: the claim's isolation path (peek, claim one message,
+//!   reject one), used only when a set-based claim raises.
 //! - `reads`: run documents, the run list, drill checks.
 //! - `cluster`: recovery state, epochs, fencing, promotion, replication lag.
 //! - `journal`: the drill journal.
@@ -26,6 +30,7 @@ mod admin;
 mod cluster;
 mod conn;
 mod engine;
+mod isolation;
 mod journal;
 mod keys;
 mod nodes;
@@ -33,10 +38,11 @@ mod queues;
 mod reads;
 
 pub use cluster::{DbState, WriteProbe};
-pub use conn::{Result, SchemaCompat, Store, StoreError, MIGRATOR};
+pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};
 pub use engine::{
     strip_nul, AttemptRef, ClaimedTask, Finish, FinishResult, Leases, NewRun, Submitted,
 };
+pub use isolation::{Claimer, Rejected};
 pub use journal::DrillRow;
 pub use nodes::NodeRow;
 pub use queues::notify_channel;

@@ -252,7 +252,7 @@ async fn stale_completion_is_refused() {
         json!({"goal": "stale", "steps": [{"id": "s", "handler": "noop", "timeout_ms": 200}]}),
     );
     let run_id = run.run_id;
-    store.submit_runs(&[run], 1).await.unwrap();
+    store.submit_runs(&[run], None, 1).await.unwrap();
     let leases = Leases {
         lease_ms: 15_000,
         margin_ms: 1,
@@ -292,7 +292,7 @@ async fn stale_completion_is_refused() {
     };
     let r = store
         .finish_tasks(
-            &[(stale.clone(), Finish::Completed(json!("late")))],
+            &[(stale.clone(), Finish::completed(json!("late")))],
             leases,
             1,
         )
@@ -300,7 +300,7 @@ async fn stale_completion_is_refused() {
         .unwrap();
     assert_eq!(r, vec![FinishResult::Stale]);
     let r = store
-        .finish_tasks(&[(current, Finish::Completed(json!("on time")))], leases, 1)
+        .finish_tasks(&[(current, Finish::completed(json!("on time")))], leases, 1)
         .await
         .unwrap();
     assert_eq!(r, vec![FinishResult::Completed]);

@@ -10,6 +10,7 @@ mod engine;
 mod fuzz;
 mod harness;
 mod layout;
+mod limits;
 mod recover;
 mod regions;
 mod roles;

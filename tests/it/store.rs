@@ -52,7 +52,7 @@ async fn claim(store: &Store, epoch: u64) -> Vec<ClaimedTask> {
 async fn complete(store: &Store, t: &ClaimedTask, epoch: u64) {
     let r = store
         .finish_tasks(
-            &[(t.attempt_ref(), Finish::Completed(json!(t.step_id)))],
+            &[(t.attempt_ref(), Finish::completed(json!(t.step_id)))],
             LEASES,
             epoch,
         )
@@ -131,7 +131,10 @@ async fn a_database_of_the_first_schema_upgrades_in_place_with_work_in_flight() 
         {"id": "b", "handler": "noop", "depends_on": ["a"]}]}));
     let long = new_run(json!({"goal": "long", "steps": [{"id": "l", "handler": "noop"}]}));
     let ids = [done.run_id, chain.run_id, long.run_id];
-    store.submit_runs(&[done, chain, long], 1).await.unwrap();
+    store
+        .submit_runs(&[done, chain, long], None, 1)
+        .await
+        .unwrap();
     let claimed = claim(&store, 1).await;
     assert_eq!(claimed.len(), 3);
     for t in claimed.iter().filter(|t| t.run_id != ids[2]) {
@@ -167,11 +170,11 @@ async fn a_database_of_the_first_schema_upgrades_in_place_with_work_in_flight() 
         "the chain's output is its leaf's"
     );
 
-    // The renamed entry points work: a new run is submitted and cancelled,
-    // and queues are created with the epoch.
+    // The renamed entry points work: a new run is submitted (under the
+    // queue cap) and cancelled, and queues are created with the epoch.
     let fresh = new_run(json!({"goal": "after", "steps": [{"id": "s", "handler": "noop"}]}));
     let fresh_id = fresh.run_id;
-    store.submit_runs(&[fresh], 1).await.unwrap();
+    store.submit_runs(&[fresh], Some(256), 1).await.unwrap();
     let (cancelled, token) = store.cancel_run(fresh_id, 1).await.unwrap();
     assert_eq!(cancelled.as_deref(), Some("cancelled"));
     assert_eq!(token.epoch, 1);
