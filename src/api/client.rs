@@ -9,10 +9,10 @@
 //! ([`CallError::Api`]) or no usable answer came back
 //! ([`CallError::Transport`], [`CallError::Decode`]).
 //!
-//! [`ApiClient::submit`] owns the one retry policy of writes: a 503, a
-//! connection that could not be made, or an answer lost on the way is
-//! retried with the same idempotency key until the [`RetryPolicy`]'s window
-//! has passed. This is the only place an API HTTP client is built, apart
+//! [`ApiClient::submit`] (and [`ApiClient::submit_batch`]) own the one
+//! retry policy of writes: a 503, a connection that could not be made, or
+//! an answer lost on the way is retried with the same idempotency key(s)
+//! until the [`RetryPolicy`]'s window has passed. This is the only place an API HTTP client is built, apart
 //! from the node's forwarder.
 
 use std::time::{Duration, Instant};
@@ -363,7 +363,7 @@ impl ApiClient {
         policy: RetryPolicy,
         on_retry: impl FnMut(u32, &str),
     ) -> Result<Answer<Submitted>, SubmitError> {
-        let mut body = to_body(body, "a workflow")?;
+        let mut body = to_body(body, "a workflow").map_err(SubmitError::Call)?;
         if !policy.window.is_zero() {
             give_key(&mut body);
         }
@@ -383,7 +383,7 @@ impl ApiClient {
         policy: RetryPolicy,
         on_retry: impl FnMut(u32, &str),
     ) -> Result<Answer<BatchSubmitted>, SubmitError> {
-        let mut body = to_body(body, "a batch of workflows")?;
+        let mut body = to_body(body, "a batch of workflows").map_err(SubmitError::Call)?;
         if !policy.window.is_zero() {
             if let Some(list) = body.get_mut("workflows").and_then(|w| w.as_array_mut()) {
                 list.iter_mut().for_each(give_key);
@@ -557,14 +557,12 @@ impl ApiClient {
 }
 
 /// A request body as JSON, to add idempotency keys to.
-fn to_body<B: Serialize>(body: &B, what: &'static str) -> Result<serde_json::Value, SubmitError> {
-    serde_json::to_value(body).map_err(|e| {
-        SubmitError::Call(CallError::Decode {
-            status: 0,
-            status_text: "-".into(),
-            expected: what,
-            detail: e.to_string(),
-        })
+fn to_body<B: Serialize>(body: &B, what: &'static str) -> Result<serde_json::Value, CallError> {
+    serde_json::to_value(body).map_err(|e| CallError::Decode {
+        status: 0,
+        status_text: "-".into(),
+        expected: what,
+        detail: e.to_string(),
     })
 }
 
