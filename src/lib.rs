@@ -16,8 +16,8 @@
 //!   `api::tls` (rustls for the server and every outgoing HTTP client).
 //! - [`node`]: assembles a node from its config's roles; supervision (one
 //!   `JoinSet`), heartbeats, the HTTP server task, signals, shutdown.
-//! - [`client`]: the client role: validate and submit (micro-batched), status,
-//!   lineage, list, cancel, the regions view.
+//! - [`client`]: the client role: validate and submit (micro-batched; a batch
+//!   submit in one transaction), status, lineage, list, cancel, the regions view.
 //! - [`executor`]: the executor role: worker pools, claim loop with LISTEN
 //!   wake-ups, running handlers, completion batching, lease extension, drain;
 //!   `executor::handlers` the handler and decomposer registry.
@@ -116,6 +116,11 @@
 //! - Submits never take the database past `limits.max_queues` pgmq queues,
 //!   concurrent ones included
 //!   (`limits::the_257th_queue_is_refused_with_too_many_queues_and_nothing_is_stored`).
+//! - A batch is stored whole or not at all, in one transaction: a refused
+//!   one names its first bad workflow and stores nothing
+//!   (`batch::a_thousand_workflows_are_stored_in_one_transaction_and_all_complete`,
+//!   `batch::a_bad_workflow_refuses_the_whole_batch_with_its_index_and_stores_nothing`,
+//!   `batch::a_batch_past_the_queue_cap_names_the_first_workflow_that_does_not_fit`).
 //! - A completion report is retried while its attempt's lease lasts: a
 //!   primary outage shorter than the lease runs no task twice
 //!   (`limits::a_completion_report_outlasting_a_primary_outage_lands_and_the_task_runs_once`).

@@ -16,25 +16,44 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     read_parts_body(&parts.headers, body, limit).await
 }
 
+/// [`read_body`] under a limit other than `limits.max_body_bytes`; the
+/// refusal names `key`, the limit's config key.
+pub async fn read_body_under(req: Request, limit: usize, key: &str) -> Result<Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    read_parts_body_under(&parts.headers, body, limit, key).await
+}
+
 pub async fn read_parts_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+) -> Result<Bytes, ApiError> {
+    read_parts_body_under(headers, body, limit, "limits.max_body_bytes").await
+}
+
+/// [`read_parts_body`] under the limit of config key `key`.
+pub async fn read_parts_body_under(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    key: &str,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(too_large(limit));
+        return Err(too_large(limit, key));
     }
-    to_bytes(body, limit).await.map_err(|_| too_large(limit))
+    to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit, key))
 }
 
-fn too_large(limit: usize) -> ApiError {
+fn too_large(limit: usize, key: &str) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
-        format!("request body exceeds the limit of {limit} bytes (limits.max_body_bytes)"),
+        format!("request body exceeds the limit of {limit} bytes ({key})"),
     )
 }
 

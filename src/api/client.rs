@@ -9,10 +9,10 @@
 //! ([`CallError::Api`]) or no usable answer came back
 //! ([`CallError::Transport`], [`CallError::Decode`]).
 //!
-//! [`ApiClient::submit`] owns the one retry policy of writes: a 503, a
-//! connection that could not be made, or an answer lost on the way is
-//! retried with the same idempotency key until the [`RetryPolicy`]'s window
-//! has passed. This is the only place an API HTTP client is built, apart
+//! [`ApiClient::submit`] (and [`ApiClient::submit_batch`]) own the one
+//! retry policy of writes: a 503, a connection that could not be made, or
+//! an answer lost on the way is retried with the same idempotency key(s)
+//! until the [`RetryPolicy`]'s window has passed. This is the only place an API HTTP client is built, apart
 //! from the node's forwarder.
 
 use std::time::{Duration, Instant};
@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
-    Cancelled, DrillList, DrillRecord, DrillReport, DrillRequest, ErrorCode, Health, ListQuery,
-    NodeInfoBody, Ready, RecoverReport, Regions, RunLineage, RunList, RunStatus, Submitted,
-    H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
+    BatchSubmitted, Cancelled, DrillList, DrillRecord, DrillReport, DrillRequest, ErrorCode,
+    Health, ListQuery, NodeInfoBody, Ready, RecoverReport, Regions, RunLineage, RunList, RunStatus,
+    Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -47,7 +47,7 @@ pub struct Answer<T> {
 
 /// An error answer of the API: its status, code and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code_text} (HTTP {status}): {message}")]
+#[error("{code_text} (HTTP {status}): {}{message}", batch_position(.index))]
 pub struct ApiFailure {
     pub status: u16,
     pub code: ErrorCode,
@@ -55,6 +55,13 @@ pub struct ApiFailure {
     /// does not know).
     pub code_text: String,
     pub message: String,
+    /// A batch's refused workflow (`error.index`), if the answer names one.
+    pub index: Option<usize>,
+}
+
+/// `workflows[i]: ` before the message of a refusal that names a batch position.
+fn batch_position(index: &Option<usize>) -> String {
+    index.map_or_else(String::new, |i| format!("workflows[{i}]: "))
 }
 
 /// How a transport error happened.
@@ -354,32 +361,60 @@ impl ApiClient {
         &self,
         body: &B,
         policy: RetryPolicy,
-        mut on_retry: impl FnMut(u32, &str),
+        on_retry: impl FnMut(u32, &str),
     ) -> Result<Answer<Submitted>, SubmitError> {
-        let mut body = serde_json::to_value(body).map_err(|e| {
-            SubmitError::Call(CallError::Decode {
-                status: 0,
-                status_text: "-".into(),
-                expected: "a workflow",
-                detail: e.to_string(),
-            })
-        })?;
-        let retries_possible = !policy.window.is_zero();
-        if retries_possible && body.is_object() && body.get("idempotency_key").is_none() {
-            body["idempotency_key"] = uuid::Uuid::new_v4().to_string().into();
+        let mut body = to_body(body, "a workflow").map_err(SubmitError::Call)?;
+        if !policy.window.is_zero() {
+            give_key(&mut body);
         }
+        self.post_retried("/v1/workflows", &body, policy, on_retry)
+            .await
+    }
+
+    /// `POST /v1/workflows/batch` (`{"workflows": [...]}`): every workflow
+    /// stored in one transaction, or none (the refusal's
+    /// [`ApiFailure::index`] names the first bad one). Retried as
+    /// [`ApiClient::submit`] is: when the policy retries, each workflow
+    /// without an idempotency key gets a fresh one first, so a retry
+    /// stores nothing twice.
+    pub async fn submit_batch<B: Serialize>(
+        &self,
+        body: &B,
+        policy: RetryPolicy,
+        on_retry: impl FnMut(u32, &str),
+    ) -> Result<Answer<BatchSubmitted>, SubmitError> {
+        let mut body = to_body(body, "a batch of workflows").map_err(SubmitError::Call)?;
+        if !policy.window.is_zero() {
+            if let Some(list) = body.get_mut("workflows").and_then(|w| w.as_array_mut()) {
+                list.iter_mut().for_each(give_key);
+            }
+        }
+        self.post_retried("/v1/workflows/batch", &body, policy, on_retry)
+            .await
+    }
+
+    /// A POST of a write whose retries are safe (idempotency keys), retried
+    /// as `policy` says: a 503, a connection that could not be made, or an
+    /// answer lost on the way.
+    async fn post_retried<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        policy: RetryPolicy,
+        mut on_retry: impl FnMut(u32, &str),
+    ) -> Result<Answer<T>, SubmitError> {
         let start = Instant::now();
         let mut delay = policy.first_delay;
         let mut retries = 0u32;
         let mut lost_answer = None;
         loop {
-            let err = match self.call(Method::POST, "/v1/workflows", Some(&body)).await {
+            let err = match self.call(Method::POST, path, Some(body)).await {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
             let reason = match &err {
                 CallError::Api(f) if f.status == 503 => {
-                    format!("HTTP 503 from {}", self.url("/v1/workflows"))
+                    format!("HTTP 503 from {}", self.url(path))
                 }
                 CallError::Transport { kind, detail, .. } => match kind {
                     TransportKind::Connect => detail.clone(),
@@ -521,6 +556,23 @@ impl ApiClient {
     }
 }
 
+/// A request body as JSON, to add idempotency keys to.
+fn to_body<B: Serialize>(body: &B, what: &'static str) -> Result<serde_json::Value, CallError> {
+    serde_json::to_value(body).map_err(|e| CallError::Decode {
+        status: 0,
+        status_text: "-".into(),
+        expected: what,
+        detail: e.to_string(),
+    })
+}
+
+/// Gives a workflow object without an idempotency key a fresh one.
+fn give_key(wf: &mut serde_json::Value) {
+    if wf.is_object() && wf.get("idempotency_key").is_none() {
+        wf["idempotency_key"] = uuid::Uuid::new_v4().to_string().into();
+    }
+}
+
 fn header(resp: &Response, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
@@ -540,6 +592,8 @@ async fn answer<T: DeserializeOwned>(resp: Response) -> Result<Answer<T>, CallEr
         code: Option<String>,
         #[serde(default)]
         message: Option<String>,
+        #[serde(default)]
+        index: Option<usize>,
     }
     #[derive(Deserialize)]
     struct Body {
@@ -556,6 +610,7 @@ async fn answer<T: DeserializeOwned>(resp: Response) -> Result<Answer<T>, CallEr
     let detail = body.error.unwrap_or(Detail {
         code: None,
         message: None,
+        index: None,
     });
     let code_text = detail.code.unwrap_or_else(|| "unknown".into());
     let code = serde_json::from_value(code_text.clone().into()).unwrap_or(ErrorCode::Unknown);
@@ -564,6 +619,7 @@ async fn answer<T: DeserializeOwned>(resp: Response) -> Result<Answer<T>, CallEr
         code,
         code_text,
         message: detail.message.unwrap_or_default(),
+        index: detail.index,
     }))
 }
 

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// The batch position of the workflow refused (`error.index`).
+    pub index: Option<usize>,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
             message: message.into(),
+            index: None,
         }
+    }
+
+    /// The same error, about the workflow at `index` of a batch.
+    pub fn at_index(mut self, index: Option<usize>) -> Self {
+        self.index = index;
+        self
     }
 
     /// The same error answered with another status (a forward that could
@@ -45,6 +54,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                index: self.index,
             },
         };
         (self.status, Json(body)).into_response()

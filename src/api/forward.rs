@@ -8,7 +8,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use crate::api::body::read_parts_body;
+use crate::api::body::{read_parts_body, read_parts_body_under};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::ApiState;
 use crate::api::wire::{ErrorCode, H_FORWARDED_BY};
@@ -47,7 +47,19 @@ pub async fn forward(st: &ApiState, want: &str, req: Request) -> ApiResult {
         ));
     };
     let (parts, body) = req.into_parts();
-    let bytes = read_parts_body(&parts.headers, body, st.max_body_bytes).await?;
+    // The route there holds the body to its own limit; a batch's is larger.
+    let bytes = match parts.uri.path() {
+        "/v1/workflows/batch" => {
+            read_parts_body_under(
+                &parts.headers,
+                body,
+                st.max_batch_body_bytes,
+                "limits.max_batch_body_bytes",
+            )
+            .await?
+        }
+        _ => read_parts_body(&parts.headers, body, st.max_body_bytes).await?,
+    };
     let path = parts
         .uri
         .path_and_query()

@@ -28,6 +28,9 @@ pub struct ApiState {
     pub executor: Option<Arc<Executor>>,
     pub router: Arc<Router>,
     pub max_body_bytes: usize,
+    /// `limits.max_batch` and `limits.max_batch_body_bytes`: the batch submit's.
+    pub max_batch: usize,
+    pub max_batch_body_bytes: usize,
     pub forwarder: Forwarder,
     pub heartbeat_ms: u64,
     /// Control of the databases for drills (`swf dev`), if any.

@@ -16,6 +16,12 @@ const ADMIN: Access = Access::Scope(Scope::Admin);
 pub fn v1_routes() -> Routes {
     Routes::new()
         .add(Method::POST, "/v1/workflows", SUBMIT, workflows::submit)
+        .add(
+            Method::POST,
+            "/v1/workflows/batch",
+            SUBMIT,
+            workflows::submit_batch,
+        )
         .add(Method::GET, "/v1/workflows", READ, workflows::list)
         .add(
             Method::GET,
@@ -91,6 +97,19 @@ mod tests {
                 "403",
             ),
             ("POST", Some("/v1/workflows"), Some("Bearer w-secret"), "ok"),
+            (
+                "POST",
+                Some("/v1/workflows/batch"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows/batch"),
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            ("POST", Some("/v1/workflows/batch"), None, "401"),
             (
                 "POST",
                 Some("/v1/workflows/{run_id}/cancel"),

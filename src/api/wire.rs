@@ -186,6 +186,10 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// `POST /v1/workflows/batch`: the position in `workflows` of the first
+    /// workflow refused (absent when the refusal is of the whole batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
 }
 
 /// Status of a run.
@@ -249,6 +253,31 @@ pub struct Submitted {
     pub run_id: Uuid,
     pub status: RunState,
     pub consistency_token: String,
+}
+
+/// The body of `POST /v1/workflows/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub workflows: Vec<WorkflowSpec>,
+}
+
+/// `POST /v1/workflows/batch`: 201, one entry per workflow in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubmitted {
+    pub runs: Vec<BatchRun>,
+    /// One token for the whole batch (it was one transaction).
+    pub consistency_token: String,
+}
+
+/// One run of a [`BatchSubmitted`]: the new run (`running`), or the run an
+/// idempotency key already named, as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRun {
+    pub run_id: Uuid,
+    pub status: RunState,
 }
 
 /// `POST /v1/workflows/{run_id}/cancel`.
@@ -790,11 +819,18 @@ mod tests {
             error: ErrorDetail {
                 code: ErrorCode::NotFound,
                 message: "m".into(),
+                index: None,
             },
         };
         assert_eq!(
             serde_json::to_value(&b).unwrap(),
             serde_json::json!({"error": {"code": "not_found", "message": "m"}})
+        );
+        let mut at = b.clone();
+        at.error.index = Some(3);
+        assert_eq!(
+            serde_json::to_value(&at).unwrap(),
+            serde_json::json!({"error": {"code": "not_found", "message": "m", "index": 3}})
         );
     }
 

@@ -44,6 +44,11 @@ pub enum Command {
         api: ApiArgs,
         /// Workflow JSON file, or - for standard input.
         file: String,
+        /// FILE holds a batch, `{"workflows": [...]}` or a JSON array of
+        /// workflows: stored in one transaction, or none of them; prints
+        /// each run id (in order) and the token.
+        #[arg(long)]
+        batch: bool,
     },
     /// Print a run's status.
     Status {

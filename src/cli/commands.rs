@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `status`, `lineage`, `regions`, `drill`,
+//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `drill`,
 //! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
@@ -28,7 +28,8 @@ fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
+/// The JSON in `file`, or on standard input for `-`.
+fn read_json(file: &str) -> anyhow::Result<Value> {
     let text = if file == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read stdin")?;
@@ -36,8 +37,11 @@ pub async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("read {file}"))?
     };
-    let body: Value =
-        serde_json::from_str(&text).with_context(|| format!("{file} is not valid JSON"))?;
+    serde_json::from_str(&text).with_context(|| format!("{file} is not valid JSON"))
+}
+
+pub async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
+    let body = read_json(file)?;
     let answer = client(api, Duration::from_secs(30))?
         .submit(&body, RetryPolicy::PATIENT, |_, why| {
             tracing::info!("submit: {why}; retrying with the same idempotency key")
@@ -50,6 +54,34 @@ pub async fn submit(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
         println!("run_id: {}", doc.run_id);
         println!("status: {}", doc.status.as_str());
         println!("token:  {}", doc.consistency_token);
+    }
+    Ok(0)
+}
+
+/// `swf submit --batch`: the file's workflows in one `POST /v1/workflows/batch`.
+pub async fn submit_batch(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
+    let body = match read_json(file)? {
+        Value::Array(list) => serde_json::json!({ "workflows": list }),
+        v @ Value::Object(_) if v.get("workflows").is_some() => v,
+        _ => bail!(
+            "{file} holds no batch: expected {{\"workflows\": [workflow, ...]}} or a JSON array \
+             of workflows"
+        ),
+    };
+    // A thousand runs are stored in one transaction: give it time.
+    let answer = client(api, Duration::from_secs(60))?
+        .submit_batch(&body, RetryPolicy::PATIENT, |_, why| {
+            tracing::info!("submit --batch: {why}; retrying with the same idempotency keys")
+        })
+        .await?;
+    let doc = answer.body;
+    if api.json {
+        print_json(&doc)?;
+    } else {
+        for r in &doc.runs {
+            println!("{}  {}", r.run_id, r.status.as_str());
+        }
+        println!("token: {}", doc.consistency_token);
     }
     Ok(0)
 }

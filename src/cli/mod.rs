@@ -106,7 +106,16 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             print!("{out}{}", if out.ends_with('\n') { "" } else { "\n" });
             Ok(0)
         }
-        Command::Submit { api, file } => commands::submit(&api, &file).await,
+        Command::Submit {
+            api,
+            file,
+            batch: false,
+        } => commands::submit(&api, &file).await,
+        Command::Submit {
+            api,
+            file,
+            batch: true,
+        } => commands::submit_batch(&api, &file).await,
         Command::Status {
             api,
             run_id,

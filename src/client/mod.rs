@@ -1,7 +1,9 @@
-//! The client role: submit, status, lineage, list and cancel.
+//! The client role: submit, batch submit ([`batch`]), status, lineage, list
+//! and cancel.
 //!
 //! Submissions are validated here (pure), then stored through a
-//! micro-batcher so concurrent submits share round trips. Reads go where the
+//! micro-batcher so concurrent submits share round trips; a batch submit is
+//! stored whole, in one transaction of its own. Reads go where the
 //! router says. Errors are [`ClientError`]s, which the API maps to codes.
 //!
 //! Tokens reach this module verified (the API checks their MAC with the
@@ -9,6 +11,7 @@
 //! the node's epoch moves only when a database shows a newer one, and a
 //! cached document's version is the database's position ([`read_version`]).
 
+pub mod batch;
 pub mod cluster;
 
 use std::sync::Arc;
@@ -150,7 +153,24 @@ impl Client {
 
     /// Validates and stores a workflow. A 2xx-worthy answer means the run
     /// is committed on the primary.
-    pub async fn submit(&self, mut spec: WorkflowSpec) -> Result<SubmitOutcome, ClientError> {
+    pub async fn submit(&self, spec: WorkflowSpec) -> Result<SubmitOutcome, ClientError> {
+        let run = self.plan(spec)?;
+        let (s, token) = self
+            .submitter
+            .call(run)
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))??;
+        Ok(SubmitOutcome {
+            run_id: s.run_id,
+            created: s.created,
+            token,
+        })
+    }
+
+    /// A workflow made ready to store (pure): its decomposer expanded, then
+    /// validated, with a new run id. Submit and the batch submit share it,
+    /// so both refuse the same workflows with the same words.
+    fn plan(&self, mut spec: WorkflowSpec) -> Result<NewRun, ClientError> {
         if spec.steps.is_empty() {
             if let Some(name) = spec.decomposer.clone() {
                 let d = self.registry.decomposer(&name).ok_or_else(|| {
@@ -175,7 +195,7 @@ impl Client {
             e @ ValidationError::UnknownRegion { .. } => ClientError::UnknownRegion(e.to_string()),
             e @ ValidationError::TooManyQueues { .. } => ClientError::TooManyQueues(e.to_string()),
         })?;
-        let run = NewRun {
+        Ok(NewRun {
             run_id: Uuid::now_v7(),
             goal: spec.goal,
             input: spec.input,
@@ -184,16 +204,6 @@ impl Client {
             submitted_by: self.node_id.clone(),
             submitted_region: self.router.region().to_string(),
             steps,
-        };
-        let (s, token) = self
-            .submitter
-            .call(run)
-            .await
-            .map_err(|e| ClientError::Internal(e.to_string()))??;
-        Ok(SubmitOutcome {
-            run_id: s.run_id,
-            created: s.created,
-            token,
         })
     }
 

@@ -109,6 +109,8 @@ pub(crate) const KEYS: &[Key] = &[
     key("limits.per_token_rate_per_s", Int),
     key("limits.max_output_bytes", Int),
     key("limits.max_queues", Int),
+    key("limits.max_batch", Int),
+    key("limits.max_batch_body_bytes", Int),
     key("handlers", Tbl),
     key("handlers.shell_allow", StrList),
     key("handlers.http_allow", StrList),

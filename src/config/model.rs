@@ -249,6 +249,11 @@ pub struct LimitsConfig {
     /// Most pgmq queues in the cluster's database that submits may create;
     /// past it a submit answers 400 `too_many_queues`.
     pub max_queues: usize,
+    /// Most workflows in one `POST /v1/workflows/batch`; more answer 400.
+    pub max_batch: usize,
+    /// Body limit of `POST /v1/workflows/batch` (each workflow in it is
+    /// still held to `max_body_bytes`); 413 `payload_too_large` past it.
+    pub max_batch_body_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -264,6 +269,8 @@ impl Default for LimitsConfig {
             per_token_rate_per_s: 1000,
             max_output_bytes: 1 << 20,
             max_queues: 256,
+            max_batch: 1000,
+            max_batch_body_bytes: 16 << 20,
         }
     }
 }

@@ -434,6 +434,14 @@ fn build_limits(doc: &Doc<'_>, ctx: &Ctx) -> Result<LimitsConfig, ConfigError> {
             1,
             i32::MAX as i64,
         )?,
+        max_batch: ctx.ranged(
+            "limits.max_batch",
+            int("max_batch"),
+            d.max_batch as i64,
+            1,
+            100_000,
+        )?,
+        max_batch_body_bytes: positive("max_batch_body_bytes", d.max_batch_body_bytes)?,
     })
 }
 

@@ -66,6 +66,8 @@ pub(super) fn spawn(
         executor: parts.executor.clone(),
         router: parts.router.clone(),
         max_body_bytes: config.limits.max_body_bytes,
+        max_batch: config.limits.max_batch,
+        max_batch_body_bytes: config.limits.max_batch_body_bytes,
         forwarder: crate::api::Forwarder::new(
             Duration::from_millis(config.routing.forward_timeout_ms),
             &peer_tls,

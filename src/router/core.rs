@@ -181,15 +181,31 @@ impl Router {
         F: Fn(Store, u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        self.write_within(deadline, WRITE_ATTEMPT_TIMEOUT, f).await
+    }
+
+    /// [`Router::write`] for a write that may take longer than a usual one
+    /// (a batch of runs): each attempt may take up to `attempt_timeout`
+    /// before the write path counts as unavailable.
+    pub async fn write_within<T, F, Fut>(
+        &self,
+        deadline: Duration,
+        attempt_timeout: Duration,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Store, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let until = Instant::now() + deadline;
         let mut delay = Duration::from_millis(20);
         loop {
             let mut moved = self.primary_gen.subscribe();
             let attempt = tokio::select! {
-                r = tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, f(self.write_store(), self.epoch())) => {
+                r = tokio::time::timeout(attempt_timeout, f(self.write_store(), self.epoch())) => {
                     r.unwrap_or_else(|_| {
                         Err(StoreError::Unavailable(format!(
-                            "no answer from the primary within {WRITE_ATTEMPT_TIMEOUT:?}"
+                            "no answer from the primary within {attempt_timeout:?}"
                         )))
                     })
                 }

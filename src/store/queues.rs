@@ -24,6 +24,14 @@ impl Store {
         Ok(())
     }
 
+    /// The names of every pgmq queue in the database (at most
+    /// `limits.max_queues` where submits created them).
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT queue_name FROM pgmq.meta")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Visible (ready) messages per pgmq queue.
     pub async fn queue_depths(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT queue_name, queue_length FROM pgmq.metrics_all()")

@@ -93,6 +93,16 @@ impl Store {
         )
     }
 
+    /// The status of each of `run_ids` that exists here.
+    pub async fn run_statuses(&self, run_ids: &[Uuid]) -> Result<Vec<(Uuid, String)>> {
+        Ok(
+            sqlx::query_as("SELECT run_id, status FROM swf.runs WHERE run_id = ANY($1)")
+                .bind(run_ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Drill labels that name more than one run (a duplicated submit).
     pub async fn duplicate_goals(&self, prefix: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(

@@ -1,24 +1,25 @@
-//! `/v1/workflows`: submit, status, lineage, list and cancel.
+//! `/v1/workflows`: submit, batch submit, status, lineage, list and cancel.
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::common::{client, parse_run_id, with_read_source, with_token};
-use crate::api::body::{read_body, read_token};
+use crate::api::body::{read_body, read_body_under, read_token};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::ApiState;
 use crate::api::wire::{
-    Cancelled, ErrorCode, ListQuery, RunList, RunState, RunSummary, Submitted, WorkflowSpec,
+    BatchRun, BatchSubmitted, Cancelled, ErrorCode, ListQuery, RunList, RunState, RunSummary,
+    Submitted, WorkflowSpec,
 };
 
-pub async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
-    let c = client(&st)?;
-    let bytes = read_body(req, st.max_body_bytes).await?;
-    // Parsed once, straight into the spec; serde says whether the bytes
-    // were not JSON or JSON of the wrong shape.
-    let spec: WorkflowSpec = serde_json::from_slice(&bytes).map_err(|e| {
+/// A workflow's JSON as its spec. Parsed once, straight into the spec;
+/// serde says whether the bytes were not JSON or JSON of the wrong shape.
+fn parse_workflow(bytes: &[u8]) -> Result<WorkflowSpec, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => ApiError::new(
@@ -30,7 +31,13 @@ pub async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
                 format!("request body is not valid JSON: {e}"),
             ),
         }
-    })?;
+    })
+}
+
+pub async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
+    let c = client(&st)?;
+    let bytes = read_body(req, st.max_body_bytes).await?;
+    let spec = parse_workflow(&bytes)?;
     let out = c.submit(spec).await?;
     let (code, status) = if out.created {
         (StatusCode::CREATED, RunState::Running)
@@ -47,6 +54,89 @@ pub async fn submit(State(st): State<ApiState>, req: Request) -> ApiResult {
         consistency_token: signed.clone(),
     };
     Ok(with_token((code, Json(body)).into_response(), &signed))
+}
+
+/// A batch body as first read: each workflow kept as its text, so its size
+/// and its schema errors are told with its index.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch<'a> {
+    #[serde(borrow)]
+    workflows: Vec<&'a RawValue>,
+}
+
+/// `POST /v1/workflows/batch`: at most `limits.max_batch` workflows, each
+/// held to what a single submit accepts (`limits.max_body_bytes` included),
+/// stored in one transaction or refused whole with the index of the first
+/// bad one.
+pub async fn submit_batch(State(st): State<ApiState>, req: Request) -> ApiResult {
+    let c = client(&st)?;
+    let bytes =
+        read_body_under(req, st.max_batch_body_bytes, "limits.max_batch_body_bytes").await?;
+    let raw: RawBatch = serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("a batch is {{\"workflows\": [workflow, ...]}}: {e}"),
+            ),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("request body is not valid JSON: {e}"),
+            ),
+        }
+    })?;
+    if raw.workflows.len() > st.max_batch {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the batch has {} workflows; the limit is {} (limits.max_batch)",
+                raw.workflows.len(),
+                st.max_batch
+            ),
+        ));
+    }
+    let specs = raw
+        .workflows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let text = w.get();
+            if text.len() > st.max_body_bytes {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the workflow is {} bytes, past the limit of {} bytes of one workflow \
+                         (limits.max_body_bytes)",
+                        text.len(),
+                        st.max_body_bytes
+                    ),
+                )
+                .at_index(Some(i)));
+            }
+            parse_workflow(text.as_bytes()).map_err(|e| e.at_index(Some(i)))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let out = c
+        .submit_batch(specs)
+        .await
+        .map_err(|e| ApiError::from(e.error).at_index(e.index))?;
+    let signed = st.router.token_key().sign(&out.token);
+    let body = BatchSubmitted {
+        runs: out
+            .runs
+            .into_iter()
+            .map(|r| BatchRun {
+                run_id: r.run_id,
+                status: RunState::parse(&r.status).unwrap_or(RunState::Running),
+            })
+            .collect(),
+        consistency_token: signed.clone(),
+    };
+    Ok(with_token(
+        (StatusCode::CREATED, Json(body)).into_response(),
+        &signed,
+    ))
 }
 
 pub async fn status(State(st): State<ApiState>, Path(id): Path<String>, h: HeaderMap) -> ApiResult {
