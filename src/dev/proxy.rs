@@ -613,10 +613,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreachable_target_closes_client_and_keeps_serving() {
-        let target = {
-            let l = TcpListener::bind(any_port()).await.unwrap();
-            l.local_addr().unwrap()
-        };
+        // A bound socket that never listens: connections to it are refused,
+        // and no other test can take its port while it is held.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind(any_port()).unwrap();
+        let target = reserved.local_addr().unwrap();
         let proxy = DelayProxy::start(any_port(), target, Duration::ZERO, "dead")
             .await
             .unwrap();

@@ -214,6 +214,11 @@ impl LoadHandle {
         self.shared.acked.load(Ordering::Relaxed)
     }
 
+    /// Writes sent so far (acknowledged or not).
+    pub fn sent_so_far(&self) -> usize {
+        self.shared.slots.lock().expect("load slots").len()
+    }
+
     async fn stop_within(self, bound: Duration) -> Vec<Attempted> {
         // An error means the ticker is already gone; joining it says why.
         let _ = self.stop_tx.send(());
@@ -728,12 +733,21 @@ mod tests {
             50.0,
             "steady",
         ));
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        wait_until("20 acks", Duration::from_secs(20), || {
+            load.acked_so_far() >= 20
+        })
+        .await;
         let seen = load.acked_so_far();
+        let ran = load.started_at().elapsed();
         let attempts = load.stop().await;
         let s = summarize(&attempts);
 
-        assert!((20..=80).contains(&s.attempted), "{s:?}");
+        // Paced: never more than the rate allows for the time it ran.
+        let allowed = (50.0 * (ran.as_secs_f64() + 0.2)).ceil() as u64 + 2;
+        assert!(
+            s.attempted >= 20 && s.attempted <= allowed,
+            "{s:?} in {ran:?}"
+        );
         assert!(seen > 0 && seen <= s.acknowledged);
         assert_eq!(s.acknowledged, s.attempted, "{s:?}");
         assert_eq!((s.stale_reads, s.rto_ms, s.retried), (0, 0, 0));
@@ -798,7 +812,10 @@ mod tests {
     async fn a_long_outage_fails_writes_after_the_retry_window() {
         let srv = TestServer::start(Mode::Unavailable).await;
         let load = LoadHandle::start(spec(vec![srv.url.clone()], 20.0, "outage"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until("a refused submit", Duration::from_secs(10), || {
+            srv.posts_total() > 0
+        })
+        .await;
         let attempts = load.stop().await;
         let s = summarize(&attempts);
 
@@ -824,7 +841,10 @@ mod tests {
     async fn a_forgetful_node_shows_stale_reads() {
         let srv = TestServer::start(Mode::Forgetful).await;
         let load = LoadHandle::start(spec(vec![srv.url.clone()], 50.0, "forget"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until("3 acks", Duration::from_secs(10), || {
+            load.acked_so_far() >= 3
+        })
+        .await;
         let attempts = load.stop().await;
         let s = summarize(&attempts);
         assert!(s.stale_reads > 0, "{s:?}");
@@ -837,7 +857,13 @@ mod tests {
         let mut sp = spec(vec![srv.url.clone()], 20.0, "hang");
         sp.request_timeout = Duration::from_millis(200);
         let load = LoadHandle::start(sp);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Stop once the server holds a submit (the load has sent one).
+        let sent =
+            crate::wait::until_true(Duration::from_secs(10), Duration::from_millis(5), || {
+                srv.posts_total() > 0
+            })
+            .await;
+        assert!(sent, "the load sent no submit within 10 s");
         let attempts = load.stop().await;
         let s = summarize(&attempts);
         assert!(
@@ -852,16 +878,20 @@ mod tests {
 
     #[tokio::test]
     async fn connection_refused_is_retried_then_failed() {
-        let port = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            l.local_addr().unwrap().port()
-        };
+        // A bound socket that never listens: connections to it are refused,
+        // and no other test can take its port while it is held.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = reserved.local_addr().unwrap().port();
         let load = LoadHandle::start(spec(
             vec![format!("http://127.0.0.1:{port}")],
             10.0,
             "refused",
         ));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_until("a sent submit", Duration::from_secs(10), || {
+            load.sent_so_far() > 0
+        })
+        .await;
         let attempts = load.stop().await;
         assert!(!attempts.is_empty());
         for x in &attempts {
