@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod bench;
 mod cli;
 mod deploy;
 mod drills;
