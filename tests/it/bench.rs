@@ -38,10 +38,16 @@ fn number(v: &Value, what: &str) -> f64 {
 /// One run's figures: every run of the backlog completed.
 fn assert_run(run: &Value, n: u64) {
     assert_eq!(run["workflows"], n, "{run}");
-    assert_eq!(run["completed"], n, "every pre-submitted run completed: {run}");
+    assert_eq!(
+        run["completed"], n,
+        "every pre-submitted run completed: {run}"
+    );
     assert_eq!(run["pool"], 32, "{run}");
     assert!(number(&run["seconds"], "seconds") > 0.0, "{run}");
-    assert!(number(&run["workflows_per_s"], "workflows_per_s") > 0.0, "{run}");
+    assert!(
+        number(&run["workflows_per_s"], "workflows_per_s") > 0.0,
+        "{run}"
+    );
     if cfg!(target_os = "linux") {
         let peak = number(&run["rss_mb_peak"], "rss_mb_peak");
         let after = number(&run["rss_mb_after"], "rss_mb_after");
@@ -63,11 +69,10 @@ async fn burn_down_drains_every_pre_submitted_run() {
     assert!(!dir.exists(), "{} left behind", dir.display());
 
     // Repeated runs on the same database: each reported, each complete.
-    let (code, out, err, _) = tokio::task::spawn_blocking(|| {
-        bench(&["--burn-down", "50", "--repeat", "2", "--json"])
-    })
-    .await
-    .unwrap();
+    let (code, out, err, _) =
+        tokio::task::spawn_blocking(|| bench(&["--burn-down", "50", "--repeat", "2", "--json"]))
+            .await
+            .unwrap();
     assert_eq!(code, 0, "{err}");
     let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let b = &doc["burn_down"];
@@ -89,7 +94,10 @@ fn burn_down_refuses_what_it_cannot_measure() {
             "queues cannot be paused",
         ),
         (&["--burn-down", "0"][..], "--burn-down must be at least 1"),
-        (&["--burn-down", "10", "--pool-size", "0"][..], "--pool-size must be at least 1"),
+        (
+            &["--burn-down", "10", "--pool-size", "0"][..],
+            "--pool-size must be at least 1",
+        ),
         (&["--repeat", "2"][..], "--burn-down"),
         (&["--burn-down"][..], "a value is required"),
         (
@@ -102,6 +110,9 @@ fn burn_down_refuses_what_it_cannot_measure() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert!(out.is_empty(), "{args:?}: {out}");
         // Refused before anything started.
-        assert!(!dir.exists() && !err.contains("starting an embedded cluster"), "{args:?}: {err}");
+        assert!(
+            !dir.exists() && !err.contains("starting an embedded cluster"),
+            "{args:?}: {err}"
+        );
     }
 }

@@ -5,9 +5,7 @@ use serde_json::{json, Value};
 use super::args::BenchArgs;
 use super::burn::burn_down;
 use super::embedded::{Embedded, Roles};
-use super::phases::{
-    print_human, read_phase, region_reads, start_latency_phase, throughput_phase,
-};
+use super::phases::{print_human, read_phase, region_reads, start_latency_phase, throughput_phase};
 use super::report::{api_client, machine};
 use super::rss::Rss;
 use crate::api::client::ApiClient;
