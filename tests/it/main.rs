@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod batch;
+mod bench;
 mod cli;
 mod deploy;
 mod drills;

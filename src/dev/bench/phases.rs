@@ -1,154 +1,20 @@
-//! `swf bench`: an end-to-end load benchmark over the HTTP API.
-//!
-//! Against `--api URL`, or, without it, an embedded single-region cluster it
-//! starts under a temporary directory (PostgreSQL and one hybrid node in
-//! this process, as `swf dev` would run them). Phases:
-//! 1. submit-to-start latency at light load (one submitter): the database's
-//!    `created_at` of the run to `started_at` of its first attempt;
-//! 2. throughput: N workflows of each shape (1 step; 5-step chain; 5-step
-//!    fan-out) submitted by C concurrent submitters; tasks/s from the first
-//!    submit to the last completion;
-//! 3. read latency: status and lineage reads of completed runs, by
-//!    `swf-read-source`.
-//!
-//! The latency phase runs first, on a quiet cluster. Prints JSON (`--json`)
-//! or a table.
+//! The phases of the default `swf bench` (and `--primary-region`'s region
+//! reads), over the HTTP API of any cluster: submit-to-start latency at
+//! light load, throughput per shape, read latency by source.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::api::client::{Answer, ApiClient, RetryPolicy};
-use crate::api::wire::{ListQuery, RunState, Submitted};
+use super::report::{percentiles, round, shape, submit, ts};
+use crate::api::client::{Answer, ApiClient};
+use crate::api::wire::{ListQuery, RunState};
 
-#[derive(Debug, Args, Clone)]
-pub struct BenchArgs {
-    /// Base URL of a node's API; without it, an embedded cluster is started.
-    #[arg(long)]
-    pub api: Option<String>,
-    /// Workflows per shape in the throughput phase.
-    #[arg(long, default_value_t = 3000)]
-    pub workflows: usize,
-    /// Concurrent submitters in the throughput phase.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Shapes to run: comma-separated of one, chain, fanout.
-    #[arg(long, value_delimiter = ',', default_value = "one,chain,fanout")]
-    pub shapes: Vec<String>,
-    /// Samples for the latency phases.
-    #[arg(long, default_value_t = 300)]
-    pub samples: usize,
-    /// Worker pool size of the embedded cluster's node.
-    #[arg(long, default_value_t = 32)]
-    pub pool_size: usize,
-    /// Region reads: with `--api` pointing at a node outside the write
-    /// region, measure read-after-own-write with the token and status reads
-    /// by source; calls pinned to this region (the primary's) count as
-    /// primary reads. Skips the throughput phases.
-    #[arg(long)]
-    pub primary_region: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub access: crate::api::tls::AccessArgs,
-}
-
-fn shape(name: &str, i: usize) -> anyhow::Result<(Value, usize)> {
-    let goal = format!("bench-{name}-{i}");
-    Ok(match name {
-        "one" => (
-            json!({"goal": goal, "steps": [{"id": "a", "handler": "noop"}]}),
-            1,
-        ),
-        "chain" => (
-            json!({"goal": goal, "steps": [
-                {"id": "s1", "handler": "noop"},
-                {"id": "s2", "handler": "noop", "depends_on": ["s1"]},
-                {"id": "s3", "handler": "noop", "depends_on": ["s2"]},
-                {"id": "s4", "handler": "noop", "depends_on": ["s3"]},
-                {"id": "s5", "handler": "noop", "depends_on": ["s4"]}]}),
-            5,
-        ),
-        "fanout" => (
-            json!({"goal": goal, "steps": [
-                {"id": "root", "handler": "noop"},
-                {"id": "f1", "handler": "noop", "depends_on": ["root"]},
-                {"id": "f2", "handler": "noop", "depends_on": ["root"]},
-                {"id": "f3", "handler": "noop", "depends_on": ["root"]},
-                {"id": "join", "handler": "noop", "depends_on": ["f1", "f2", "f3"]}]}),
-            5,
-        ),
-        other => bail!("unknown shape `{other}`: use one, chain or fanout"),
-    })
-}
-
-/// Runs the benchmark; returns the exit code.
-pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    let mut embedded = None;
-    let base = match &args.api {
-        Some(a) => a.trim_end_matches('/').to_string(),
-        None => {
-            let e = Embedded::start(args.pool_size).await?;
-            let url = e.node.url();
-            embedded = Some(e);
-            url
-        }
-    };
-    let api = ApiClient::builder(&base)
-        .tls(&args.access.client()?)
-        .bearer(args.access.token.as_deref())?
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .timeout(Duration::from_secs(60))
-        .build();
-    let report = measure(&api, &args).await;
-    if let Some(e) = embedded {
-        e.stop().await;
-    }
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_human(&report);
-    }
-    Ok(0)
-}
-
-async fn measure(api: &ApiClient, args: &BenchArgs) -> anyhow::Result<Value> {
-    if let Some(primary) = &args.primary_region {
-        return region_reads(api, primary, args.samples).await;
-    }
-    // Light load first, on a quiet cluster; the throughput phases after it
-    // leave checkpoints and vacuum work behind that would colour it.
-    let (start_lat, ids) = start_latency_phase(api, args.samples).await?;
-    let mut throughput = Vec::new();
-    for s in &args.shapes {
-        throughput.push(throughput_phase(api, s, args.workflows, args.concurrency).await?);
-    }
-    let reads = read_phase(api, &ids).await?;
-    Ok(json!({
-        "api": api.base(),
-        "concurrency": args.concurrency,
-        "throughput": throughput,
-        "submit_to_start_ms": start_lat,
-        "read_latency_ms": reads,
-        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-    }))
-}
-
-/// One submit, not retried (a benchmark measures what it gets).
-async fn submit(api: &ApiClient, wf: &Value) -> anyhow::Result<Answer<Submitted>> {
-    api.submit(wf, RetryPolicy::ONCE, |_, _| {})
-        .await
-        .context("submit")
-}
-
-async fn throughput_phase(
+pub(super) async fn throughput_phase(
     api: &ApiClient,
     shape_name: &str,
     n: usize,
@@ -214,7 +80,7 @@ async fn throughput_phase(
     }))
 }
 
-async fn start_latency_phase(
+pub(super) async fn start_latency_phase(
     api: &ApiClient,
     samples: usize,
 ) -> anyhow::Result<(Value, Vec<String>)> {
@@ -249,7 +115,7 @@ fn source_of<T>(a: &Answer<T>) -> String {
     a.read_source.clone().unwrap_or_else(|| "unknown".into())
 }
 
-async fn read_phase(api: &ApiClient, ids: &[String]) -> anyhow::Result<Value> {
+pub(super) async fn read_phase(api: &ApiClient, ids: &[String]) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
     for kind in ["status", "lineage"] {
         let mut by_source: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
@@ -272,7 +138,7 @@ async fn read_phase(api: &ApiClient, ids: &[String]) -> anyhow::Result<Value> {
 }
 
 /// Read-after-own-write and reads by source, from one (non-primary) node.
-async fn region_reads(
+pub(super) async fn region_reads(
     api: &ApiClient,
     primary_region: &str,
     samples: usize,
@@ -360,29 +226,7 @@ async fn region_reads(
     }))
 }
 
-fn ts(v: &str) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
-    Ok(chrono::DateTime::parse_from_rfc3339(v)?)
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let m = 10f64.powi(digits);
-    (x * m).round() / m
-}
-
-/// p50/p99/max in milliseconds.
-fn percentiles(v: &mut [Duration]) -> Value {
-    if v.is_empty() {
-        return json!({"samples": 0});
-    }
-    v.sort();
-    let at = |q: f64| {
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        round(v[i].as_secs_f64() * 1000.0, 3)
-    };
-    json!({"samples": v.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
-}
-
-fn print_human(r: &Value) {
+pub(super) fn print_human(r: &Value) {
     if r.get("status_read_ms_by_source").is_some() {
         println!(
             "swf bench region reads against {}",
@@ -441,50 +285,5 @@ fn print_human(r: &Value) {
                 );
             }
         }
-    }
-}
-
-/// A throwaway single-region cluster inside this process.
-struct Embedded {
-    node: crate::node::Node,
-    pg: crate::dev::pgserver::PgServer,
-    dir: std::path::PathBuf,
-}
-
-impl Embedded {
-    async fn start(pool_size: usize) -> anyhow::Result<Embedded> {
-        let dir = std::env::temp_dir().join(format!("swf-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        eprintln!("starting an embedded cluster under {}", dir.display());
-        let pg = crate::dev::start_primary(&dir.join("pg"), "bench", None).await?;
-        let db = pg.url(crate::dev::DEV_DATABASE);
-        crate::dev::prepare_database(&pg.url("postgres"), &db, crate::dev::DEV_DATABASE).await?;
-        let mut cfg = crate::config::Config::for_dev(
-            "bench-1",
-            "us-east",
-            "us-east",
-            ([127, 0, 0, 1], 0).into(),
-            &db,
-        );
-        if let Some(p) = cfg.worker_pools.get_mut("default") {
-            p.size = pool_size;
-        }
-        cfg.database.max_connections = 32;
-        let node =
-            crate::node::Node::start(cfg, crate::executor::handlers::Registry::with_builtins())
-                .await?;
-        Ok(Embedded { node, pg, dir })
-    }
-
-    async fn stop(self) {
-        let Embedded {
-            mut node,
-            mut pg,
-            dir,
-        } = self;
-        node.shutdown().await;
-        let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

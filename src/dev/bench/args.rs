@@ -1,0 +1,76 @@
+//! The flags of `swf bench`.
+
+use clap::Args;
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Base URL of a node's API; without it, an embedded cluster is started.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Workflows per shape in the throughput phase.
+    #[arg(long, default_value_t = 3000)]
+    pub workflows: usize,
+    /// Concurrent submitters in the throughput phase (and the burn-down's
+    /// untimed pre-submit).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Shapes to run: comma-separated of one, chain, fanout.
+    #[arg(long, value_delimiter = ',', default_value = "one,chain,fanout")]
+    pub shapes: Vec<String>,
+    /// Samples for the latency phases.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Worker pool size of the embedded cluster's executing node (the
+    /// hybrid node, or the burn-down's executor-only node).
+    #[arg(long, visible_alias = "pool", default_value_t = 32)]
+    pub pool_size: usize,
+    /// Region reads: with `--api` pointing at a node outside the write
+    /// region, measure read-after-own-write with the token and status reads
+    /// by source; calls pinned to this region (the primary's) count as
+    /// primary reads. Skips the throughput phases.
+    #[arg(long, conflicts_with = "burn_down")]
+    pub primary_region: Option<String>,
+    /// Burn-down instead of the other phases: pre-submit N 1-step `noop`
+    /// workflows while no executor serves their queue (through an edge node;
+    /// not timed), then start one executor-only node (`--pool-size` slots)
+    /// and time from its start until all N runs completed. Embedded cluster
+    /// only (an external one would need queue pause).
+    #[arg(long, value_name = "N")]
+    pub burn_down: Option<usize>,
+    /// With `--burn-down`: run it K times on the same database (fresh nodes
+    /// each time), reporting each run's figures and the RSS after it.
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "burn_down")]
+    pub repeat: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub access: crate::api::tls::AccessArgs,
+}
+
+impl BenchArgs {
+    /// Refuses flag values that cannot run, naming the flag.
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("--concurrency", self.concurrency),
+            ("--pool-size", self.pool_size),
+            ("--repeat", self.repeat),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            anyhow::bail!("{flag} must be at least 1");
+        }
+        if self.burn_down == Some(0) {
+            anyhow::bail!("--burn-down must be at least 1 workflow");
+        }
+        if self.burn_down.is_some() {
+            if let Some(api) = &self.api {
+                anyhow::bail!(
+                    "--burn-down runs on the embedded cluster only, not against --api {api}: \
+                     it must hold the queue while it pre-submits, and queues cannot be paused \
+                     yet (POST /v1/queues/{{name}}/pause); run it without --api"
+                );
+            }
+        }
+        Ok(())
+    }
+}

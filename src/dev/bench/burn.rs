@@ -1,0 +1,218 @@
+//! `swf bench --burn-down N`: how fast one executor-only node drains a
+//! backlog of N pre-submitted 1-step workflows (what graphile-worker's
+//! burn-down measures with pre-inserted jobs).
+//!
+//! On the embedded cluster, each run: an edge node (client only) accepts N
+//! `noop` workflows from `--concurrency` submitters while no executor serves
+//! queue `default` (not timed), and stops; then an executor-only node with a
+//! `--pool-size` pool starts, and the clock runs from just before its start
+//! until the database counts every run finished. The count is one
+//! `runs_by_status` query every [`POLL`] on the benchmark's own connection,
+//! so the result is late by at most one poll. DESIGN 10.5 has the backlog
+//! held by pausing the queue; until queues can be paused, an executor that
+//! is not there yet holds it, which is the same measurement.
+//!
+//! Memory: the peak RSS of this process (the node runs in it) is reset just
+//! before the executor starts where Linux allows, so `rss_mb_peak` is the
+//! drain's peak; `rss_mb_after` is the RSS once that node has stopped, the
+//! figure to compare across `--repeat` runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use super::args::BenchArgs;
+use super::embedded::{Embedded, Roles};
+use super::report::{api_client, machine, round, submit};
+use super::rss::{reset_peak, Rss};
+use crate::api::wire::RunState;
+use crate::store::Store;
+
+/// How often the drain's completion count is read: a count of every run
+/// (a few ms of PostgreSQL CPU at 20,000 runs), so not more often; the
+/// figure is late by at most this much.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Runs `--repeat` burn-downs of `n` workflows on a fresh embedded cluster;
+/// returns the report.
+pub(super) async fn burn_down(args: &BenchArgs, n: usize) -> anyhow::Result<Value> {
+    let machine = machine();
+    let cluster = Embedded::start().await?;
+    let runs = repeat(&cluster, args, n).await;
+    cluster.stop().await;
+    let mut runs = runs?;
+    // The run of median rate stands for all of them; every run is listed.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|a, b| rate(&runs[*a]).total_cmp(&rate(&runs[*b])));
+    let mut report = runs[order[order.len() / 2]].clone();
+    if runs.len() > 1 {
+        report["runs"] = json!(runs.len());
+        report["reported_run"] = report["run"].clone();
+        report["repeats"] = Value::Array(std::mem::take(&mut runs));
+    }
+    Ok(json!({"burn_down": report, "machine": machine}))
+}
+
+fn rate(run: &Value) -> f64 {
+    run["workflows_per_s"].as_f64().unwrap_or(0.0)
+}
+
+async fn repeat(cluster: &Embedded, args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Value>> {
+    let counts = cluster.store(1)?;
+    let mut runs = Vec::with_capacity(args.repeat);
+    let mut result = Ok(());
+    for k in 1..=args.repeat {
+        match one_run(cluster, &counts, args, n, k).await {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                result = Err(e.context(format!("burn-down run {k} of {}", args.repeat)));
+                break;
+            }
+        }
+    }
+    counts.close().await;
+    result.map(|()| runs)
+}
+
+/// Runs by status, from the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    running: i64,
+    completed: i64,
+    failed: i64,
+    cancelled: i64,
+}
+
+impl Counts {
+    async fn read(store: &Store) -> anyhow::Result<Counts> {
+        let by: BTreeMap<String, i64> = store
+            .runs_by_status()
+            .await
+            .context("count runs by status")?
+            .into_iter()
+            .collect();
+        let of = |s: RunState| by.get(s.as_str()).copied().unwrap_or(0);
+        Ok(Counts {
+            running: of(RunState::Running),
+            completed: of(RunState::Completed),
+            failed: of(RunState::Failed),
+            cancelled: of(RunState::Cancelled),
+        })
+    }
+
+    fn finished(&self) -> i64 {
+        self.completed + self.failed + self.cancelled
+    }
+}
+
+/// Run `k`: pre-submit, then time the drain.
+async fn one_run(
+    cluster: &Embedded,
+    counts: &Store,
+    args: &BenchArgs,
+    n: usize,
+    k: usize,
+) -> anyhow::Result<Value> {
+    let before = Counts::read(counts).await?;
+    let n_i = n as i64;
+
+    // 1. The backlog, through an edge node (nothing executes it yet).
+    let mut edge = cluster
+        .node(&format!("bench-edge-{k}"), Roles::Edge, args.pool_size)
+        .await
+        .context("start the edge node")?;
+    let submit_start = Instant::now();
+    let submitted = pre_submit(&edge.url(), args, n, k).await;
+    let submit_s = submit_start.elapsed().as_secs_f64();
+    edge.shutdown().await;
+    submitted?;
+    let queued = Counts::read(counts).await?;
+    ensure!(
+        queued.running == before.running + n_i && queued.finished() == before.finished(),
+        "after submitting {n} workflows the database holds {queued:?} (before: {before:?}): \
+         something executed the backlog early"
+    );
+
+    // 2. The drain, by one executor-only node.
+    let peak_is_drains = reset_peak();
+    let start = Instant::now();
+    let mut worker = cluster
+        .node(&format!("bench-worker-{k}"), Roles::Worker, args.pool_size)
+        .await
+        .context("start the executor-only node")?;
+    let node_start_s = start.elapsed().as_secs_f64();
+    let target = before.finished() + n_i;
+    let within = Duration::from_secs(600) + Duration::from_millis(10 * n as u64);
+    let drained = crate::wait::until(within, POLL, || async {
+        match Counts::read(counts).await {
+            Ok(c) if c.finished() >= target => Some(Ok((c, start.elapsed()))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    })
+    .await;
+    let peak = Rss::read();
+    worker.shutdown().await;
+    let (done, elapsed) = match drained {
+        Ok(r) => r?,
+        Err(t) => {
+            let now = Counts::read(counts).await.ok();
+            bail!(
+                "the backlog was not drained within {:?}: {} of {n} finished (counts {now:?})",
+                t.0,
+                now.map_or(0, |c| c.finished() - before.finished())
+            );
+        }
+    };
+    let completed = done.completed - before.completed;
+    ensure!(
+        completed == n_i,
+        "{} of {n} runs completed; the others ended failed or cancelled (counts {done:?}, before {before:?})",
+        completed
+    );
+    let after = Rss::read();
+    let seconds = elapsed.as_secs_f64();
+    Ok(json!({
+        "run": k,
+        "workflows": n,
+        "seconds": round(seconds, 3),
+        "workflows_per_s": round(n as f64 / seconds, 1),
+        "completed": completed,
+        "pool": args.pool_size,
+        "node_start_s": round(node_start_s, 3),
+        "poll_ms": POLL.as_millis() as u64,
+        "submit_s": round(submit_s, 3),
+        "submit_workflows_per_s": round(n as f64 / submit_s, 1),
+        "submitters": args.concurrency,
+        "rss_mb_peak": peak.map(|r| r.peak_mib()),
+        "rss_peak_since": if peak_is_drains { "drain start" } else { "process start" },
+        "rss_mb_after": after.map(|r| r.current_mib()),
+    }))
+}
+
+/// Submits `n` 1-step `noop` workflows through the node at `base` from
+/// `--concurrency` submitters; each must be accepted.
+async fn pre_submit(base: &str, args: &BenchArgs, n: usize, k: usize) -> anyhow::Result<()> {
+    let api = api_client(base, args)?;
+    let sem = Arc::new(Semaphore::new(args.concurrency));
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let api = api.clone();
+        let wf = json!({"goal": format!("burn-down-{k}-{i}"),
+                        "steps": [{"id": "a", "handler": "noop"}]});
+        handles.push(tokio::spawn(async move {
+            let r = submit(&api, &wf).await;
+            drop(permit);
+            r.map(|_| ())
+        }));
+    }
+    for h in handles {
+        h.await?.context("pre-submit")?;
+    }
+    Ok(())
+}

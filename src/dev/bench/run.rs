@@ -1,0 +1,114 @@
+//! Which benchmark to run, on which cluster, and how to print it.
+
+use serde_json::{json, Value};
+
+use super::args::BenchArgs;
+use super::burn::burn_down;
+use super::embedded::{Embedded, Roles};
+use super::phases::{print_human, read_phase, region_reads, start_latency_phase, throughput_phase};
+use super::report::{api_client, machine};
+use super::rss::Rss;
+use crate::api::client::ApiClient;
+
+/// Runs the benchmark; returns the exit code.
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    args.check()?;
+    let report = match args.burn_down {
+        Some(n) => burn_down(&args, n).await?,
+        None => phases(&args).await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.get("burn_down").is_some() {
+        print_burn_down(&report);
+    } else {
+        print_human(&report);
+    }
+    Ok(0)
+}
+
+/// The default phases (or the region reads) against `--api`, or against
+/// an embedded cluster with one hybrid node.
+async fn phases(args: &BenchArgs) -> anyhow::Result<Value> {
+    let Some(base) = &args.api else {
+        let cluster = Embedded::start().await?;
+        let report = match cluster.node("bench-1", Roles::Hybrid, args.pool_size).await {
+            Ok(mut node) => {
+                let r = match api_client(&node.url(), args) {
+                    Ok(api) => measure(&api, args).await,
+                    Err(e) => Err(e),
+                };
+                // The node runs in this process: its peak is ours.
+                let rss = Rss::read();
+                node.shutdown().await;
+                r.map(|mut r| {
+                    r["rss_mb_peak"] = json!(rss.map(|r| r.peak_mib()));
+                    r["rss_mb"] = json!(rss.map(|r| r.current_mib()));
+                    r
+                })
+            }
+            Err(e) => Err(e),
+        };
+        cluster.stop().await;
+        return report;
+    };
+    let api = api_client(base.trim_end_matches('/'), args)?;
+    let mut report = measure(&api, args).await?;
+    // The node runs elsewhere: its memory is not this process's.
+    report["rss_mb_peak"] = Value::Null;
+    Ok(report)
+}
+
+async fn measure(api: &ApiClient, args: &BenchArgs) -> anyhow::Result<Value> {
+    if let Some(primary) = &args.primary_region {
+        return region_reads(api, primary, args.samples).await;
+    }
+    // Light load first, on a quiet cluster; the throughput phases after it
+    // leave checkpoints and vacuum work behind that would colour it.
+    let (start_lat, ids) = start_latency_phase(api, args.samples).await?;
+    let mut throughput = Vec::new();
+    for s in &args.shapes {
+        throughput.push(throughput_phase(api, s, args.workflows, args.concurrency).await?);
+    }
+    let reads = read_phase(api, &ids).await?;
+    Ok(json!({
+        "api": api.base(),
+        "concurrency": args.concurrency,
+        "throughput": throughput,
+        "submit_to_start_ms": start_lat,
+        "read_latency_ms": reads,
+        "machine": machine(),
+    }))
+}
+
+fn print_burn_down(r: &Value) {
+    let b = &r["burn_down"];
+    let runs: Vec<&Value> = match b["repeats"].as_array() {
+        Some(all) => all.iter().collect(),
+        None => vec![b],
+    };
+    println!(
+        "swf bench --burn-down: one executor-only node, {} slots (load average at start {})",
+        b["pool"], r["machine"]["load_avg"]
+    );
+    for run in &runs {
+        println!(
+            "  run {}: {} workflows drained in {:.3} s: {:.1} workflows/s (node start {} s; pre-submit {} s); RSS peak {} MiB, after {} MiB",
+            run["run"],
+            run["workflows"],
+            run["seconds"].as_f64().unwrap_or(0.0),
+            run["workflows_per_s"].as_f64().unwrap_or(0.0),
+            run["node_start_s"],
+            run["submit_s"],
+            run["rss_mb_peak"],
+            run["rss_mb_after"]
+        );
+    }
+    if runs.len() > 1 {
+        println!(
+            "  median rate: run {}, {:.1} workflows/s",
+            b["run"],
+            b["workflows_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+}

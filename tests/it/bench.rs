@@ -1,0 +1,118 @@
+//! `swf bench` as a user runs it: the burn-down on its own embedded cluster
+//! (JSON shape and that every pre-submitted run completed; never its speed),
+//! and the flags it refuses.
+
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn swf() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swf"))
+}
+
+/// Runs `swf bench ARGS`; exit code, stdout, stderr, and the directory its
+/// embedded cluster lived in (named after the process id).
+fn bench(args: &[&str]) -> (i32, String, String, std::path::PathBuf) {
+    let child = swf()
+        .arg("bench")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run swf bench");
+    let dir = std::env::temp_dir().join(format!("swf-bench-{}", child.id()));
+    let out = child.wait_with_output().expect("wait for swf bench");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        dir,
+    )
+}
+
+fn number(v: &Value, what: &str) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
+/// One run's figures: every run of the backlog completed.
+fn assert_run(run: &Value, n: u64) {
+    assert_eq!(run["workflows"], n, "{run}");
+    assert_eq!(
+        run["completed"], n,
+        "every pre-submitted run completed: {run}"
+    );
+    assert_eq!(run["pool"], 32, "{run}");
+    assert!(number(&run["seconds"], "seconds") > 0.0, "{run}");
+    assert!(
+        number(&run["workflows_per_s"], "workflows_per_s") > 0.0,
+        "{run}"
+    );
+    if cfg!(target_os = "linux") {
+        let peak = number(&run["rss_mb_peak"], "rss_mb_peak");
+        let after = number(&run["rss_mb_after"], "rss_mb_after");
+        assert!(peak > 0.0 && after > 0.0, "{run}");
+    }
+}
+
+#[tokio::test]
+async fn burn_down_drains_every_pre_submitted_run() {
+    let (code, out, err, dir) =
+        tokio::task::spawn_blocking(|| bench(&["--burn-down", "200", "--json"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_run(&doc["burn_down"], 200);
+    assert!(doc["burn_down"].get("repeats").is_none(), "{doc}");
+    assert!(number(&doc["machine"]["cores"], "cores") >= 1.0, "{doc}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // Repeated runs on the same database: each reported, each complete.
+    let (code, out, err, _) =
+        tokio::task::spawn_blocking(|| bench(&["--burn-down", "50", "--repeat", "2", "--json"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let b = &doc["burn_down"];
+    let repeats = b["repeats"].as_array().expect("repeats listed");
+    assert_eq!(repeats.len(), 2, "{doc}");
+    for (i, run) in repeats.iter().enumerate() {
+        assert_eq!(run["run"], i as u64 + 1, "{run}");
+        assert_run(run, 50);
+    }
+    assert_eq!(b["runs"], 2);
+    assert_run(b, 50);
+}
+
+#[test]
+fn burn_down_refuses_what_it_cannot_measure() {
+    for (args, says) in [
+        (
+            &["--burn-down", "10", "--api", "http://127.0.0.1:9"][..],
+            "queues cannot be paused",
+        ),
+        (&["--burn-down", "0"][..], "--burn-down must be at least 1"),
+        (
+            &["--burn-down", "10", "--pool-size", "0"][..],
+            "--pool-size must be at least 1",
+        ),
+        (&["--repeat", "2"][..], "--burn-down"),
+        (&["--burn-down"][..], "a value is required"),
+        (
+            &["--burn-down", "10", "--primary-region", "us-east"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let (code, out, err, dir) = bench(args);
+        assert_ne!(code, 0, "{args:?} was accepted: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        // Refused before anything started.
+        assert!(
+            !dir.exists() && !err.contains("starting an embedded cluster"),
+            "{args:?}: {err}"
+        );
+    }
+}
