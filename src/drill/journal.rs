@@ -96,9 +96,27 @@ where
 }
 
 /// Running or interrupted drills, as any reachable region shows them.
+/// A drill one database still shows unresolved may be resolved on another
+/// (a replica behind the primary that recovery wrote to): every copy of each
+/// candidate is read and merged before the state is judged.
 pub(super) async fn unresolved(router: &Router) -> Vec<DrillRow> {
-    read_all(router, |s| async move { s.unresolved_drills().await })
-        .await
+    let candidates = read_all(router, |s| async move { s.unresolved_drills().await }).await;
+    if candidates.is_empty() {
+        return candidates;
+    }
+    let ids: Vec<Uuid> = candidates.iter().map(|r| r.id).collect();
+    let every_copy = read_all(router, |s| {
+        let ids = ids.clone();
+        async move {
+            let mut rows = Vec::new();
+            for id in ids {
+                rows.extend(s.drill(id).await?);
+            }
+            Ok(rows)
+        }
+    })
+    .await;
+    merge(candidates.into_iter().chain(every_copy))
         .into_iter()
         .filter(|r| rank(&r.state) < 2)
         .collect()
