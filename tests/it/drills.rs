@@ -655,22 +655,6 @@ async fn the_write_probe_tells_why_a_write_is_refused() {
     ));
 }
 
-/// Whether a database accepts a write (one that changes nothing).
-async fn accepts_writes(url: &str) -> bool {
-    let pool = sql(url).await;
-    let ok = async {
-        let mut tx = pool.begin().await?;
-        sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
-            .execute(&mut *tx)
-            .await?;
-        tx.rollback().await
-    }
-    .await
-    .is_ok();
-    pool.close().await;
-    ok
-}
-
 #[tokio::test]
 async fn a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_replica() {
     let (c, _us, _eu) = cluster().await;

@@ -423,3 +423,27 @@ pub async fn replica_of(name: &str, db: &str) -> (PgServer, String) {
     wait_db(&url).await;
     (replica, url)
 }
+
+/// Whether a database accepts a write (one that changes nothing); false
+/// when it cannot be reached.
+pub async fn accepts_writes(url: &str) -> bool {
+    let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+    else {
+        return false;
+    };
+    let ok = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
+            .execute(&mut *tx)
+            .await?;
+        tx.rollback().await
+    }
+    .await
+    .is_ok();
+    pool.close().await;
+    ok
+}

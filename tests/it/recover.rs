@@ -168,29 +168,6 @@ async fn stop(child: &mut Child) {
     .await;
 }
 
-/// Whether a database accepts a write (one that changes nothing).
-async fn accepts_writes(url: &str) -> bool {
-    let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(url)
-        .await
-    else {
-        return false;
-    };
-    let ok = async {
-        let mut tx = pool.begin().await?;
-        sqlx::query("UPDATE swf.cluster_state SET updated_at = updated_at")
-            .execute(&mut *tx)
-            .await?;
-        tx.rollback().await
-    }
-    .await
-    .is_ok();
-    pool.close().await;
-    ok
-}
-
 /// A drill of `kind` from us-east to eu-west, killed at `hold`; after the
 /// restart and `swf drill recover`, `expect` is the one writable primary.
 async fn killed_drill_is_recovered(kind: &str, hold: &str, expect: &str) {
