@@ -241,6 +241,16 @@ impl DevTls {
 }
 
 impl DevControl {
+    /// Keeps a started server as `region`'s database.
+    async fn keep(&self, region: &str, dir: PathBuf, pg: PgServer) {
+        let db = DevDb {
+            dir,
+            port: pg.port(),
+            server: Some(pg),
+        };
+        self.dbs.lock().await.insert(region.to_string(), db);
+    }
+
     /// URL of database `db` behind `port`: verify-full TLS with `--tls`.
     fn url(&self, port: u16, db: &str) -> String {
         match &self.tls {
@@ -478,14 +488,7 @@ impl DevCluster {
             DEV_DATABASE,
         )
         .await?;
-        control.dbs.lock().await.insert(
-            primary.to_string(),
-            DevDb {
-                dir: pg_dir(primary),
-                port: primary_port,
-                server: Some(pg),
-            },
-        );
+        control.keep(primary, pg_dir(primary), pg).await;
         for r in order.iter().skip(1) {
             if layout.fenced.contains(r) {
                 // A primary too (a drill was interrupted after promoting the
@@ -496,14 +499,7 @@ impl DevCluster {
                 );
                 pgserver::fence_data_dir(&pg_dir(r))?;
                 let pg = start_primary(&pg_dir(r), r, control.pg_tls()).await?;
-                control.dbs.lock().await.insert(
-                    r.clone(),
-                    DevDb {
-                        dir: pg_dir(r),
-                        port: pg.port(),
-                        server: Some(pg),
-                    },
-                );
+                control.keep(r, pg_dir(r), pg).await;
                 continue;
             }
             // Replication crosses the WAN too.
@@ -512,14 +508,7 @@ impl DevCluster {
                 .await?;
             eprintln!("starting PostgreSQL replica for region {r}");
             let pg = start_replica(&pg_dir(r), r, upstream, None, control.pg_tls()).await?;
-            control.dbs.lock().await.insert(
-                r.clone(),
-                DevDb {
-                    dir: pg_dir(r),
-                    port: pg.port(),
-                    server: Some(pg),
-                },
-            );
+            control.keep(r, pg_dir(r), pg).await;
         }
         let ports: std::collections::BTreeMap<String, u16> = control
             .dbs
