@@ -28,6 +28,20 @@ fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `doc` as JSON with `--json`, else as `render` lays it out.
+fn show<T: Serialize>(
+    json: bool,
+    doc: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(doc)
+    } else {
+        print!("{}", render(doc));
+        Ok(())
+    }
+}
+
 /// The JSON in `file`, or on standard input for `-`.
 fn read_json(file: &str) -> anyhow::Result<Value> {
     let text = if file == "-" {
@@ -104,11 +118,7 @@ pub async fn status(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if api.json {
-        print_json(&doc)?;
-    } else {
-        print!("{}", render_status(&doc));
-    }
+    show(api.json, &doc, render_status)?;
     Ok(if wait && doc.status != RunState::Completed {
         3
     } else {
@@ -121,21 +131,13 @@ pub async fn lineage(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
         .lineage(run_id)
         .await?
         .body;
-    if api.json {
-        print_json(&doc)?;
-    } else {
-        print!("{}", render_lineage(&doc));
-    }
+    show(api.json, &doc, render_lineage)?;
     Ok(0)
 }
 
 pub async fn regions(api: &ApiArgs) -> anyhow::Result<i32> {
     let doc = client(api, Duration::from_secs(30))?.regions().await?.body;
-    if api.json {
-        print_json(&doc)?;
-    } else {
-        print!("{}", render_regions(&doc));
-    }
+    show(api.json, &doc, render_regions)?;
     Ok(0)
 }
 
@@ -185,21 +187,13 @@ pub async fn drill(kind: DrillKind, a: DrillArgs) -> anyhow::Result<i32> {
 
 pub async fn drill_list(api: &ApiArgs) -> anyhow::Result<i32> {
     let doc = client(api, Duration::from_secs(30))?.drills().await?.body;
-    if api.json {
-        print_json(&doc)?;
-    } else {
-        print!("{}", render_drill_list(&doc));
-    }
+    show(api.json, &doc, render_drill_list)?;
     Ok(0)
 }
 
 pub async fn drill_recover(api: &ApiArgs) -> anyhow::Result<i32> {
     // Re-cloning a database as a replica may take a while.
     let report = client(api, Duration::from_secs(600))?.recover().await?.body;
-    if api.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", render_recover(&report));
-    }
+    show(api.json, &report, render_recover)?;
     Ok(0)
 }

@@ -26,6 +26,25 @@ async fn cluster() -> (DevCluster, Api, Api) {
     start(&options()).await
 }
 
+/// An edge node (no executor) of `c` on its first region's database, knowing
+/// every region.
+fn edge_config(c: &DevCluster, id: &str) -> singularity_workflow::config::Config {
+    let mut cfg = node_config(id, &c.cluster.regions[0].database_url);
+    cfg.enable_executor = false;
+    cfg.worker_pools.clear();
+    cfg.regions = c
+        .cluster
+        .regions
+        .iter()
+        .map(|r| singularity_workflow::config::RegionSpec {
+            name: r.name.clone(),
+            database_url: r.database_url.clone(),
+            api_url: None,
+        })
+        .collect();
+    cfg
+}
+
 async fn start(opts: &DevOptions) -> (DevCluster, Api, Api) {
     let c = DevCluster::start(opts, Registry::with_builtins())
         .await
@@ -593,19 +612,7 @@ async fn an_old_primary_that_does_not_answer_is_reported_unreachable_not_fenced(
         .unwrap()
         .join("pg/us-east/postmaster.pid");
     // An edge node whose fence hook stops the old primary's server outright.
-    let mut cfg = node_config("stopper-1", &c.cluster.regions[0].database_url);
-    cfg.enable_executor = false;
-    cfg.worker_pools.clear();
-    cfg.regions = c
-        .cluster
-        .regions
-        .iter()
-        .map(|r| singularity_workflow::config::RegionSpec {
-            name: r.name.clone(),
-            database_url: r.database_url.clone(),
-            api_url: None,
-        })
-        .collect();
+    let mut cfg = edge_config(&c, "stopper-1");
     cfg.drills.fence_command = Some(format!(
         "kill -INT $(head -1 {}); while [ -f {} ]; do sleep 0.05; done",
         pid_file.display(),
@@ -672,19 +679,7 @@ async fn a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_repl
     // Edge nodes that fence with SQL and promote through a hook that fails:
     // before promoting, and after.
     let hook_node = |id: &str, promote: String| {
-        let mut cfg = node_config(id, &us_db);
-        cfg.enable_executor = false;
-        cfg.worker_pools.clear();
-        cfg.regions = c
-            .cluster
-            .regions
-            .iter()
-            .map(|r| singularity_workflow::config::RegionSpec {
-                name: r.name.clone(),
-                database_url: r.database_url.clone(),
-                api_url: None,
-            })
-            .collect();
+        let mut cfg = edge_config(&c, id);
         cfg.drills.promote_command = Some(promote);
         start_node(cfg, Registry::with_builtins())
     };

@@ -54,6 +54,19 @@ impl Dev {
     /// with `hold`, every drill stops for good at that phase. Returns once
     /// the cluster is up.
     async fn start(&mut self, hold: Option<&str>) -> Child {
+        // The API ports are picked free, then bound by the child: another
+        // test may take them in between. Then pick again.
+        for _ in 0..3 {
+            match self.start_once(hold).await {
+                Ok(child) => return child,
+                Err(log) if log.contains("in use") => self.port = free_port_pair(),
+                Err(log) => panic!("swf dev exited while starting:\n{log}"),
+            }
+        }
+        panic!("swf dev found its API ports taken three times");
+    }
+
+    async fn start_once(&mut self, hold: Option<&str>) -> Result<Child, String> {
         self.starts += 1;
         let mut cmd = swf();
         cmd.args([
@@ -75,20 +88,28 @@ impl Dev {
         let mut child = cmd.spawn().unwrap();
         let out = self.out_log();
         let err = self.err_log();
-        wait_for("swf dev to start", 180, || {
+        let exited = wait_for("swf dev to start", 180, || {
             let started = std::fs::read_to_string(&out)
                 .unwrap_or_default()
                 .contains("Ctrl-C stops");
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "swf dev exited ({status}) while starting:\n{}",
+            let exited = child.try_wait().unwrap().map(|status| {
+                format!(
+                    "({status}) {}",
                     std::fs::read_to_string(&err).unwrap_or_default()
-                );
+                )
+            });
+            async move {
+                match exited {
+                    Some(log) => Some(Some(log)),
+                    None => started.then_some(None),
+                }
             }
-            async move { started.then_some(()) }
         })
         .await;
-        child
+        match exited {
+            Some(log) => Err(log),
+            None => Ok(child),
+        }
     }
 
     fn cluster(&self) -> Value {
