@@ -84,6 +84,18 @@ pub enum Command {
     Auth(AuthCommand),
 }
 
+impl Command {
+    /// Whether this command runs a node (or a cluster of them) until stopped.
+    pub fn runs_a_node(&self) -> bool {
+        match self {
+            #[cfg(feature = "dev")]
+            Command::Dev(_) | Command::Bench(_) => true,
+            Command::Serve { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {
     /// Print the SHA-256 of a token (read from stdin) for a tokens file.
@@ -133,7 +145,8 @@ pub struct DevArgs {
     /// Comma-separated region names; the first holds the primary.
     #[arg(long, value_delimiter = ',', default_value = "us-east")]
     pub regions: Vec<String>,
-    /// API port of the first region's node (next regions use the next ports).
+    /// API port of the first region's node (next regions use the next ports);
+    /// 0: any free ports (cluster.json names them).
     #[arg(long, default_value_t = 4000)]
     pub base_port: u16,
     /// One-way delay added to every cross-region link.

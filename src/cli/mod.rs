@@ -26,6 +26,16 @@ use crate::telemetry;
 pub fn main() -> i32 {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
+    if !cli.command.runs_a_node() {
+        // A one-shot command piped into `head` ends quietly when the reader
+        // goes, as Unix tools do, instead of panicking on the write. A node
+        // keeps SIGPIPE ignored: a handler's child process that exits early
+        // must not take the node down.
+        // SAFETY: at start, before any thread; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

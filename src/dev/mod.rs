@@ -518,8 +518,29 @@ impl DevCluster {
             .map(|(k, v)| (k.clone(), v.port))
             .collect();
 
-        let api_addr =
-            |i: usize| -> SocketAddr { ([127, 0, 0, 1], opts.base_port + i as u16).into() };
+        // Every node's API port is bound before any node starts (the nodes
+        // reach each other through links made up front), so nothing else can
+        // take one in between. Base port 0: any free ports.
+        let mut listeners = Vec::new();
+        for (i, region) in regions.iter().enumerate() {
+            let port = if opts.base_port == 0 {
+                0
+            } else {
+                opts.base_port
+                    .checked_add(i as u16)
+                    .context("--base-port: too high for this many regions")?
+            };
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+                format!("listen on 127.0.0.1:{port} (the API of region {region})")
+            })?;
+            listeners.push(Some(l));
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .flatten()
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<_>>()?;
+        let api_addr = |i: usize| -> SocketAddr { addrs[i] };
         let mut nodes = Vec::new();
         for (i, r) in regions.iter().enumerate() {
             // This node's view: its own database and API directly, every
@@ -562,7 +583,7 @@ impl DevCluster {
                 config.regions = specs;
             }
             let ctl: Arc<dyn ClusterControl> = control.clone();
-            let node = Node::start_with_control(config, registry.clone(), Some(ctl))
+            let node = Node::start_on(config, registry.clone(), Some(ctl), listeners[i].take())
                 .await
                 .with_context(|| format!("start the node of region {r}"))?;
             nodes.push(node);

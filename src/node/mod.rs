@@ -72,6 +72,19 @@ impl Node {
         registry: Registry,
         control: Option<Arc<dyn ClusterControl>>,
     ) -> anyhow::Result<Node> {
+        Self::start_on(config, registry, control, None).await
+    }
+
+    /// Starts a node that serves on `listener` (bound by the caller at
+    /// `api.listen`'s address) instead of binding `api.listen` itself: a
+    /// caller that must know every node's port before any node starts binds
+    /// them all first, so no other process can take one in between.
+    pub async fn start_on(
+        config: Config,
+        registry: Registry,
+        control: Option<Arc<dyn ClusterControl>>,
+        listener: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Node> {
         // Every line this node logs carries its id and region.
         let span = tracing::info_span!("node", node_id = %config.node_id, region = %config.region);
         // Install the recorder before anything records.
@@ -80,7 +93,7 @@ impl Node {
         let mut tasks = JoinSet::new();
         let parts =
             assemble::assemble(&config, &registry, control, &shutdown, &mut tasks, &span).await?;
-        let bound = server::bind(&config).await?;
+        let bound = server::bind(&config, listener).await?;
         let (addr, server_tls) = (bound.addr, bound.tls.clone());
         let info = Arc::new(NodeInfo {
             node_id: config.node_id.clone(),

@@ -25,16 +25,26 @@ pub(super) struct Bound {
     pub(super) public_url: String,
 }
 
-/// Loads the server certificate (if any) and binds `api.listen`.
-pub(super) async fn bind(config: &Config) -> anyhow::Result<Bound> {
+/// Loads the server certificate (if any) and binds `api.listen`, or takes
+/// `listener`, bound already at that address.
+pub(super) async fn bind(
+    config: &Config,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<Bound> {
     let tls = match crate::api::tls::ServerTlsFiles::from_config(&config.api) {
         Some(files) => Some(Arc::new(ServerTls::load(files)?)),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let listener = TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("listen on {} (api.listen)", config.api.listen))?;
+    let listener = match listener {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)?
+        }
+        None => TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("listen on {} (api.listen)", config.api.listen))?,
+    };
     let addr = listener.local_addr()?;
     let public_url = if config.api.listen.port() == 0 {
         format!("{scheme}://{addr}")

@@ -15,7 +15,7 @@ fn options() -> DevOptions {
     DevOptions {
         data_dir: dir,
         regions: vec!["us-east".into(), "eu-west".into()],
-        base_port: free_port_pair(),
+        base_port: 0,
         wan_latency_ms: 2,
         fresh: true,
         tls: false,

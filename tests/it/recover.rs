@@ -18,7 +18,6 @@ fn swf() -> Command {
 /// One `swf dev` data dir and the processes started on it.
 struct Dev {
     dir: PathBuf,
-    port: u16,
     starts: u32,
 }
 
@@ -27,11 +26,7 @@ impl Dev {
         let dir =
             std::env::temp_dir().join(format!("swf-recover-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        Dev {
-            dir,
-            port: free_port_pair(),
-            starts: 0,
-        }
+        Dev { dir, starts: 0 }
     }
 
     fn data(&self) -> PathBuf {
@@ -46,24 +41,22 @@ impl Dev {
         self.dir.join(format!("dev-{}.out", self.starts))
     }
 
-    fn url(&self, i: u16) -> String {
-        format!("http://127.0.0.1:{}", self.port + i)
+    /// Region `i`'s API, as the running `swf dev` wrote it in cluster.json.
+    fn url(&self, i: usize) -> String {
+        self.cluster()["regions"][i]["api_url"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Starts `swf dev` (two regions, us-east primary on a new data dir);
     /// with `hold`, every drill stops for good at that phase. Returns once
     /// the cluster is up.
     async fn start(&mut self, hold: Option<&str>) -> Child {
-        // The API ports are picked free, then bound by the child: another
-        // test may take them in between. Then pick again.
-        for _ in 0..3 {
-            match self.start_once(hold).await {
-                Ok(child) => return child,
-                Err(log) if log.contains("in use") => self.port = free_port_pair(),
-                Err(log) => panic!("swf dev exited while starting:\n{log}"),
-            }
+        match self.start_once(hold).await {
+            Ok(child) => child,
+            Err(log) => panic!("swf dev exited while starting:\n{log}"),
         }
-        panic!("swf dev found its API ports taken three times");
     }
 
     async fn start_once(&mut self, hold: Option<&str>) -> Result<Child, String> {
@@ -76,7 +69,8 @@ impl Dev {
             "--wan-latency-ms",
             "2",
         ])
-        .args(["--base-port", &self.port.to_string(), "--data-dir"])
+        // Any free API ports, bound by swf dev itself (cluster.json names them).
+        .args(["--base-port", "0", "--data-dir"])
         .arg(self.data())
         .env("SWF_LOG", "info")
         .env_remove(singularity_workflow::drill::HOLD_ENV)
@@ -228,6 +222,8 @@ async fn killed_drill_is_recovered(kind: &str, hold: &str, expect: &str) {
     // promotion none does: it stays running); either way no drill starts
     // until it is recovered.
     let mut child = dev.start(None).await;
+    // On new API ports (cluster.json names them).
+    let us = Api::new(&dev.url(0));
     let left = us.get("/v1/admin/drills").await.body;
     let state = left["drills"][0]["state"].as_str().unwrap_or_default();
     match (kind, hold) {
