@@ -272,12 +272,13 @@ BEGIN
     -- Run locks first, in run_id order, as every transition takes them.
     PERFORM 1 FROM swf.runs r WHERE r.run_id = ANY (v_runs) ORDER BY r.run_id FOR UPDATE OF r;
     -- Only the current attempt of a started step of a running run completes.
-    -- (A step twice in one batch: the first item whose attempt matches wins;
-    -- later copies see it completed and are stale.)
+    -- (The same attempt twice in one batch completes once, with the first
+    -- copy's output; other attempts of the step match nothing.)
     WITH u AS (
-        SELECT DISTINCT ON (u.run_id, u.step_id) u.*
-          FROM unnest(v_runs, v_steps, v_atts, v_outs) AS u(run_id, step_id, attempt, output)
-         ORDER BY u.run_id, u.step_id),
+        SELECT DISTINCT ON (u.run_id, u.step_id, u.attempt) u.*
+          FROM unnest(v_runs, v_steps, v_atts, v_outs) WITH ORDINALITY
+               AS u(run_id, step_id, attempt, output, ord)
+         ORDER BY u.run_id, u.step_id, u.attempt, u.ord),
     done AS (
         UPDATE swf.steps st
            SET status = 'completed', output = u.output, completed_at = now()

@@ -98,6 +98,7 @@ pub(crate) const KEYS: &[Key] = &[
     key("executor.lease_ms", Int),
     key("executor.shutdown_grace_ms", Int),
     key("executor.claim_batch", Int),
+    key("executor.prefetch_min", Int),
     key("limits", Tbl),
     key("limits.max_body_bytes", Int),
     key("limits.max_steps", Int),

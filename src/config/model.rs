@@ -215,6 +215,9 @@ pub struct ExecutorConfig {
     pub shutdown_grace_ms: u64,
     /// Most tasks claimed in one round trip.
     pub claim_batch: usize,
+    /// Tasks a pool always claims ahead of its free slots (the prefetch
+    /// buffer's floor; its measured pace may ask for more).
+    pub prefetch_min: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -225,7 +228,8 @@ impl Default for ExecutorConfig {
             visibility_margin_ms: 2_000,
             lease_ms: 15_000,
             shutdown_grace_ms: 10_000,
-            claim_batch: 32,
+            claim_batch: 500,
+            prefetch_min: 0,
         }
     }
 }

@@ -381,6 +381,13 @@ fn build_executor(doc: &Doc<'_>, ctx: &Ctx) -> Result<ExecutorConfig, ConfigErro
             1,
             1000,
         )?,
+        prefetch_min: ctx.ranged(
+            "executor.prefetch_min",
+            int("prefetch_min"),
+            d.prefetch_min as i64,
+            0,
+            1000,
+        )?,
     };
     // A lease must outlive the heartbeat that renews it, or live tasks get re-claimed.
     if e.heartbeat_interval_ms >= e.lease_ms {

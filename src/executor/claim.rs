@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::wire::TaskErrorCode;
 use crate::executor::core::Executor;
 use crate::executor::pool::Pool;
+use crate::executor::prefetch::Prefetch;
 use crate::store::{AttemptRef, ClaimedTask, Claimer, ErrorClass, StoreError};
 
 /// How long outcomes already being reported get after the grace deadline.
@@ -101,8 +102,21 @@ impl Executor {
     }
 
     /// Claims and starts tasks for `pool` until `shutdown`, then drains it.
+    ///
+    /// Claims run in the background while buffered tasks start (see
+    /// [`Prefetch`]): one claim at a time, sent when the buffer is half
+    /// empty, asking for the free slots plus the buffer's target.
     pub(super) async fn claim_loop(self: Arc<Self>, pool: Arc<Pool>, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
+        let mut claiming: JoinSet<(Result<Vec<ClaimedTask>, StoreError>, usize, Instant)> =
+            JoinSet::new();
+        let mut buffer = Prefetch::new(
+            self.settings.claim_batch,
+            self.settings.prefetch_min,
+            Duration::from_millis(self.settings.leases.margin_ms.max(0) as u64),
+        );
+        // The queues may hold more than the last claim got.
+        let mut more = true;
         loop {
             while let Some(r) = running.try_join_next() {
                 reaped(r);
@@ -110,58 +124,95 @@ impl Executor {
             if shutdown.is_cancelled() {
                 break;
             }
-            let free = pool.slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    p = pool.slots.clone().acquire_owned() => drop(p),
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            let want = free.min(self.settings.claim_batch);
-            let sent = Instant::now();
-            match self.claim(&pool, want).await {
-                Ok(tasks) if shutdown.is_cancelled() => {
-                    // Claimed while stopping: give them straight back.
-                    let refs: Vec<AttemptRef> = tasks.iter().map(|t| t.attempt_ref()).collect();
-                    if let Err(e) = self.release(&refs).await {
-                        warn!(error = %e, "release tasks claimed during shutdown");
-                    }
+            // Start what the free slots take.
+            while buffer.len() > 0 {
+                let Ok(permit) = pool.slots.clone().try_acquire_owned() else {
                     break;
+                };
+                let now = Instant::now();
+                match buffer.next(now, |t| self.expired_in_buffer(&pool, t)) {
+                    Some((t, sent)) => self.spawn_task(&pool, &mut running, t, sent, permit),
+                    None => break,
                 }
-                Ok(tasks) => {
-                    let got = tasks.len();
-                    metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
-                        .increment(got as u64);
-                    for t in tasks {
-                        self.spawn_task(&pool, &mut running, t, sent);
-                    }
-                    if got == want {
-                        continue; // more may be waiting
-                    }
-                }
-                Err(e) => {
-                    // Claiming pauses while no writable primary is known;
-                    // only the write path being down or moved looks for it.
-                    warn!(pool = %pool.spec.name, error = %e, "claim tasks");
-                    if e.class() == ErrorClass::Path {
-                        self.router.write_failed().await;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(CLAIM_RETRY) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                    continue;
-                }
+            }
+            // Claim ahead, one claim at a time, while reports keep up.
+            let free = pool.slots.available_permits();
+            let keeping_up = pool.in_flight() < pool.spec.size + 2 * self.settings.claim_batch;
+            let want = buffer.want(free);
+            if more && claiming.is_empty() && want > 0 && keeping_up {
+                let (me, p) = (self.clone(), pool.clone());
+                claiming.spawn(async move {
+                    let sent = Instant::now();
+                    (me.claim(&p, want).await, want, sent)
+                });
             }
             tokio::select! {
-                _ = pool.wake.notified() => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                Some(done) = claiming.join_next(), if !claiming.is_empty() => {
+                    let Ok((result, want, sent)) = done else { continue };
+                    match result {
+                        Ok(tasks) => {
+                            let got = tasks.len();
+                            metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
+                                .increment(got as u64);
+                            more = got == want;
+                            buffer.push(tasks, sent);
+                        }
+                        Err(e) => {
+                            // Claiming pauses while no writable primary is
+                            // known; only the write path being down or moved
+                            // looks for it.
+                            warn!(pool = %pool.spec.name, error = %e, "claim tasks");
+                            if e.class() == ErrorClass::Path {
+                                self.router.write_failed().await;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(CLAIM_RETRY) => {}
+                                _ = shutdown.cancelled() => break,
+                            }
+                        }
+                    }
+                }
+                // A slot came free: start from the buffer, or claim.
+                p = pool.slots.clone().acquire_owned(), if free == 0 => drop(p),
+                _ = pool.wake.notified(), if !more => more = true,
+                _ = tokio::time::sleep(self.settings.poll_interval), if !more && buffer.len() == 0 => {
+                    more = true;
+                    buffer.idle(Instant::now());
+                }
+                // Too many outcomes unreported: wait for tasks to end.
+                r = running.join_next(), if !running.is_empty() && !keeping_up => {
+                    if let Some(r) = r {
+                        reaped(r);
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
         debug!(pool = %pool.spec.name, "claim loop stopped");
+        // A claim still on its way, and what is buffered, go straight back.
+        let mut back: Vec<AttemptRef> = Vec::new();
+        while let Some(done) = claiming.join_next().await {
+            if let Ok((Ok(tasks), _, _)) = done {
+                back.extend(tasks.iter().map(|t| t.attempt_ref()));
+            }
+        }
+        back.extend(buffer.take_all().iter().map(|t| t.attempt_ref()));
+        if !back.is_empty() {
+            if let Err(e) = self.release(&back).await {
+                warn!(error = %e, "release tasks claimed but not started at shutdown");
+            }
+        }
         self.drain_pool(&pool, running).await;
+    }
+
+    /// A buffered task waited past its safe start: dropped, to be
+    /// re-delivered when its visibility ends.
+    fn expired_in_buffer(&self, pool: &Pool, t: ClaimedTask) {
+        warn!(pool = %pool.spec.name, run_id = %t.run_id, step_id = %t.step_id,
+              attempt = t.attempt,
+              "a prefetched task waited too long to start; left to be re-delivered");
+        metrics::counter!("swf_tasks_expired_in_buffer_total", "pool" => pool.spec.name.clone())
+            .increment(1);
     }
 
     /// One claim round trip for up to `want` tasks; when it fails for a

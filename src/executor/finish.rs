@@ -15,8 +15,8 @@ use crate::store::{AttemptRef, Finish, FinishResult, Leases};
 pub(super) type Finisher = Batcher<(AttemptRef, Arc<Finish>), FinishResult, ReportError>;
 
 /// Batches of up to this many outcomes, this many batches at once.
-const MAX_BATCH: usize = 64;
-const BATCHES_IN_FLIGHT: usize = 4;
+const MAX_BATCH: usize = 500;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Why a report failed; `transient` errors belong to the write path, the
 /// others to an item (the batcher then reports each item alone).
@@ -48,7 +48,7 @@ async fn finish_batch(
     items: &[(AttemptRef, Arc<Finish>)],
     leases: Leases,
 ) -> Result<Vec<FinishResult>, ReportError> {
-    router
+    let results = router
         .write(Duration::from_secs(10), |store, epoch| async move {
             store.finish_tasks(items, leases, epoch).await
         })
@@ -56,5 +56,20 @@ async fn finish_batch(
         .map_err(|e| ReportError {
             message: e.to_string(),
             transient: e.is_transient(),
-        })
+        })?;
+    // This node saw these runs change: its cached reads of them are old.
+    // Once per run of the batch.
+    let mut changed: Vec<uuid::Uuid> = items
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| **r != FinishResult::Stale)
+        .map(|((a, _), _)| a.run_id)
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    let cache = router.cache();
+    for run_id in changed {
+        cache.invalidate(run_id).await;
+    }
+    Ok(results)
 }

@@ -1,9 +1,10 @@
 //! The executor role: worker pools that claim tasks from pgmq queues on the
 //! primary, run their handlers and report the outcome.
 //!
-//! Each pool has `size` slots (a semaphore) and one claim loop that asks for
-//! as many tasks as it has free slots (up to `claim_batch`) in one round
-//! trip. Idle loops sleep until a NOTIFY on their queue's channel (one shared
+//! Each pool has `size` slots (a semaphore) bounding its running handlers,
+//! and one claim loop that claims ahead into a prefetch buffer: the free
+//! slots plus what the pool starts in a moment at its measured pace (up to
+//! `claim_batch`) in one round trip, sent while buffered tasks start. Idle loops sleep until a NOTIFY on their queue's channel (one shared
 //! LISTEN connection per node) or the poll interval. Completions and
 //! failures from all pools go through one micro-batcher. A task whose step
 //! timeout exceeds the lease has its visibility extended while it runs.
@@ -21,7 +22,7 @@
 //! Files: `core.rs` the [`Executor`] (start, status, drain, kill);
 //! `settings.rs` its configuration and status types; `pool.rs` a pool's
 //! slots, counters and in-flight tasks; `claim.rs` the LISTEN wakeups, the
-//! claim loop and a pool's drain; `task.rs` running one task; `lease.rs`
+//! claim loop and a pool's drain; `prefetch.rs` the prefetch buffer; `task.rs` running one task; `lease.rs`
 //! lease extension; `finish.rs` completion batching.
 
 mod claim;
@@ -30,6 +31,7 @@ mod finish;
 pub mod handlers;
 mod lease;
 mod pool;
+mod prefetch;
 mod settings;
 mod task;
 

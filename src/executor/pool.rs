@@ -76,6 +76,11 @@ impl Pool {
         map.insert(a, InFlight { abort, owned });
     }
 
+    /// Tasks started and not yet ended (running or reporting).
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.lock().expect("in_flight lock").len()
+    }
+
     /// The task of `a` ended.
     pub(super) fn untrack(&self, a: &AttemptRef) {
         self.in_flight.lock().expect("in_flight lock").remove(a);

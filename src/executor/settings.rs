@@ -20,6 +20,8 @@ pub struct ExecutorSettings {
     pub region: String,
     pub pools: Vec<PoolSpec>,
     pub claim_batch: usize,
+    /// `executor.prefetch_min`: the prefetch buffer's floor.
+    pub prefetch_min: usize,
     pub poll_interval: Duration,
     pub shutdown_grace: Duration,
     pub leases: Leases,

@@ -42,13 +42,8 @@ impl Executor {
         running: &mut JoinSet<()>,
         t: ClaimedTask,
         sent: Instant,
+        permit: OwnedSemaphorePermit,
     ) {
-        let Ok(permit) = pool.slots.clone().try_acquire_owned() else {
-            // Cannot happen: only the claim loop takes slots, and it asked for
-            // no more than were free. Let the visibility timeout re-deliver.
-            warn!(run_id = %t.run_id, step_id = %t.step_id, "no free slot for a claimed task");
-            return;
-        };
         let a = t.attempt_ref();
         let owned = Arc::new(AtomicBool::new(false));
         let lease = Lease::new(sent, t.timeout_ms, self.settings.leases);
@@ -71,6 +66,9 @@ impl Executor {
     ) {
         let a = t.attempt_ref();
         let finish = self.run_handler(&a, t, &lease).await;
+        // The slot bounds handlers, not reports: the next task may start
+        // while this outcome waits for its batch.
+        drop(permit);
         // The drain may have taken the task (to release it) meanwhile.
         if !owned.swap(true, Ordering::SeqCst) {
             if let Some(finish) = finish {
@@ -78,7 +76,6 @@ impl Executor {
             }
         }
         pool.untrack(&a);
-        drop(permit);
     }
 
     /// Runs one handler under its timeout, extending the lease while it runs.
@@ -212,8 +209,8 @@ impl Executor {
                        "completion refused: attempt is stale");
             }
             Some(_) => {
-                // This node saw the run change: its cached reads are old.
-                self.router.cache().invalidate(a.run_id).await;
+                // (The finisher invalidated this node's cached reads of the
+                // run, once per batch.)
                 let (counter, name) = if failed {
                     (&pool.failed, "swf_tasks_failed_total")
                 } else {

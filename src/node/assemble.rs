@@ -154,6 +154,7 @@ fn executor_settings(config: &Config) -> ExecutorSettings {
             })
             .collect(),
         claim_batch: config.executor.claim_batch,
+        prefetch_min: config.executor.prefetch_min,
         poll_interval: Duration::from_millis(config.executor.poll_interval_ms),
         shutdown_grace: Duration::from_millis(config.executor.shutdown_grace_ms),
         leases: Leases {

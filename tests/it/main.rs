@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod batch;
+mod batches;
 mod bench;
 mod cli;
 mod deploy;

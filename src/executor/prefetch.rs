@@ -1,0 +1,181 @@
+//! A pool's prefetch buffer: tasks claimed ahead of free slots, so a pool
+//! whose handlers are quick never waits for a claim round trip, and claims
+//! come in large batches.
+//!
+//! How far ahead it claims follows the pool's own pace: the buffer aims at
+//! the tasks the pool starts in a quarter of the visibility margin
+//! (measured; at least `executor.prefetch_min`), capped by
+//! `executor.claim_batch`. A pool of slow handlers
+//! starts few tasks per second, so it claims about only what its free slots
+//! take, as before; a pool of quick ones claims hundreds per statement.
+//!
+//! A buffered task's visibility timeout runs from its claim. A task that
+//! waited in the buffer for more than half the margin is not started (its
+//! handler could outlive its visibility): it is dropped, and the engine
+//! re-delivers it once the visibility ends, recording this attempt
+//! abandoned. The pace rule keeps that rare.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::ClaimedTask;
+
+/// How often the start rate is sampled.
+const RATE_WINDOW: Duration = Duration::from_millis(250);
+
+pub(super) struct Prefetch {
+    tasks: VecDeque<(ClaimedTask, Instant)>,
+    /// Most tasks one claim asks for (`executor.claim_batch`).
+    max_batch: usize,
+    /// The target's floor (`executor.prefetch_min`).
+    min: usize,
+    /// How long tasks should wait here at most (a quarter of the margin);
+    /// longer than twice that, they are dropped.
+    horizon: Duration,
+    /// Tasks started per second (smoothed) and the current sample.
+    rate: f64,
+    window_start: Instant,
+    window_starts: u64,
+}
+
+impl Prefetch {
+    pub(super) fn new(max_batch: usize, min: usize, margin: Duration) -> Prefetch {
+        Prefetch {
+            tasks: VecDeque::new(),
+            max_batch: max_batch.max(1),
+            min,
+            horizon: margin / 4,
+            rate: 0.0,
+            window_start: Instant::now(),
+            window_starts: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// How many tasks beyond the free slots the buffer aims to hold.
+    pub(super) fn target(&self) -> usize {
+        ((self.rate * self.horizon.as_secs_f64()) as usize)
+            .max(self.min)
+            .min(self.max_batch)
+    }
+
+    /// How many tasks to claim now with `free` slots: nothing while the
+    /// buffer is more than half full; otherwise enough to fill the free
+    /// slots and the buffer's target, up to one batch.
+    pub(super) fn want(&self, free: usize) -> usize {
+        let target = self.target();
+        let have = self.tasks.len();
+        if have > 0 && have * 2 > target {
+            return 0;
+        }
+        (free + target).saturating_sub(have).min(self.max_batch)
+    }
+
+    /// Buffers tasks of a claim sent at `sent`.
+    pub(super) fn push(&mut self, tasks: Vec<ClaimedTask>, sent: Instant) {
+        self.tasks.extend(tasks.into_iter().map(|t| (t, sent)));
+    }
+
+    /// The next task to start, with its claim's send time; tasks that
+    /// waited too long are handed to `expired` instead.
+    pub(super) fn next(
+        &mut self,
+        now: Instant,
+        mut expired: impl FnMut(ClaimedTask),
+    ) -> Option<(ClaimedTask, Instant)> {
+        while let Some((t, sent)) = self.tasks.pop_front() {
+            if now.saturating_duration_since(sent) > self.horizon * 2 {
+                expired(t);
+                continue;
+            }
+            self.started(now);
+            return Some((t, sent));
+        }
+        None
+    }
+
+    /// Everything buffered (shutdown: to be released).
+    pub(super) fn take_all(&mut self) -> Vec<ClaimedTask> {
+        self.tasks.drain(..).map(|(t, _)| t).collect()
+    }
+
+    fn started(&mut self, now: Instant) {
+        self.window_starts += 1;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            let sample = self.window_starts as f64 / elapsed.as_secs_f64();
+            self.rate = 0.5 * self.rate + 0.5 * sample;
+            self.window_start = now;
+            self.window_starts = 0;
+        }
+    }
+
+    /// No start for a while: the pace decays, so a pool that went idle
+    /// starts again claiming what its slots take.
+    pub(super) fn idle(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.window_start) >= RATE_WINDOW * 4 {
+            self.rate *= 0.5;
+            self.window_start = now;
+            self.window_starts = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn task(i: i32) -> ClaimedTask {
+        ClaimedTask {
+            run_id: Uuid::nil(),
+            step_id: format!("s{i}"),
+            attempt: 1,
+            handler: "noop".into(),
+            timeout_ms: 1000,
+            input: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_slow_pool_claims_only_its_free_slots_and_a_quick_one_claims_ahead() {
+        let mut p = Prefetch::new(500, 0, Duration::from_millis(2000));
+        assert_eq!(p.want(4), 4, "no pace measured yet: the free slots");
+        assert_eq!(p.want(0), 0);
+        // A pool starting ~2000 tasks/s aims at 2000 * 0.5 s, capped at 500.
+        let t0 = Instant::now();
+        for i in 0..2000 {
+            p.push(vec![task(i)], t0);
+        }
+        let mut now = t0;
+        for _ in 0..2000 {
+            now += Duration::from_micros(500);
+            assert!(p.next(now, |_| panic!("none expires")).is_some());
+        }
+        assert_eq!(p.target(), 500, "rate {}", p.rate);
+        assert_eq!(p.want(10), 500, "one batch at most");
+        // Over half full: no claim yet.
+        p.push((0..300).map(task).collect(), now);
+        assert_eq!(p.want(10), 0);
+    }
+
+    #[test]
+    fn a_task_that_waited_past_half_the_margin_is_not_started() {
+        let mut p = Prefetch::new(500, 0, Duration::from_millis(2000));
+        let t0 = Instant::now();
+        p.push(vec![task(1), task(2)], t0);
+        p.push(vec![task(3)], t0 + Duration::from_millis(900));
+        let mut dropped = Vec::new();
+        let got = p.next(t0 + Duration::from_millis(1001), |t| {
+            dropped.push(t.step_id)
+        });
+        assert_eq!(got.map(|(t, _)| t.step_id).as_deref(), Some("s3"));
+        assert_eq!(dropped, ["s1", "s2"]);
+        assert!(p.take_all().is_empty());
+    }
+}

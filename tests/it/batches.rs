@@ -1,0 +1,254 @@
+//! The set-based engine (issue 11) at the edges of a batch: one claim or
+//! report carrying several outcomes, stale attempts next to current ones,
+//! and tasks whose lease ran out while they waited in a prefetch buffer.
+
+use serde_json::{json, Value};
+use singularity_workflow::executor::handlers::Registry;
+use singularity_workflow::store::{AttemptRef, Finish, FinishResult, Leases, RunDoc, Store};
+
+use crate::harness::*;
+
+const LEASES: Leases = Leases {
+    lease_ms: 15_000,
+    margin_ms: 1,
+    backoff_base_ms: 60_000,
+    backoff_cap_ms: 60_000,
+};
+
+fn one_step(goal: &str, timeout_ms: u64) -> singularity_workflow::store::NewRun {
+    new_run(json!({"goal": goal, "steps": [
+        {"id": "s", "handler": "noop", "timeout_ms": timeout_ms, "max_attempts": 3}]}))
+}
+
+async fn doc(store: &Store, run_id: uuid::Uuid, kind: RunDoc) -> Value {
+    store.run_document(run_id, kind).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn one_report_carries_completions_retries_failures_and_stale_attempts() {
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    // A two-step chain (its first step completes and queues the second),
+    // and four single steps.
+    let chain = new_run(json!({"goal": "chain", "steps": [
+        {"id": "a", "handler": "noop"}, {"id": "b", "handler": "noop", "depends_on": ["a"]}]}));
+    let runs = vec![
+        chain,
+        one_step("retry", 60_000),
+        one_step("fatal", 60_000),
+        one_step("stale", 60_000),
+        one_step("done", 60_000),
+    ];
+    let ids: Vec<uuid::Uuid> = runs.iter().map(|r| r.run_id).collect();
+    store.submit_runs(&runs, None, 1).await.unwrap();
+    let mqs = vec!["default".to_string()];
+    let claimed = store
+        .claim_tasks(&mqs, 100, "n1", "us-east", "default", LEASES, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.len(),
+        5,
+        "one claim statement takes every root task"
+    );
+    let at = |i: usize| {
+        let t = claimed.iter().find(|t| t.run_id == ids[i]).unwrap();
+        t.attempt_ref()
+    };
+    let stale = AttemptRef {
+        attempt: 2,
+        ..at(3)
+    };
+    let items = vec![
+        (at(0), Finish::completed(json!("a out"))),
+        (
+            at(1),
+            Finish::Failed {
+                error: json!({"message": "try again"}),
+                timed_out: false,
+            },
+        ),
+        (
+            at(2),
+            Finish::Fatal {
+                error: json!({"message": "never", "code": "output_too_large"}),
+            },
+        ),
+        (stale, Finish::completed(json!("from nowhere"))),
+        (at(4), Finish::completed(json!("done"))),
+    ];
+    let r = store.finish_tasks(&items, LEASES, 1).await.unwrap();
+    assert_eq!(
+        r,
+        vec![
+            FinishResult::Completed,
+            FinishResult::Retrying,
+            FinishResult::Failed,
+            FinishResult::Stale,
+            FinishResult::Completed,
+        ]
+    );
+    // The chain's second step was queued by the batch, and runs.
+    let next = store
+        .claim_tasks(&mqs, 100, "n1", "us-east", "default", LEASES, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.len(),
+        1,
+        "only b is ready (retry waits out its backoff)"
+    );
+    assert_eq!((next[0].run_id, next[0].step_id.as_str()), (ids[0], "b"));
+    assert_eq!(next[0].input["deps"], json!({"a": "a out"}));
+    let r = store
+        .finish_tasks(
+            &[(next[0].attempt_ref(), Finish::completed(json!("b out")))],
+            LEASES,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![FinishResult::Completed]);
+
+    let status = |i: usize| {
+        let store = store.clone();
+        let id = ids[i];
+        async move { doc(&store, id, RunDoc::Status).await }
+    };
+    let chain = status(0).await;
+    assert_eq!(chain["status"], "completed");
+    assert_eq!(chain["output"], json!({"b": "b out"}));
+    assert_eq!(status(1).await["status"], "running");
+    let fatal = status(2).await;
+    assert_eq!(fatal["status"], "failed");
+    assert_eq!(fatal["error"]["error"]["code"], "output_too_large");
+    // The stale report changed nothing: its step is still running attempt 1.
+    assert_eq!(status(3).await["status"], "running");
+    let lineage = doc(&store, ids[3], RunDoc::Lineage).await;
+    assert_eq!(
+        attempts_of(&lineage, "s"),
+        [(1, "n1".to_string(), "running".to_string())]
+    );
+    assert_eq!(status(4).await["output"], json!({"s": "done"}));
+    let lineage = doc(&store, ids[1], RunDoc::Lineage).await;
+    assert_eq!(
+        attempts_of(&lineage, "s"),
+        [(1, "n1".to_string(), "failed".to_string())]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_refuses_the_stale_attempt_and_completes_the_current_one() {
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    let runs = vec![one_step("x", 200), one_step("y", 200)];
+    let ids: Vec<uuid::Uuid> = runs.iter().map(|r| r.run_id).collect();
+    store.submit_runs(&runs, None, 1).await.unwrap();
+    let mqs = vec!["default".to_string()];
+    let first = store
+        .claim_tasks(&mqs, 10, "lost", "us-east", "default", LEASES, 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // Both claims expire (timeout 200 ms + margin); another node claims
+    // them again: attempt 2 each, attempt 1 abandoned.
+    let second = wait_for("the expired claims to be re-delivered", 20, || {
+        let (store, mqs) = (store.clone(), mqs.clone());
+        async move {
+            let t = store
+                .claim_tasks(&mqs, 10, "alive", "us-east", "default", LEASES, 1)
+                .await
+                .unwrap();
+            (t.len() == 2).then_some(t)
+        }
+    })
+    .await;
+    assert!(second.iter().all(|t| t.attempt == 2));
+    // One report: the lost node's late completions (and a duplicate of
+    // one) next to the live node's.
+    let mut items: Vec<(AttemptRef, Finish)> = Vec::new();
+    for t in &first {
+        items.push((t.attempt_ref(), Finish::completed(json!("late"))));
+    }
+    items.push((
+        first[0].attempt_ref(),
+        Finish::completed(json!("late again")),
+    ));
+    for t in &second {
+        items.push((t.attempt_ref(), Finish::completed(json!("on time"))));
+    }
+    let r = store.finish_tasks(&items, LEASES, 1).await.unwrap();
+    assert_eq!(
+        r,
+        vec![
+            FinishResult::Stale,
+            FinishResult::Stale,
+            FinishResult::Stale,
+            FinishResult::Completed,
+            FinishResult::Completed,
+        ]
+    );
+    for id in ids {
+        let d = doc(&store, id, RunDoc::Status).await;
+        assert_eq!(d["status"], "completed");
+        assert_eq!(d["output"], json!({"s": "on time"}));
+        let l = doc(&store, id, RunDoc::Lineage).await;
+        assert_eq!(
+            attempts_of(&l, "s"),
+            [
+                (1, "lost".to_string(), "abandoned".to_string()),
+                (2, "alive".to_string(), "completed".to_string())
+            ]
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn tasks_whose_lease_ran_out_in_the_prefetch_buffer_are_not_run_late() {
+    let db = fresh_db().await;
+    // One slot and five tasks always claimed ahead of it; a 500 ms margin,
+    // so a buffered task may wait 250 ms before it must not start.
+    let mut cfg = node_config("prefetch-1", &db);
+    cfg.worker_pools.get_mut("default").unwrap().size = 1;
+    cfg.executor.prefetch_min = 5;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    // The sleeper holds the only slot for 1.5 s while the five quick
+    // tasks claimed with it wait in the buffer, past their safe start.
+    let sleeper = api
+        .submit(&json!({"goal": "sleeper", "steps": [
+            {"id": "s", "handler": "sleep", "input": {"ms": 1500}}]}))
+        .await;
+    let mut quick = Vec::new();
+    for i in 0..5 {
+        quick.push(
+            api.submit(&json!({"goal": format!("quick {i}"), "steps": [
+                {"id": "s", "handler": "noop", "timeout_ms": 1000}]}))
+                .await,
+        );
+    }
+    assert_eq!(api.wait_terminal(&sleeper, 30).await["status"], "completed");
+    for id in &quick {
+        assert_eq!(api.wait_terminal(id, 30).await["status"], "completed");
+    }
+    // Every quick task ran exactly once to completion; any attempt before
+    // that one is one the buffer dropped, recorded abandoned (never two
+    // completed, never one running).
+    let mut dropped = 0;
+    for id in &quick {
+        let lineage = api.lineage(id).await;
+        let attempts = attempts_of(&lineage, "s");
+        let (last, before) = attempts.split_last().unwrap();
+        assert_eq!(last.2, "completed", "{attempts:?}");
+        assert!(before.iter().all(|a| a.2 == "abandoned"), "{attempts:?}");
+        dropped += before.len();
+    }
+    assert!(
+        dropped >= 1,
+        "the quick tasks claimed with the sleeper waited 1.5 s in the buffer: \
+         at least one must have been dropped and re-delivered"
+    );
+    node.kill().await;
+}
