@@ -155,7 +155,7 @@ impl Executor {
                             metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                                 .increment(got as u64);
                             more = got == want;
-                            buffer.push(tasks, sent);
+                            buffer.push(tasks, sent, Instant::now());
                         }
                         Err(e) => {
                             // Claiming pauses while no writable primary is

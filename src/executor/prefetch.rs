@@ -10,7 +10,8 @@
 //! take, as before; a pool of quick ones claims hundreds per statement.
 //!
 //! A buffered task's visibility timeout runs from its claim. A task that
-//! waited in the buffer for more than half the margin is not started (its
+//! waited in the buffer (after its claim returned) for more than half the
+//! margin is not started (its
 //! handler could outlive its visibility): it is dropped, and the engine
 //! re-delivers it once the visibility ends, recording this attempt
 //! abandoned. The pace rule keeps that rare.
@@ -26,7 +27,8 @@ use crate::store::ClaimedTask;
 const RATE_WINDOW: Duration = Duration::from_millis(250);
 
 pub(super) struct Prefetch {
-    tasks: VecDeque<(ClaimedTask, Instant)>,
+    /// Each with its claim's send time and arrival.
+    tasks: VecDeque<(ClaimedTask, Instant, Instant)>,
     /// Most tasks one claim asks for (`executor.claim_batch`).
     max_batch: usize,
     /// The target's floor (`executor.prefetch_min`).
@@ -76,9 +78,9 @@ impl Prefetch {
         (free + target).saturating_sub(have).min(self.max_batch)
     }
 
-    /// Buffers tasks of a claim sent at `sent`.
-    pub(super) fn push(&mut self, tasks: Vec<ClaimedTask>, sent: Instant) {
-        self.tasks.extend(tasks.into_iter().map(|t| (t, sent)));
+    /// Buffers tasks of a claim sent at `sent`, arrived `now`.
+    pub(super) fn push(&mut self, tasks: Vec<ClaimedTask>, sent: Instant, now: Instant) {
+        self.tasks.extend(tasks.into_iter().map(|t| (t, sent, now)));
     }
 
     /// The next task to start, with its claim's send time; tasks that
@@ -88,8 +90,10 @@ impl Prefetch {
         now: Instant,
         mut expired: impl FnMut(ClaimedTask),
     ) -> Option<(ClaimedTask, Instant)> {
-        while let Some((t, sent)) = self.tasks.pop_front() {
-            if now.saturating_duration_since(sent) > self.horizon * 2 {
+        while let Some((t, sent, arrived)) = self.tasks.pop_front() {
+            // Counted from arrival: a task started as soon as its claim
+            // returns is never dropped (as before there was a buffer).
+            if now.saturating_duration_since(arrived) > self.horizon * 2 {
                 expired(t);
                 continue;
             }
@@ -101,7 +105,7 @@ impl Prefetch {
 
     /// Everything buffered (shutdown: to be released).
     pub(super) fn take_all(&mut self) -> Vec<ClaimedTask> {
-        self.tasks.drain(..).map(|(t, _)| t).collect()
+        self.tasks.drain(..).map(|(t, _, _)| t).collect()
     }
 
     fn started(&mut self, now: Instant) {
@@ -150,7 +154,7 @@ mod tests {
         // A pool starting ~2000 tasks/s aims at 2000 * 0.5 s, capped at 500.
         let t0 = Instant::now();
         for i in 0..2000 {
-            p.push(vec![task(i)], t0);
+            p.push(vec![task(i)], t0, t0);
         }
         let mut now = t0;
         for _ in 0..2000 {
@@ -160,7 +164,7 @@ mod tests {
         assert_eq!(p.target(), 500, "rate {}", p.rate);
         assert_eq!(p.want(10), 500, "one batch at most");
         // Over half full: no claim yet.
-        p.push((0..300).map(task).collect(), now);
+        p.push((0..300).map(task).collect(), now, now);
         assert_eq!(p.want(10), 0);
     }
 
@@ -168,8 +172,8 @@ mod tests {
     fn a_task_that_waited_past_half_the_margin_is_not_started() {
         let mut p = Prefetch::new(500, 0, Duration::from_millis(2000));
         let t0 = Instant::now();
-        p.push(vec![task(1), task(2)], t0);
-        p.push(vec![task(3)], t0 + Duration::from_millis(900));
+        p.push(vec![task(1), task(2)], t0, t0);
+        p.push(vec![task(3)], t0, t0 + Duration::from_millis(900));
         let mut dropped = Vec::new();
         let got = p.next(t0 + Duration::from_millis(1001), |t| {
             dropped.push(t.step_id)
