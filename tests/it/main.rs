@@ -15,6 +15,7 @@ mod layout;
 mod limits;
 mod recover;
 mod regions;
+mod retention;
 mod roles;
 mod runtime;
 mod serving;
