@@ -87,7 +87,10 @@ mod tests {
         let c = load(concat!(top!(), db!()), &[]).expect("loads").config;
         assert_eq!(c.retention, RetentionConfig::default());
         assert_eq!(c.retention.finished_after, Some(7 * DAY));
-        assert_eq!((c.retention.batch_size, c.retention.interval_ms), (1000, 60_000));
+        assert_eq!(
+            (c.retention.batch_size, c.retention.interval_ms),
+            (1000, 60_000)
+        );
         for (text, want) in [
             ("30d", 30 * DAY),
             ("12h", Duration::from_secs(12 * 3600)),
@@ -112,7 +115,11 @@ mod tests {
     #[test]
     fn off_or_zero_disables_retention_from_the_file_or_the_environment() {
         for text in ["off", "OFF", "0"] {
-            let file = format!("{}{}[retention]\nfinished_after = \"{text}\"\n", top!(), db!());
+            let file = format!(
+                "{}{}[retention]\nfinished_after = \"{text}\"\n",
+                top!(),
+                db!()
+            );
             let c = load(&file, &[]).expect(text).config;
             assert_eq!(c.retention.finished_after, None, "{text}");
         }
@@ -126,25 +133,57 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_naming_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
-            ("finished_after = \"7x\"", &[], "the unit must be one of d, h, m, s (got \"7x\")"),
+        /// A `[retention]` line, the environment, a text the error holds.
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            (
+                "finished_after = \"7x\"",
+                &[],
+                "the unit must be one of d, h, m, s (got \"7x\")",
+            ),
             ("finished_after = \"7\"", &[], "the unit is missing"),
             ("finished_after = \"d\"", &[], "the number is missing"),
             ("finished_after = \"-1d\"", &[], "the number is missing"),
             ("finished_after = \"0d\"", &[], "zero is written \"off\""),
             ("finished_after = \"3651d\"", &[], "it is too long"),
-            ("finished_after = \"99999999999999999999d\"", &[], "it is too long"),
-            ("finished_after = 7", &[], "invalid type: integer `7`, expected a string"),
-            ("batch_size = 0", &[], "must be between 1 and 100000 (got 0)"),
-            ("interval_ms = 0", &[], "must be between 1 and 86400000 (got 0)"),
-            ("finished_after = \"7d\"", &[("SWF_RETENTION__FINISHED_AFTER", "week")],
-             "(set by environment variable SWF_RETENTION__FINISHED_AFTER)"),
+            (
+                "finished_after = \"99999999999999999999d\"",
+                &[],
+                "it is too long",
+            ),
+            (
+                "finished_after = 7",
+                &[],
+                "invalid type: integer `7`, expected a string",
+            ),
+            (
+                "batch_size = 0",
+                &[],
+                "must be between 1 and 100000 (got 0)",
+            ),
+            (
+                "interval_ms = 0",
+                &[],
+                "must be between 1 and 86400000 (got 0)",
+            ),
+            (
+                "finished_after = \"7d\"",
+                &[("SWF_RETENTION__FINISHED_AFTER", "week")],
+                "(set by environment variable SWF_RETENTION__FINISHED_AFTER)",
+            ),
         ];
         for (line, env, want) in cases {
             let key = line.split(' ').next().unwrap_or_default();
             let file = format!("{}{}[retention]\n{line}\n", top!(), db!());
             let err = load(&file, env).expect_err(line).to_string();
-            assert!(err.contains(&format!("key `retention.{key}`")), "{line}: {err}");
+            assert!(
+                err.contains(&format!("key `retention.{key}`")),
+                "{line}: {err}"
+            );
             assert!(err.contains(want), "{line}: {err}");
         }
     }

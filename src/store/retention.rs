@@ -20,13 +20,11 @@ impl Store {
         epoch: u64,
     ) -> Result<Vec<Uuid>> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        Ok(
-            sqlx::query_scalar("SELECT swf.purge_finished($1, $2, $3)")
-                .bind(before)
-                .bind(limit)
-                .bind(epoch as i64)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT swf.purge_finished($1, $2, $3)")
+            .bind(before)
+            .bind(limit)
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?)
     }
 }

@@ -120,10 +120,16 @@ async fn finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_
     pool.close().await;
     for id in &old {
         assert_eq!(api.get(&format!("/v1/workflows/{id}")).await.status, 200);
-        assert_eq!(api.get(&format!("/v1/workflows/{id}/lineage")).await.status, 200);
+        assert_eq!(
+            api.get(&format!("/v1/workflows/{id}/lineage")).await.status,
+            200
+        );
     }
     let before = owned_rows(&db, &old).await;
-    assert!(before.iter().all(|&n| n > 0), "old runs own rows: {before:?}");
+    assert!(
+        before.iter().all(|&n| n > 0),
+        "old runs own rows: {before:?}"
+    );
     let kept = [recent, running];
     let kept_before = owned_rows(&db, &kept).await;
 
@@ -139,8 +145,16 @@ async fn finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_
         async move { (owned_rows(&db, &old).await[0] == 0).then_some(()) }
     })
     .await;
-    assert_eq!(owned_rows(&db, &old).await, [0; 5], "everything they own goes too");
-    assert_eq!(owned_rows(&db, &kept).await, kept_before, "the rest stays whole");
+    assert_eq!(
+        owned_rows(&db, &old).await,
+        [0; 5],
+        "everything they own goes too"
+    );
+    assert_eq!(
+        owned_rows(&db, &kept).await,
+        kept_before,
+        "the rest stays whole"
+    );
 
     // Through the API: a deleted run is gone, even from the node's cache.
     for id in &old {
@@ -203,7 +217,11 @@ async fn a_purge_skips_runs_others_hold_and_a_stale_epoch_deletes_nothing() {
     // A database of epoch 1 refuses a node that has seen epoch 2.
     let stale = store.purge_finished(cutoff, 100, 2).await;
     assert!(matches!(stale, Err(StoreError::StaleEpoch(_))), "{stale:?}");
-    assert_eq!(owned_rows(&db, &runs).await[0], 3, "a refused purge deletes nothing");
+    assert_eq!(
+        owned_rows(&db, &runs).await[0],
+        3,
+        "a refused purge deletes nothing"
+    );
 
     // A run another transaction holds is skipped, not waited for.
     let pool = sql(&db).await;
@@ -229,8 +247,15 @@ async fn a_purge_skips_runs_others_hold_and_a_stale_epoch_deletes_nothing() {
     held.commit().await.expect("commit");
 
     // Released, it goes with the next batch; then there is nothing left.
-    assert_eq!(store.purge_finished(cutoff, 100, 1).await.unwrap(), vec![runs[0]]);
-    assert!(store.purge_finished(cutoff, 100, 1).await.unwrap().is_empty());
+    assert_eq!(
+        store.purge_finished(cutoff, 100, 1).await.unwrap(),
+        vec![runs[0]]
+    );
+    assert!(store
+        .purge_finished(cutoff, 100, 1)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(owned_rows(&db, &runs).await, [0; 5]);
     pool.close().await;
     store.close().await;
