@@ -124,6 +124,12 @@
 //! - A completion report is retried while its attempt's lease lasts: a
 //!   primary outage shorter than the lease runs no task twice
 //!   (`limits::a_completion_report_outlasting_a_primary_outage_lands_and_the_task_runs_once`).
+//! - Retention deletes a finished run past `retention.finished_after` with
+//!   every row it owns (steps, attempts, edges, signals) and nothing else:
+//!   running runs and recently finished ones stay whole, and a purge skips
+//!   the runs another transaction holds instead of waiting for them
+//!   (`retention::finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_stay`,
+//!   `retention::a_purge_skips_runs_others_hold_and_a_stale_epoch_deletes_nothing`).
 
 #![deny(clippy::await_holding_lock)]
 

@@ -132,6 +132,10 @@ pub(crate) const KEYS: &[Key] = &[
     key("routing.cache_max_bytes", Int),
     key("routing.cache_running_ttl_ms", Int),
     key("routing.forward_timeout_ms", Int),
+    key("retention", Tbl),
+    key("retention.finished_after", Str),
+    key("retention.batch_size", Int),
+    key("retention.interval_ms", Int),
 ];
 
 /// Whether the pattern `pattern` (dotted, `*` for any name) names `path`.

@@ -28,6 +28,7 @@
 //! | `side.rs` | regions and tokens file formats ([`parse_regions`], [`parse_tokens`]) |
 //! | `files.rs` | reading files and the environment: [`Config::load`], [`load_regions`], [`load_tokens`] |
 //! | `report.rs` | [`check_report`], [`check_report_text`] (`swf config check`) |
+//! | `retention.rs` | the `[retention]` keys: durations such as `"7d"`, `"off"` |
 //! | `error.rs` | [`ConfigError`] and the context that words it (file, key, variable) |
 //! | `names.rs` | [`valid_name`], [`redact_url`] |
 //!
@@ -45,6 +46,7 @@ mod model;
 mod names;
 mod parse;
 mod report;
+mod retention;
 mod side;
 
 #[cfg(test)]
@@ -58,7 +60,8 @@ pub use files::{load_regions, load_tokens};
 pub use migrate::migrate_legacy;
 pub use model::{
     ApiConfig, AuthConfig, Config, DatabaseConfig, DrillHooks, ExecutorConfig, HandlersConfig,
-    LimitsConfig, Loaded, NodeType, PoolConfig, RegionSpec, RoutingConfig, TokenSpec,
+    LimitsConfig, Loaded, NodeType, PoolConfig, RegionSpec, RetentionConfig, RoutingConfig,
+    TokenSpec,
 };
 pub use names::{redact_url, valid_name};
 pub use parse::{parse, Input};

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -61,6 +62,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub drills: DrillHooks,
     pub auth: AuthConfig,
+    pub retention: RetentionConfig,
     /// Every region and its database endpoint, from `regions_file`; empty
     /// when the node runs alone in its region (its database is the primary).
     pub regions: Vec<RegionSpec>,
@@ -112,6 +114,30 @@ impl Default for RoutingConfig {
             cache_max_bytes: 64 * 1024 * 1024,
             cache_running_ttl_ms: 250,
             forward_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Retention of finished runs (`[retention]`): how long a completed, failed
+/// or cancelled run is kept before a node deletes it with its steps,
+/// attempts, dependency edges and signals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// A finished run is deleted once it finished longer ago than this;
+    /// `None` (`finished_after = "off"`) keeps every run.
+    pub finished_after: Option<Duration>,
+    /// Most runs deleted in one transaction.
+    pub batch_size: usize,
+    /// Pause between purges once a batch came back less than full.
+    pub interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            finished_after: Some(Duration::from_secs(7 * 86_400)),
+            batch_size: 1000,
+            interval_ms: 60_000,
         }
     }
 }
@@ -397,6 +423,7 @@ impl Config {
                 enabled: false,
                 ..AuthConfig::default()
             },
+            retention: RetentionConfig::default(),
             regions: Vec::new(),
             source: None,
         }

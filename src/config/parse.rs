@@ -26,7 +26,7 @@ use super::model::{
 use super::names::redact_url;
 
 /// Upper bound for every `*_ms` setting: one day.
-const MAX_MS: i64 = 86_400_000;
+pub(super) const MAX_MS: i64 = 86_400_000;
 
 /// Everything a node file's meaning depends on, gathered by the caller.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +135,7 @@ fn build(
         tokens: Vec::new(),
     };
     let drills = build_drills(doc, ctx)?;
+    let retention = super::retention::build(doc, ctx)?;
 
     let mut worker_pools = BTreeMap::new();
     let names = doc.names(&["worker_pools"]);
@@ -183,6 +184,7 @@ fn build(
         routing,
         drills,
         auth,
+        retention,
         regions: Vec::new(),
         source,
     })

@@ -2,8 +2,9 @@
 //! them and shuts them down.
 //!
 //! Every node runs the HTTP server (health, info and metrics are always
-//! served; `/v1` only with the client role), a heartbeat and the task that
-//! refreshes `/metrics`' database-derived gauges. The client role
+//! served; `/v1` only with the client role), a heartbeat, the task that
+//! refreshes `/metrics`' database-derived gauges and, unless
+//! `retention.finished_after` is off, the retention task. The client role
 //! adds the [`Client`](crate::client::Client) and its submit batcher; the
 //! executor role adds the worker pools, their listener and the finisher.
 //! Every task the node starts belongs to one `JoinSet` (an executor pool's
@@ -18,11 +19,13 @@
 //! Files: `assemble.rs` store, router, client and executor from the config;
 //! `server.rs` the HTTP server and SIGHUP TLS reload; `heartbeat.rs` the
 //! heartbeat; `gauges.rs` the task behind `/metrics`' database gauges;
-//! `signals.rs` the process signals that stop a node.
+//! `signals.rs` the process signals that stop a node; `retention.rs` the
+//! task that deletes finished runs past `retention.finished_after`.
 
 mod assemble;
 mod gauges;
 mod heartbeat;
+mod retention;
 mod server;
 pub mod signals;
 
@@ -124,6 +127,13 @@ impl Node {
         gauges::spawn(
             parts.router.clone(),
             config.executor.heartbeat_interval_ms,
+            shutdown.clone(),
+            &mut tasks,
+            &span,
+        );
+        retention::spawn(
+            parts.router.clone(),
+            &config.retention,
             shutdown.clone(),
             &mut tasks,
             &span,

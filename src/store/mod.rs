@@ -23,6 +23,7 @@
 //! - `nodes`: heartbeats.
 //! - `keys`: the cluster's token key (signing consistency tokens).
 //! - `queues`: pgmq queues, their depths, NOTIFY channels.
+//! - `retention`: deleting finished runs in bounded batches.
 //! - `admin` (feature `dev`): creating databases, reloading configuration.
 
 #[cfg(feature = "dev")]
@@ -36,6 +37,7 @@ mod keys;
 mod nodes;
 mod queues;
 mod reads;
+mod retention;
 
 pub use cluster::{DbState, WriteProbe};
 pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};

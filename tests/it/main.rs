@@ -16,6 +16,7 @@ mod layout;
 mod limits;
 mod recover;
 mod regions;
+mod retention;
 mod roles;
 mod runtime;
 mod serving;
