@@ -23,4 +23,5 @@ mod serving;
 mod store;
 mod tls;
 mod tokens;
+mod upgrade;
 mod wire;
