@@ -282,24 +282,22 @@ impl Store {
                 retry,
             });
         }
-        // One statement, so one round trip and one implicit transaction: a
-        // mixed batch commits both halves together, and an answer is never
-        // an error for work that was in fact recorded. Both functions take
-        // an empty array.
-        let rows = sqlx::query(
-            "SELECT run_id, step_id, attempt, result FROM swf.complete_tasks($1, $2)
-             UNION ALL
-             SELECT run_id, step_id, attempt, result FROM swf.fail_tasks($3, $2, $4, $5)",
-        )
-        .bind(sqlx::types::Json(&done))
-        .bind(epoch as i64)
-        .bind(sqlx::types::Json(&failed))
-        .bind(leases.backoff_base_ms)
-        .bind(leases.backoff_cap_ms)
-        .fetch_all(&self.pool)
-        .await?;
+        // One call, so one round trip and one transaction: a mixed batch
+        // commits both halves together, and an answer is never an error for
+        // work that was in fact recorded. The procedure wakes the pollers of
+        // queues that got dependents after its COMMIT (see migration
+        // 20261203000007). Both halves take an empty array.
+        let row = sqlx::query("CALL swf.finish_tasks($1, $2, $3, $4, $5)")
+            .bind(sqlx::types::Json(&done))
+            .bind(sqlx::types::Json(&failed))
+            .bind(epoch as i64)
+            .bind(leases.backoff_base_ms)
+            .bind(leases.backoff_cap_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows: sqlx::types::Json<Vec<(Uuid, String, i32, String)>> = row.try_get("p_results")?;
         let mut answers = std::collections::HashMap::new();
-        collect_results(rows, &mut answers)?;
+        collect_results(rows.0, &mut answers);
         // Duplicates within one batch get the later answer ("stale"), which
         // is exactly what the engine said to the second report.
         Ok(items
@@ -373,22 +371,23 @@ fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<Token> {
 }
 
 fn collect_results(
-    rows: Vec<sqlx::postgres::PgRow>,
+    rows: Vec<(Uuid, String, i32, String)>,
     out: &mut std::collections::HashMap<AttemptRef, FinishResult>,
-) -> Result<()> {
-    for r in rows {
-        let a = AttemptRef {
-            run_id: r.try_get(0)?,
-            step_id: r.try_get(1)?,
-            attempt: r.try_get(2)?,
-        };
-        let res = match r.try_get::<String, _>(3)?.as_str() {
+) {
+    for (run_id, step_id, attempt, result) in rows {
+        let res = match result.as_str() {
             "completed" => FinishResult::Completed,
             "retrying" => FinishResult::Retrying,
             "failed" => FinishResult::Failed,
             _ => FinishResult::Stale,
         };
-        out.insert(a, res);
+        out.insert(
+            AttemptRef {
+                run_id,
+                step_id,
+                attempt,
+            },
+            res,
+        );
     }
-    Ok(())
 }

@@ -252,3 +252,80 @@ async fn tasks_whose_lease_ran_out_in_the_prefetch_buffer_are_not_run_late() {
     );
     node.kill().await;
 }
+
+#[tokio::test]
+async fn executors_wake_on_work_committed_by_the_deferred_notifications() {
+    let db = fresh_db().await;
+    // Polling every ten minutes: within the test's deadlines only a
+    // notification can start a task.
+    let mut cfg = node_config("wake-1", &db);
+    cfg.executor.poll_interval_ms = 600_000;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let first = api
+        .submit(&json!({"goal": "first", "steps": [{"id": "s", "handler": "noop"}]}))
+        .await;
+    assert_eq!(api.wait_terminal(&first, 30).await["status"], "completed");
+    // The executor is idle on an empty queue now: each of these runs, and
+    // each step of the chain after its dependency, waits for a wake-up
+    // sent after the COMMIT that queued it.
+    for i in 0..3 {
+        let chain = api
+            .submit(&json!({"goal": format!("chain {i}"), "steps": [
+                {"id": "a", "handler": "noop"},
+                {"id": "b", "handler": "echo", "depends_on": ["a"]},
+                {"id": "c", "handler": "echo", "depends_on": ["b"]}]}))
+            .await;
+        assert_eq!(api.wait_terminal(&chain, 30).await["status"], "completed");
+    }
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn a_queue_without_its_own_statements_gets_them_at_its_first_claim() {
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    store.migrate().await.unwrap();
+    // A queue made outside swf (pgmq.create alone) has no per-queue
+    // functions; remove those of `default` too, as such a queue would be.
+    let raw = sql(&db).await;
+    sqlx::query("SELECT pgmq.create('side')")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query(r#"DROP FUNCTION IF EXISTS swf."claim@default", swf."enqueue@default""#)
+        .execute(&raw)
+        .await
+        .unwrap();
+    let run = one_step("default queue", 60_000);
+    let id = run.run_id;
+    store.submit_runs(&[run], None, 1).await.unwrap();
+    let mqs = vec!["side".to_string(), "default".to_string()];
+    let claimed = store
+        .claim_tasks(&mqs, 10, "n1", "us-east", "default", LEASES, 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].run_id, id);
+    let made: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'swf'
+              AND p.proname IN ('claim@side', 'enqueue@side', 'claim@default', 'enqueue@default')"#,
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(made, 4, "both queues have both functions again");
+    let r = store
+        .finish_tasks(
+            &[(claimed[0].attempt_ref(), Finish::completed(json!("ok")))],
+            LEASES,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, vec![FinishResult::Completed]);
+    assert_eq!(doc(&store, id, RunDoc::Status).await["status"], "completed");
+    raw.close().await;
+    store.close().await;
+}
