@@ -95,8 +95,9 @@ BEGIN
           JOIN swf.steps st
             ON st.run_id = m.run_id AND st.step_id = m.step_id AND st.msg_id = m.msg_id
          WHERE st.status = 'queued'
-           AND EXISTS (SELECT 1 FROM swf.runs r
-                        WHERE r.run_id = st.run_id AND r.status = 'running')
+           -- A scalar subquery, not EXISTS: the generic plan cannot know the
+           -- batch is small, and would hash every running run to join them.
+           AND (SELECT r.status FROM swf.runs r WHERE r.run_id = st.run_id) = 'running'
            FOR UPDATE OF st SKIP LOCKED),
     up AS (
         UPDATE swf.steps st

@@ -106,7 +106,7 @@ const MAX_SUBMIT_BATCH: usize = 64;
 /// How long a write keeps retrying while the primary moves before the
 /// caller gets 503 `write_unavailable`. Idempotency keys make its retry safe.
 const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
-const SUBMIT_BATCHES_IN_FLIGHT: usize = 4;
+const SUBMIT_BATCHES_IN_FLIGHT: usize = 8;
 
 impl Client {
     /// The submit batcher's task joins `tasks` (the node's supervised set).
