@@ -52,6 +52,16 @@ impl Store {
             .collect()
     }
 
+    /// Number of running runs (a range of the status index, however much
+    /// history the table holds).
+    pub async fn runs_running(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM swf.runs WHERE status = 'running'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// A listener on the channels that wake pollers of `mqs`.
     pub async fn listen(&self, mqs: &[String]) -> Result<PgListener> {
         let mut l = PgListener::connect_with(&self.pool).await?;

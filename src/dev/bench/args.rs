@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// each time), reporting each run's figures and the RSS after it.
     #[arg(long, value_name = "K", default_value_t = 1, requires = "burn_down")]
     pub repeat: usize,
+    /// With `--burn-down`: before the first run, insert N finished 1-step
+    /// runs (each with its step and completed attempt) straight into the
+    /// database, so the drain runs against that much history; not timed.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "burn_down")]
+    pub history: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -6,9 +6,10 @@
 //! `noop` workflows from `--concurrency` submitters while no executor serves
 //! queue `default` (not timed), and stops; then an executor-only node with a
 //! `--pool-size` pool starts, and the clock runs from just before its start
-//! until the database counts every run finished. The count is one
-//! `runs_by_status` query every [`POLL`] on the benchmark's own connection,
-//! so the result is late by at most one poll. DESIGN 10.5 has the backlog
+//! until the database counts no run running. The count is one query of the
+//! running runs every [`POLL`] on the benchmark's own connection, so the
+//! result is late by at most one poll; `--history N` first inserts N
+//! finished runs, so that the drain runs against that much history. DESIGN 10.5 has the backlog
 //! held by pausing the queue; until queues can be paused, an executor that
 //! is not there yet holds it, which is the same measurement.
 //!
@@ -32,9 +33,9 @@ use super::rss::{reset_peak, Rss};
 use crate::api::wire::RunState;
 use crate::store::Store;
 
-/// How often the drain's completion count is read: a count of every run
-/// (a few ms of PostgreSQL CPU at 20,000 runs), so not more often; the
-/// figure is late by at most this much.
+/// How often the drain's running count is read (a range of the status
+/// index as large as what is left of the backlog, a few ms of PostgreSQL
+/// CPU at 20,000), so not more often; the figure is late by at most this.
 const POLL: Duration = Duration::from_millis(100);
 
 /// Runs `--repeat` burn-downs of `n` workflows on a fresh embedded cluster;
@@ -42,7 +43,11 @@ const POLL: Duration = Duration::from_millis(100);
 pub(super) async fn burn_down(args: &BenchArgs, n: usize) -> anyhow::Result<Value> {
     let machine = machine();
     let cluster = Embedded::start().await?;
-    let runs = repeat(&cluster, args, n).await;
+    let history = fill_history(&cluster, args.history).await;
+    let runs = match history {
+        Ok(()) => repeat(&cluster, args, n).await,
+        Err(e) => Err(e),
+    };
     cluster.stop().await;
     let mut runs = runs?;
     // The run of median rate stands for all of them; every run is listed.
@@ -54,7 +59,26 @@ pub(super) async fn burn_down(args: &BenchArgs, n: usize) -> anyhow::Result<Valu
         report["reported_run"] = report["run"].clone();
         report["repeats"] = Value::Array(std::mem::take(&mut runs));
     }
+    report["history"] = json!(args.history);
     Ok(json!({"burn_down": report, "machine": machine}))
+}
+
+/// `--history N`: N finished runs inserted before the first run.
+async fn fill_history(cluster: &Embedded, n: u64) -> anyhow::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let store = cluster.store(1)?;
+    let t = Instant::now();
+    let filled = store.fill_history(n, "us-east").await;
+    store.close().await;
+    filled.with_context(|| format!("insert {n} finished runs of history"))?;
+    tracing::info!(
+        runs = n,
+        seconds = t.elapsed().as_secs_f64(),
+        "history inserted"
+    );
+    Ok(())
 }
 
 fn rate(run: &Value) -> f64 {
@@ -137,7 +161,12 @@ async fn one_run(
          something executed the backlog early"
     );
 
-    // 2. The drain, by one executor-only node.
+    // 2. The drain, by one executor-only node, after a checkpoint (as the
+    // peer benchmark does before its workers start).
+    counts
+        .checkpoint()
+        .await
+        .context("checkpoint before the drain")?;
     let peak_is_drains = reset_peak();
     let start = Instant::now();
     let mut worker = cluster
@@ -147,9 +176,11 @@ async fn one_run(
     let node_start_s = start.elapsed().as_secs_f64();
     let target = before.finished() + n_i;
     let within = Duration::from_secs(600) + Duration::from_millis(10 * n as u64);
+    // Polled: the running runs only (an index range as small as the
+    // backlog, however much history the table holds); then all counts once.
     let drained = crate::wait::until(within, POLL, || async {
-        match Counts::read(counts).await {
-            Ok(c) if c.finished() >= target => Some(Ok((c, start.elapsed()))),
+        match counts.runs_running().await {
+            Ok(r) if r <= before.running => Some(Ok(start.elapsed())),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
         }
@@ -157,8 +188,8 @@ async fn one_run(
     .await;
     let peak = Rss::read();
     worker.shutdown().await;
-    let (done, elapsed) = match drained {
-        Ok(r) => r?,
+    let elapsed = match drained {
+        Ok(r) => r.context("count running runs")?,
         Err(t) => {
             let now = Counts::read(counts).await.ok();
             bail!(
@@ -168,6 +199,12 @@ async fn one_run(
             );
         }
     };
+    let done = Counts::read(counts).await?;
+    ensure!(
+        done.finished() >= target,
+        "no run is running, yet only {} of {n} finished (counts {done:?}, before {before:?})",
+        done.finished() - before.finished()
+    );
     let completed = done.completed - before.completed;
     ensure!(
         completed == n_i,

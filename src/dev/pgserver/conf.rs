@@ -36,7 +36,7 @@ max_replication_slots = 10
 hot_standby = on
 wal_keep_size = '256MB'
 max_connections = 200
-shared_buffers = '128MB'
+shared_buffers = '256MB'
 logging_collector = off
 ";
 
