@@ -130,6 +130,14 @@
 //!   the runs another transaction holds instead of waiting for them
 //!   (`retention::finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_stay`,
 //!   `retention::a_purge_skips_runs_others_hold_and_a_stale_epoch_deletes_nothing`).
+//! - Work queued by a submit or by a completion wakes idle executors: the
+//!   notification is sent after the COMMIT that queued it, never lost to
+//!   the move out of the data transaction
+//!   (`batches::executors_wake_on_work_committed_by_the_deferred_notifications`,
+//!   which fails with the wake-up removed).
+//! - Every queue is claimable whether or not it has its per-queue
+//!   statements: a missing one is made at the first claim or enqueue
+//!   (`batches::a_queue_without_its_own_statements_gets_them_at_its_first_claim`).
 
 #![deny(clippy::await_holding_lock)]
 
