@@ -146,6 +146,13 @@ impl Executor {
                     (me.claim(&p, want).await, want, sent)
                 });
             }
+            let w = Waits::of(LoopState {
+                buffered: buffer.len(),
+                free,
+                more,
+                keeping_up,
+                running: !running.is_empty(),
+            });
             tokio::select! {
                 Some(done) = claiming.join_next(), if !claiming.is_empty() => {
                     let Ok((result, want, sent)) = done else { continue };
@@ -173,14 +180,14 @@ impl Executor {
                     }
                 }
                 // A slot came free: start from the buffer, or claim.
-                p = pool.slots.clone().acquire_owned(), if free == 0 => drop(p),
-                _ = pool.wake.notified(), if !more => more = true,
-                _ = tokio::time::sleep(self.settings.poll_interval), if !more && buffer.len() == 0 => {
+                p = pool.slots.clone().acquire_owned(), if w.slot => drop(p),
+                _ = pool.wake.notified(), if w.wake => more = true,
+                _ = tokio::time::sleep(self.settings.poll_interval), if w.poll => {
                     more = true;
                     buffer.idle(Instant::now());
                 }
                 // Too many outcomes unreported: wait for tasks to end.
-                r = running.join_next(), if !running.is_empty() && !keeping_up => {
+                r = running.join_next(), if w.reap => {
                     if let Some(r) = r {
                         reaped(r);
                     }
@@ -339,6 +346,52 @@ impl Executor {
     }
 }
 
+/// The claim loop's state once it has started what it could and sent the
+/// claim it may send.
+#[derive(Debug, Clone, Copy)]
+struct LoopState {
+    /// Tasks in the prefetch buffer.
+    buffered: usize,
+    /// Free slots, read after starting tasks (a slot may have come free
+    /// since a start found none).
+    free: usize,
+    /// Whether the queues may hold more than the last claim got.
+    more: bool,
+    /// Whether reports keep up (tasks in flight below the bound).
+    keeping_up: bool,
+    /// Whether any task of the pool is running or reporting.
+    running: bool,
+}
+
+/// Which events the claim loop waits for (besides a claim's answer and
+/// shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waits {
+    /// A free slot: buffered tasks start, or a claim fills it.
+    slot: bool,
+    /// A notification that the queues got work.
+    wake: bool,
+    /// The poll interval, when nothing is buffered or expected.
+    poll: bool,
+    /// A task's end, while reports lag.
+    reap: bool,
+}
+
+impl Waits {
+    /// Buffered tasks always wait for a slot, whatever `free` read: a slot
+    /// freed between a failed start and that read would otherwise be
+    /// missed, and a pool whose last claim came back short (waiting for a
+    /// notification) stalled with tasks in its buffer.
+    fn of(s: LoopState) -> Waits {
+        Waits {
+            slot: s.free == 0 || s.buffered > 0,
+            wake: !s.more,
+            poll: !s.more && s.buffered == 0,
+            reap: s.running && !s.keeping_up,
+        }
+    }
+}
+
 /// Joins tasks of `set` as they end, until it is empty or `deadline` passes.
 async fn join_until(set: &mut JoinSet<()>, deadline: Instant) {
     while let Ok(Some(r)) = tokio::time::timeout_at(deadline, set.join_next()).await {
@@ -353,5 +406,71 @@ fn reaped(r: Result<(), tokio::task::JoinError>) {
         if e.is_panic() {
             error!(error = %e, "an executor task panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the loop, in state `s`, waits for something that comes
+    /// without outside help: a slot (when tasks are buffered or running
+    /// hold them), the poll interval, or a running task's end. A
+    /// notification does not count (no more work may ever be submitted),
+    /// nor does a claim (the caller sends one only in some states; see
+    /// `sends_claim`).
+    fn live(s: LoopState, w: Waits, sends_claim: bool) -> bool {
+        let slot_comes = w.slot && (s.free > 0 || s.running);
+        sends_claim || slot_comes || w.poll || (w.reap && s.running)
+    }
+
+    #[test]
+    fn the_claim_loop_always_waits_for_something_that_comes() {
+        for buffered in [0, 1, 300] {
+            for free in [0, 1, 32] {
+                for more in [false, true] {
+                    for keeping_up in [false, true] {
+                        for running in [false, true] {
+                            let s = LoopState {
+                                buffered,
+                                free,
+                                more,
+                                keeping_up,
+                                running,
+                            };
+                            // Slots are held, and reports lag, only by
+                            // tasks of the pool (in flight = running).
+                            if (free < 32 || !keeping_up) && !running {
+                                continue;
+                            }
+                            let w = Waits::of(s);
+                            // A claim goes out when more is expected, reports
+                            // keep up, and the buffer wants tasks (here: it
+                            // is empty and a slot is free).
+                            let sends_claim = more && keeping_up && buffered == 0 && free > 0;
+                            assert!(live(s, w, sends_claim), "{s:?} waits only for {w:?}");
+                            if buffered > 0 {
+                                assert!(w.slot, "{s:?}: buffered tasks wait for a slot");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_claim_with_a_slot_freed_late_still_starts_its_buffer() {
+        // The stall seen in a burn-down: the last claim came back short
+        // (more = false), a start found no slot, a slot came free before
+        // `free` was read.
+        let s = LoopState {
+            buffered: 282,
+            free: 1,
+            more: false,
+            keeping_up: true,
+            running: true,
+        };
+        assert!(Waits::of(s).slot);
     }
 }
