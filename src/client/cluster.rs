@@ -104,8 +104,8 @@ pub async fn write_reachable(router: &Router) -> bool {
     router.write_store().ping().await.is_ok()
 }
 
-/// The database-derived gauges of `/metrics`: queue depths, runs by
-/// status, primary reachability, unhealthy nodes. One task of the node
+/// The database-derived gauges of `/metrics`: queue depths, live runs
+/// (running, paused) by status, primary reachability, unhealthy nodes. One task of the node
 /// refreshes them (`node::gauges`), so a scrape costs no query. A label that
 /// disappears from the database (a queue dropped, no run left in a status)
 /// is set to 0 rather than left at its last value.
@@ -123,7 +123,7 @@ impl Gauges {
         if let Ok(depths) = store.queue_depths().await {
             set_labelled("swf_queue_depth", "queue", depths, &mut self.queues);
         }
-        if let Ok(by) = store.runs_by_status().await {
+        if let Ok(by) = store.live_runs_by_status().await {
             set_labelled("swf_runs", "status", by, &mut self.statuses);
         }
         let reachable = write_reachable(router).await;

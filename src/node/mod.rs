@@ -180,6 +180,17 @@ impl Node {
         &self.info.node_id
     }
 
+    /// Tasks this node's executor has reported finished (completed or
+    /// failed, over all pools); 0 without an executor. Costs no query.
+    pub fn tasks_finished(&self) -> u64 {
+        self.executor.as_ref().map_or(0, |e| {
+            e.status()
+                .iter()
+                .map(|p| p.completed + p.failed)
+                .sum::<u64>()
+        })
+    }
+
     /// Runs until `stop` fires, then shuts down gracefully. A background task
     /// that exits early is an error.
     pub async fn run_until(

@@ -42,11 +42,27 @@ impl Store {
             .collect()
     }
 
-    /// Number of runs per status.
+    /// Number of runs per status (all of history: a scan of the table).
     pub async fn runs_by_status(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT status, count(*) FROM swf.runs GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Number of live runs per status, running and paused (0 when none): a
+    /// range of the status index, so its cost follows the live runs, not
+    /// the history.
+    pub async fn live_runs_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT 'running', (SELECT count(*) FROM swf.runs WHERE status = 'running')
+             UNION ALL
+             SELECT 'paused', (SELECT count(*) FROM swf.runs WHERE status = 'paused')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()

@@ -329,3 +329,71 @@ async fn a_queue_without_its_own_statements_gets_them_at_its_first_claim() {
     raw.close().await;
     store.close().await;
 }
+
+/// Buffers one `complete_tasks` call for `tasks` touches, on `conn`.
+async fn completion_hits(
+    conn: &mut sqlx::PgConnection,
+    tasks: &[singularity_workflow::store::ClaimedTask],
+) -> i64 {
+    let items: Vec<Value> = tasks
+        .iter()
+        .map(|t| {
+            json!({"run_id": t.run_id, "step_id": t.step_id, "attempt": t.attempt,
+                        "output": null})
+        })
+        .collect();
+    let (plan,): (Value,) = sqlx::query_as(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM swf.complete_tasks($1, 1)",
+    )
+    .bind(Value::from(items))
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    let top = &plan[0]["Plan"];
+    assert_eq!(top["Actual Rows"], tasks.len(), "{plan}");
+    top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_completion_batch_costs_what_its_size_does_whatever_the_statistics_say() {
+    // Statistics taken over finished history only say almost no run is
+    // running; then 2,000 are. A plan that trusted them started from the
+    // running runs and walked every one of them for each batch.
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    let raw = sql(&db).await;
+    store.fill_history(5_000, "us-east").await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE swf.runs SET (autovacuum_enabled = false);
+         ALTER TABLE swf.steps SET (autovacuum_enabled = false);",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    const RUNNING: usize = 2_000;
+    for chunk in 0..RUNNING / 500 {
+        let runs: Vec<_> = (0..500)
+            .map(|i| one_step(&format!("r{chunk}-{i}"), 60_000))
+            .collect();
+        store.submit_runs(&runs, None, 1).await.unwrap();
+    }
+    let mqs = vec!["default".to_string()];
+    let claimed = store
+        .claim_tasks(&mqs, 20, "n1", "us-east", "default", LEASES, 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 20);
+    // The first call on a connection also loads catalogs and plans:
+    // measure the second, on the same connection.
+    let mut conn = raw.acquire().await.unwrap();
+    completion_hits(&mut *conn, &claimed[..10]).await;
+    let hits = completion_hits(&mut *conn, &claimed[10..]).await;
+    drop(conn);
+    assert!(
+        hits < (RUNNING / 2) as i64,
+        "completing 10 tasks touched {hits} buffers with {RUNNING} runs running: \
+         its cost follows the running runs, not the batch"
+    );
+    raw.close().await;
+    store.close().await;
+}

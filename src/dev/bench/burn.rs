@@ -176,9 +176,14 @@ async fn one_run(
     let node_start_s = start.elapsed().as_secs_f64();
     let target = before.finished() + n_i;
     let within = Duration::from_secs(600) + Duration::from_millis(10 * n as u64);
-    // Polled: the running runs only (an index range as small as the
-    // backlog, however much history the table holds); then all counts once.
+    // Polled: the worker's own count of finished tasks (no query, so the
+    // poll takes nothing from the database being measured); once it has
+    // finished n, the running runs confirm (one per poll until they do);
+    // then all counts once.
     let drained = crate::wait::until(within, POLL, || async {
+        if worker.tasks_finished() < n as u64 {
+            return None;
+        }
         match counts.runs_running().await {
             Ok(r) if r <= before.running => Some(Ok(start.elapsed())),
             Ok(_) => None,
