@@ -16,6 +16,11 @@ use crate::api::wire::{DrillKind, DrillRecord, DrillState};
 use crate::router::Router;
 use crate::store::{DrillRow, Store, StoreError};
 
+/// Tries of a journal write whose errors are transient, and the pause
+/// before the n-th (n times this): at most about 2 s in all.
+const SAVE_TRIES: u32 = 20;
+const SAVE_RETRY: Duration = Duration::from_millis(10);
+
 /// How long one region's journal may take to answer before it is skipped.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -254,9 +259,25 @@ impl Journal {
     }
 
     /// Saves the row (best effort: a journal write never fails a drill).
+    /// A transient error is tried again, a few times: a fence terminates
+    /// every other session of the old primary, so the pool's idle
+    /// connections to it are dead, and each fails once before the pool
+    /// opens a new one (a failed drill's end went unrecorded that way).
     async fn save(&self, db: &Store, epoch: u64) {
-        if let Err(e) = db.drill_save(&self.row, epoch).await {
-            tracing::warn!(drill = %self.row.id, error = %e, "record the drill in the journal");
+        let mut tries: u32 = 1;
+        loop {
+            match db.drill_save(&self.row, epoch).await {
+                Ok(()) => return,
+                Err(e) if e.is_transient() && tries < SAVE_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(SAVE_RETRY * tries).await;
+                }
+                Err(e) => {
+                    tracing::warn!(drill = %self.row.id, error = %e, tries,
+                                   "record the drill in the journal");
+                    return;
+                }
+            }
         }
     }
 }

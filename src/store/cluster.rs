@@ -3,8 +3,7 @@
 //! inspects (timeline, fence) and the write probe that tells why a write is
 //! refused, and the replication lag a primary measures for its standbys.
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Postgres, Row};
+use sqlx::{Connection, PgConnection, Row};
 
 use super::conn::{parse_lsn, Result, Store, StoreError};
 use crate::model::token::Lsn;
@@ -68,12 +67,12 @@ impl Store {
     /// session is terminated, so no write lands here after this returns.
     /// Returns the WAL position at which writes stopped.
     pub async fn fence(&self) -> Result<Lsn> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.own_connection().await?;
         sqlx::query("ALTER SYSTEM SET default_transaction_read_only = on")
-            .execute(&mut *c)
+            .execute(&mut c)
             .await?;
         sqlx::query("SELECT pg_reload_conf()")
-            .execute(&mut *c)
+            .execute(&mut c)
             .await?;
         let mut c = read_only_reloaded(c, true).await?;
         // Sessions already open may be inside a transaction: end them.
@@ -81,14 +80,21 @@ impl Store {
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
               WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
         )
-        .execute(&mut *c)
+        .execute(&mut c)
         .await?;
         let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&mut *c)
+            .fetch_one(&mut c)
             .await?;
-        // This connection was opened before the fence: do not reuse it.
-        c.detach();
+        let _ = c.close().await;
         parse_lsn(&lsn)
+    }
+
+    /// A connection of its own for fencing and unfencing, never one from
+    /// the pool: a fence terminates every other session, so the pool's
+    /// idle connections may be dead (the pool does not test them before
+    /// use), and an unfence on one failed, leaving the primary fenced.
+    async fn own_connection(&self) -> Result<PgConnection> {
+        Ok(PgConnection::connect_with(&self.pool.connect_options()).await?)
     }
 
     /// Undoes [`Store::fence`] (a drill that aborts before promotion, or a
@@ -96,15 +102,15 @@ impl Store {
     /// has been signalled to every other one: their next statement is no
     /// longer read-only.
     pub async fn unfence(&self) -> Result<()> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.own_connection().await?;
         sqlx::query("ALTER SYSTEM RESET default_transaction_read_only")
-            .execute(&mut *c)
+            .execute(&mut c)
             .await?;
         sqlx::query("SELECT pg_reload_conf()")
-            .execute(&mut *c)
+            .execute(&mut c)
             .await?;
         let c = read_only_reloaded(c, false).await?;
-        c.detach();
+        let _ = c.close().await;
         Ok(())
     }
 
@@ -215,10 +221,7 @@ impl Store {
 /// `default_transaction_read_only` read `want` in the session `c`: the
 /// server has then re-read its configuration and signalled every session,
 /// so the next statement of any of them runs with it.
-async fn read_only_reloaded(
-    c: PoolConnection<Postgres>,
-    want: bool,
-) -> Result<PoolConnection<Postgres>> {
+async fn read_only_reloaded(c: PgConnection, want: bool) -> Result<PgConnection> {
     let conn = tokio::sync::Mutex::new(c);
     let c = &conn;
     let reloaded = crate::wait::until(
@@ -229,7 +232,7 @@ async fn read_only_reloaded(
             let read_only = sqlx::query_scalar::<_, bool>(
                 "SELECT current_setting('default_transaction_read_only')::bool",
             )
-            .fetch_one(&mut **c)
+            .fetch_one(&mut *c)
             .await;
             match read_only {
                 Ok(now) if now == want => Some(Ok(())),

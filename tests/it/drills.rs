@@ -694,7 +694,10 @@ async fn a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_repl
     let r = drill(&before_api, "switchover", "eu-west", 0.0).await;
     assert_eq!(r.status, 500, "{}", r.body);
     let msg = r.body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("refused") && msg.contains("unfenced"), "{msg}");
+    assert!(
+        msg.contains("refused") && msg.contains("is unfenced"),
+        "{msg}"
+    );
     assert!(accepts_writes(&us_db).await);
     assert!(!accepts_writes(&eu_db).await);
     let list = before_api.get("/v1/admin/drills").await.body;
