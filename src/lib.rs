@@ -138,6 +138,16 @@
 //! - Every queue is claimable whether or not it has its per-queue
 //!   statements: a missing one is made at the first claim or enqueue
 //!   (`batches::a_queue_without_its_own_statements_gets_them_at_its_first_claim`).
+//! - A batch's claim and completion cost follows its size, not the history
+//!   nor the running runs, whatever the planner's statistics say: rows are
+//!   reached by key (`batches::a_completion_batch_costs_what_its_size_does_whatever_the_statistics_say`).
+//! - A pool's claim loop always waits for something that comes by itself
+//!   while it has work (a slot, a task's end, the poll): buffered tasks
+//!   never wait for a notification
+//!   (`executor::claim::tests::the_claim_loop_always_waits_for_something_that_comes`).
+//! - A hybrid node's submit claims only its pool's free slots, in the
+//!   submit's transaction, with the same claim as the executor's own
+//!   (`batches::a_hybrid_node_starts_what_it_submits_in_the_same_transaction`).
 
 #![deny(clippy::await_holding_lock)]
 

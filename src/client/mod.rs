@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::batch::Batcher;
 use crate::executor::handlers::Registry;
+use crate::executor::Executor;
 use crate::model::token::Lsn;
 use crate::model::token::Token;
 use crate::model::workflow::{self, Limits, ValidationError, WorkflowSpec};
@@ -115,11 +116,15 @@ const SUBMIT_BATCHES_IN_FLIGHT: usize = 2;
 
 impl Client {
     /// The submit batcher's task joins `tasks` (the node's supervised set).
+    /// With the node's own `executor` (a hybrid node), a submit batch also
+    /// claims tasks for its free slots in the same transaction and hands
+    /// them over (see `executor/handoff.rs`).
     pub fn new(
         router: Arc<Router>,
         registry: Registry,
         limits: Limits,
         node_id: &str,
+        executor: Option<Arc<Executor>>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Client {
         let r = router.clone();
@@ -133,14 +138,38 @@ impl Client {
             |e: &ClientError| matches!(e, ClientError::Internal(_) | ClientError::TooManyQueues(_)),
             move |runs: Vec<NewRun>| {
                 let r = r.clone();
+                let ex = executor.clone();
                 async move {
                     let runs = &runs;
-                    let (out, token) = r
-                        .write(WRITE_RETRY, |store, epoch| async move {
-                            store.submit_runs(runs, Some(max_queues), epoch).await
-                        })
-                        .await
-                        .map_err(ClientError::from_write)?;
+                    let eager = ex.as_ref().and_then(|e| e.eager_claim());
+                    let (out, token) = match (&ex, eager) {
+                        (Some(ex), Some((pool, claim))) => {
+                            let claim = &claim;
+                            let sent = tokio::time::Instant::now();
+                            let stored = r
+                                .write(WRITE_RETRY, |store, epoch| async move {
+                                    store.submit_and_claim(runs, max_queues, claim, epoch).await
+                                })
+                                .await;
+                            // Handed over even when empty or failed: the
+                            // pool then publishes its next offer.
+                            let (out, token, tasks) = match stored {
+                                Ok(x) => x,
+                                Err(e) => {
+                                    ex.hand_off(pool, Vec::new(), sent);
+                                    return Err(ClientError::from_write(e));
+                                }
+                            };
+                            ex.hand_off(pool, tasks, sent);
+                            (out, token)
+                        }
+                        _ => r
+                            .write(WRITE_RETRY, |store, epoch| async move {
+                                store.submit_runs(runs, Some(max_queues), epoch).await
+                            })
+                            .await
+                            .map_err(ClientError::from_write)?,
+                    };
                     r.observe_epoch(token.epoch);
                     Ok(out.into_iter().map(|s| (s, token)).collect())
                 }

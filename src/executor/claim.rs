@@ -16,6 +16,7 @@
 //! gives the rest a bounded time to report.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +116,8 @@ impl Executor {
             self.settings.prefetch_min,
             Duration::from_millis(self.settings.leases.margin_ms.max(0) as u64),
         );
+        // Tasks claimed by this node's submits (see `handoff.rs`).
+        let mut handoffs = pool.take_handoffs();
         // The queues may hold more than the last claim got.
         let mut more = true;
         loop {
@@ -146,6 +149,13 @@ impl Executor {
                     (me.claim(&p, want).await, want, sent)
                 });
             }
+            // What a submit may claim for us: free slots not spoken for by
+            // buffered tasks. Also while our own claim is on its way (our
+            // submits' notifications set one off after each of them): what
+            // both bring waits in the buffer for slots, as prefetched work
+            // does.
+            pool.offer
+                .store(free.saturating_sub(buffer.len()), Ordering::Release);
             let w = Waits::of(LoopState {
                 buffered: buffer.len(),
                 free,
@@ -179,6 +189,13 @@ impl Executor {
                         }
                     }
                 }
+                Some((tasks, sent)) = next_handoff(&mut handoffs) => {
+                    metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
+                        .increment(tasks.len() as u64);
+                    metrics::counter!("swf_tasks_claimed_at_submit_total", "pool" => pool.spec.name.clone())
+                        .increment(tasks.len() as u64);
+                    buffer.push(tasks, sent, Instant::now());
+                }
                 // A slot came free: start from the buffer, or claim.
                 p = pool.slots.clone().acquire_owned(), if w.slot => drop(p),
                 _ = pool.wake.notified(), if w.wake => more = true,
@@ -196,10 +213,18 @@ impl Executor {
             }
         }
         debug!(pool = %pool.spec.name, "claim loop stopped");
-        // A claim still on its way, and what is buffered, go straight back.
+        pool.offer.store(0, Ordering::Release);
+        // A claim still on its way, what submits handed over, and what is
+        // buffered, go straight back.
         let mut back: Vec<AttemptRef> = Vec::new();
         while let Some(done) = claiming.join_next().await {
             if let Ok((Ok(tasks), _, _)) = done {
+                back.extend(tasks.iter().map(|t| t.attempt_ref()));
+            }
+        }
+        if let Some(mut rx) = handoffs.take() {
+            rx.close();
+            while let Ok((tasks, _)) = rx.try_recv() {
                 back.extend(tasks.iter().map(|t| t.attempt_ref()));
             }
         }
@@ -343,6 +368,16 @@ impl Executor {
         }
         // Outcomes already on their way to the database: let them land.
         join_until(&mut running, Instant::now() + REPORT_GRACE).await;
+    }
+}
+
+/// The next tasks handed over by a submit; never, without a receiver.
+async fn next_handoff(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<crate::executor::pool::Handoff>>,
+) -> Option<crate::executor::pool::Handoff> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -22,13 +22,16 @@
 //! Files: `core.rs` the [`Executor`] (start, status, drain, kill);
 //! `settings.rs` its configuration and status types; `pool.rs` a pool's
 //! slots, counters and in-flight tasks; `claim.rs` the LISTEN wakeups, the
-//! claim loop and a pool's drain; `prefetch.rs` the prefetch buffer; `task.rs` running one task; `lease.rs`
-//! lease extension; `finish.rs` completion batching.
+//! claim loop and a pool's drain; `prefetch.rs` the prefetch buffer;
+//! `handoff.rs` tasks a hybrid node's submits claim for its pools;
+//! `task.rs` running one task; `lease.rs` lease extension; `finish.rs`
+//! completion batching.
 
 mod claim;
 mod core;
 mod finish;
 pub mod handlers;
+mod handoff;
 mod lease;
 mod pool;
 mod prefetch;

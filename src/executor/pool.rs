@@ -7,15 +7,19 @@
 //! and released.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::executor::settings::{PoolSpec, PoolStatus};
 use crate::model::workflow::mq_name;
-use crate::store::AttemptRef;
+use crate::store::{AttemptRef, ClaimedTask};
+
+/// Tasks a submit claimed for the pool, with the claim's send time.
+pub(super) type Handoff = (Vec<ClaimedTask>, Instant);
 
 pub(super) struct Pool {
     pub(super) spec: PoolSpec,
@@ -25,6 +29,11 @@ pub(super) struct Pool {
     pub(super) wake: Notify,
     pub(super) completed: AtomicU64,
     pub(super) failed: AtomicU64,
+    /// How many tasks a submit may claim for the pool now (see `handoff.rs`).
+    pub(super) offer: AtomicUsize,
+    /// Tasks claimed by submits, to the claim loop.
+    pub(super) handoff: mpsc::UnboundedSender<Handoff>,
+    handoff_rx: Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
     in_flight: Mutex<HashMap<AttemptRef, InFlight>>,
 }
 
@@ -36,6 +45,7 @@ struct InFlight {
 
 impl Pool {
     pub(super) fn new(spec: &PoolSpec, region: &str) -> Pool {
+        let (handoff, handoff_rx) = mpsc::unbounded_channel();
         Pool {
             // Region-pinned variant first, so pinned work is not starved.
             mqs: vec![
@@ -47,8 +57,16 @@ impl Pool {
             wake: Notify::new(),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            offer: AtomicUsize::new(0),
+            handoff,
+            handoff_rx: Mutex::new(Some(handoff_rx)),
             in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The receiving end of the hand-offs, for the pool's one claim loop.
+    pub(super) fn take_handoffs(&self) -> Option<mpsc::UnboundedReceiver<Handoff>> {
+        self.handoff_rx.lock().expect("handoff lock").take()
     }
 
     pub(super) fn status(&self) -> PoolStatus {

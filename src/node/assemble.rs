@@ -77,6 +77,15 @@ pub(super) async fn assemble(
             .instrument(span.clone()),
     );
     let _in_node = span.enter();
+    let executor = config.enable_executor.then(|| {
+        Executor::start(
+            router.clone(),
+            registry.clone(),
+            executor_settings(config),
+            shutdown.clone(),
+            tasks,
+        )
+    });
     let client = config.enable_client.then(|| {
         Client::new(
             router.clone(),
@@ -89,15 +98,7 @@ pub(super) async fn assemble(
                 max_queues: config.limits.max_queues,
             },
             &config.node_id,
-            tasks,
-        )
-    });
-    let executor = config.enable_executor.then(|| {
-        Executor::start(
-            router.clone(),
-            registry.clone(),
-            executor_settings(config),
-            shutdown.clone(),
+            executor.clone(),
             tasks,
         )
     });

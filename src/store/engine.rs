@@ -34,6 +34,18 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// A claim made with a submit ([`Store::submit_and_claim`]): up to `qty`
+/// tasks of the queues `mqs` (in order) for pool `pool` of node `node_id`.
+#[derive(Debug, Clone)]
+pub struct EagerClaim {
+    pub mqs: Vec<String>,
+    pub qty: usize,
+    pub node_id: String,
+    pub region: String,
+    pub pool: String,
+    pub leases: Leases,
+}
+
 /// A task claimed by an executor.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedTask {
@@ -188,24 +200,58 @@ impl Store {
                     .await?
             }
         };
-        let result: Value = row.try_get("p_runs")?;
-        let token = token_from_row(&row)?;
-        let items = result
-            .as_array()
-            .ok_or_else(|| StoreError::Database("submit_runs returned no array".into()))?;
-        let out = items
+        submitted_from_row(&row)
+    }
+
+    /// [`Store::submit_runs`] (with the queue cap) that also claims, in the
+    /// same transaction, up to `claim.qty` tasks of `claim.mqs` for the
+    /// calling node's pool `claim.by`: a hybrid node starting what it
+    /// submits without a second round trip. A claim that fails claims
+    /// nothing and leaves the submit stored.
+    pub async fn submit_and_claim(
+        &self,
+        runs: &[NewRun],
+        max_queues: usize,
+        claim: &EagerClaim,
+        epoch: u64,
+    ) -> Result<(Vec<Submitted>, Token, Vec<ClaimedTask>)> {
+        let mqs: std::collections::BTreeSet<&str> = runs
             .iter()
-            .map(|v| {
-                Ok(Submitted {
-                    run_id: v["run_id"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| StoreError::Database("submit_runs: bad run_id".into()))?,
-                    created: v["created"].as_bool().unwrap_or(false),
+            .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
+            .collect();
+        let mqs: Vec<&str> = mqs.into_iter().collect();
+        let spec = serde_json::json!({
+            "mqs": claim.mqs, "qty": claim.qty, "node_id": claim.node_id,
+            "region": claim.region, "pool": claim.pool,
+            "lease_ms": claim.leases.lease_ms, "margin_ms": claim.leases.margin_ms,
+        });
+        let row = sqlx::query("CALL swf.submit_and_claim($1, $2, $3, $4, $5)")
+            .bind(sqlx::types::Json(runs))
+            .bind(epoch as i64)
+            .bind(mqs)
+            .bind(i32::try_from(max_queues).unwrap_or(i32::MAX))
+            .bind(spec)
+            .fetch_one(&self.pool)
+            .await?;
+        let (out, token) = submitted_from_row(&row)?;
+        let claimed: Value = row.try_get("p_claimed")?;
+        let bad = || StoreError::Database("submit_and_claim: a malformed claimed task".into());
+        let tasks = claimed
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|t| {
+                Ok(ClaimedTask {
+                    run_id: t[0].as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?,
+                    step_id: t[1].as_str().ok_or_else(bad)?.to_string(),
+                    attempt: t[2].as_i64().ok_or_else(bad)? as i32,
+                    handler: t[3].as_str().ok_or_else(bad)?.to_string(),
+                    timeout_ms: t[4].as_i64().ok_or_else(bad)? as i32,
+                    input: t[5].clone(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((out, token))
+        Ok((out, token, tasks))
     }
 
     /// Cancels a run. Returns its status afterwards (None: unknown run) and the token.
@@ -361,6 +407,28 @@ fn is_true(b: &bool) -> bool {
 }
 
 /// The consistency token a procedure returns after its COMMIT.
+/// The runs stored and the token of a submit procedure's answer.
+fn submitted_from_row(row: &sqlx::postgres::PgRow) -> Result<(Vec<Submitted>, Token)> {
+    let result: Value = row.try_get("p_runs")?;
+    let token = token_from_row(row)?;
+    let items = result
+        .as_array()
+        .ok_or_else(|| StoreError::Database("submit_runs returned no array".into()))?;
+    let out = items
+        .iter()
+        .map(|v| {
+            Ok(Submitted {
+                run_id: v["run_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Database("submit_runs: bad run_id".into()))?,
+                created: v["created"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((out, token))
+}
+
 fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<Token> {
     let epoch: i64 = row.try_get("p_epoch")?;
     let lsn: String = row.try_get("p_lsn")?;

@@ -42,7 +42,7 @@ mod retention;
 pub use cluster::{DbState, WriteProbe};
 pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};
 pub use engine::{
-    strip_nul, AttemptRef, ClaimedTask, Finish, FinishResult, Leases, NewRun, Submitted,
+    strip_nul, AttemptRef, ClaimedTask, EagerClaim, Finish, FinishResult, Leases, NewRun, Submitted,
 };
 pub use isolation::{Claimer, Rejected};
 pub use journal::DrillRow;

@@ -257,11 +257,16 @@ async fn tasks_whose_lease_ran_out_in_the_prefetch_buffer_are_not_run_late() {
 async fn executors_wake_on_work_committed_by_the_deferred_notifications() {
     let db = fresh_db().await;
     // Polling every ten minutes: within the test's deadlines only a
-    // notification can start a task.
+    // notification can start a task. Runs are submitted through an edge
+    // node (a hybrid node would start its own submits' tasks at once).
     let mut cfg = node_config("wake-1", &db);
     cfg.executor.poll_interval_ms = 600_000;
+    cfg.enable_client = false;
     let node = start_node(cfg, Registry::with_builtins()).await;
-    let api = Api::new(&node.url());
+    let mut cfg = node_config("wake-edge-1", &db);
+    cfg.enable_executor = false;
+    let edge = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&edge.url());
     let first = api
         .submit(&json!({"goal": "first", "steps": [{"id": "s", "handler": "noop"}]}))
         .await;
@@ -277,6 +282,48 @@ async fn executors_wake_on_work_committed_by_the_deferred_notifications() {
                 {"id": "c", "handler": "echo", "depends_on": ["b"]}]}))
             .await;
         assert_eq!(api.wait_terminal(&chain, 30).await["status"], "completed");
+    }
+    node.kill().await;
+    edge.kill().await;
+}
+
+#[tokio::test]
+async fn a_hybrid_node_starts_what_it_submits_in_the_same_transaction() {
+    let db = fresh_db().await;
+    let mut cfg = node_config("eager-1", &db);
+    cfg.executor.poll_interval_ms = 600_000;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    // The first submit may come before the pool has published its free
+    // slots; once it has run, the pool is idle with all of them free.
+    let warm = api
+        .submit(&json!({"goal": "warm-up", "steps": [{"id": "s", "handler": "noop"}]}))
+        .await;
+    assert_eq!(api.wait_terminal(&warm, 30).await["status"], "completed");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            api.submit(&json!({"goal": format!("eager {i}"), "steps": [
+                {"id": "s", "handler": "echo", "input": {"i": i}}]}))
+                .await,
+        );
+    }
+    for id in &ids {
+        let done = api.wait_terminal(id, 30).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        // A step's start is its first claim's transaction time and a run's
+        // creation its submit's: equal only when the submit claimed it.
+        assert_eq!(
+            done["steps"][0]["started_at"], done["created_at"],
+            "the task was not claimed by its submit: {done}"
+        );
+        let lineage = api.lineage(id).await;
+        let attempts = attempts_of(&lineage, "s");
+        assert_eq!(
+            attempts,
+            [(1, "eager-1".to_string(), "completed".to_string())],
+            "{lineage}"
+        );
     }
     node.kill().await;
 }
@@ -386,8 +433,8 @@ async fn a_completion_batch_costs_what_its_size_does_whatever_the_statistics_say
     // The first call on a connection also loads catalogs and plans:
     // measure the second, on the same connection.
     let mut conn = raw.acquire().await.unwrap();
-    completion_hits(&mut *conn, &claimed[..10]).await;
-    let hits = completion_hits(&mut *conn, &claimed[10..]).await;
+    completion_hits(&mut conn, &claimed[..10]).await;
+    let hits = completion_hits(&mut conn, &claimed[10..]).await;
     drop(conn);
     assert!(
         hits < (RUNNING / 2) as i64,
