@@ -16,8 +16,12 @@
 -- woken after COMMIT as by swf.submit_runs (other nodes may have free
 -- slots too).
 --
+-- This node's submits all go through it, with p_claim NULL (claim nothing)
+-- when there is no pool to claim for; swf.submit_runs stays for nodes of
+-- the previous version.
+--
 -- p_claim: {"mqs": [..], "qty": n, "node_id", "region", "pool",
---           "lease_ms", "margin_ms"}
+--           "lease_ms", "margin_ms"}, or NULL
 -- p_claimed: [[run_id, step_id, attempt, handler, timeout_ms, input], ...]
 
 CREATE PROCEDURE swf.submit_and_claim(INOUT p_runs jsonb, INOUT p_epoch bigint,
@@ -32,19 +36,22 @@ BEGIN
     PERFORM set_config('swf.defer_wake', 'on', true);
     PERFORM swf.ensure_queues(p_mqs, p_epoch, p_max_queues);
     p_runs := swf._submit_runs(p_runs, p_epoch);
-    BEGIN
-        p_claimed := (
-            SELECT coalesce(jsonb_agg(jsonb_build_array(c.run_id, c.step_id, c.attempt,
-                                                        c.handler, c.timeout_ms, c.input)),
-                            '[]')
-              FROM swf.claim_tasks(ARRAY(SELECT jsonb_array_elements_text(p_claim->'mqs')),
-                                   (p_claim->>'qty')::int, p_claim->>'node_id',
-                                   p_claim->>'region', p_claim->>'pool',
-                                   (p_claim->>'lease_ms')::int, (p_claim->>'margin_ms')::int,
-                                   p_epoch) AS c);
-    EXCEPTION WHEN OTHERS THEN
-        p_claimed := '[]';
-    END;
+    p_claimed := '[]';
+    IF p_claim IS NOT NULL THEN
+        BEGIN
+            p_claimed := (
+                SELECT coalesce(jsonb_agg(jsonb_build_array(c.run_id, c.step_id, c.attempt,
+                                                            c.handler, c.timeout_ms, c.input)),
+                                '[]')
+                  FROM swf.claim_tasks(ARRAY(SELECT jsonb_array_elements_text(p_claim->'mqs')),
+                                       (p_claim->>'qty')::int, p_claim->>'node_id',
+                                       p_claim->>'region', p_claim->>'pool',
+                                       (p_claim->>'lease_ms')::int,
+                                       (p_claim->>'margin_ms')::int, p_epoch) AS c);
+        EXCEPTION WHEN OTHERS THEN
+            p_claimed := '[]';
+        END;
+    END IF;
     p_epoch := (SELECT epoch FROM swf.cluster_state);
     v_wake := swf._deferred_wakes();
     COMMIT;

@@ -142,34 +142,23 @@ impl Client {
                 async move {
                     let runs = &runs;
                     let eager = ex.as_ref().and_then(|e| e.eager_claim());
-                    let (out, token) = match (&ex, eager) {
-                        (Some(ex), Some((pool, claim))) => {
-                            let claim = &claim;
-                            let sent = tokio::time::Instant::now();
-                            let stored = r
-                                .write(WRITE_RETRY, |store, epoch| async move {
-                                    store.submit_and_claim(runs, max_queues, claim, epoch).await
-                                })
-                                .await;
-                            // Handed over even when empty or failed: the
-                            // pool then publishes its next offer.
-                            let (out, token, tasks) = match stored {
-                                Ok(x) => x,
-                                Err(e) => {
-                                    ex.hand_off(pool, Vec::new(), sent);
-                                    return Err(ClientError::from_write(e));
-                                }
-                            };
-                            ex.hand_off(pool, tasks, sent);
-                            (out, token)
-                        }
-                        _ => r
-                            .write(WRITE_RETRY, |store, epoch| async move {
-                                store.submit_runs(runs, Some(max_queues), epoch).await
-                            })
-                            .await
-                            .map_err(ClientError::from_write)?,
-                    };
+                    let claim = eager.as_ref().map(|(_, c)| c);
+                    let sent = tokio::time::Instant::now();
+                    let mut stored = r
+                        .write(WRITE_RETRY, |store, epoch| async move {
+                            store.submit_and_claim(runs, max_queues, claim, epoch).await
+                        })
+                        .await;
+                    // Handed over even when none or failed: the pool then
+                    // publishes its next offer.
+                    if let (Some(ex), Some((pool, _))) = (&ex, &eager) {
+                        let tasks = stored
+                            .as_mut()
+                            .map(|(_, _, t)| std::mem::take(t))
+                            .unwrap_or_default();
+                        ex.hand_off(*pool, tasks, sent);
+                    }
+                    let (out, token, _) = stored.map_err(ClientError::from_write)?;
                     r.observe_epoch(token.epoch);
                     Ok(out.into_iter().map(|s| (s, token)).collect())
                 }

@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::wire::TaskErrorCode;
 use crate::executor::core::Executor;
-use crate::executor::pool::Pool;
+use crate::executor::pool::{Handoff, Pool};
 use crate::executor::prefetch::Prefetch;
 use crate::store::{AttemptRef, ClaimedTask, Claimer, ErrorClass, StoreError};
 
@@ -372,9 +373,7 @@ impl Executor {
 }
 
 /// The next tasks handed over by a submit; never, without a receiver.
-async fn next_handoff(
-    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<crate::executor::pool::Handoff>>,
-) -> Option<crate::executor::pool::Handoff> {
+async fn next_handoff(rx: &mut Option<UnboundedReceiver<Handoff>>) -> Option<Handoff> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

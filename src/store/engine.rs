@@ -177,42 +177,28 @@ impl Store {
         max_queues: Option<usize>,
         epoch: u64,
     ) -> Result<(Vec<Submitted>, Token)> {
-        let row = match max_queues {
-            None => {
-                sqlx::query("CALL swf.submit_runs($1, $2)")
-                    .bind(sqlx::types::Json(runs))
-                    .bind(epoch as i64)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-            Some(max) => {
-                let mqs: std::collections::BTreeSet<&str> = runs
-                    .iter()
-                    .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
-                    .collect();
-                let mqs: Vec<&str> = mqs.into_iter().collect();
-                sqlx::query("CALL swf.submit_runs($1, $2, $3, $4)")
-                    .bind(sqlx::types::Json(runs))
-                    .bind(epoch as i64)
-                    .bind(mqs)
-                    .bind(i32::try_from(max).unwrap_or(i32::MAX))
-                    .fetch_one(&self.pool)
-                    .await?
-            }
+        let Some(max) = max_queues else {
+            let row = sqlx::query("CALL swf.submit_runs($1, $2)")
+                .bind(sqlx::types::Json(runs))
+                .bind(epoch as i64)
+                .fetch_one(&self.pool)
+                .await?;
+            return submitted_from_row(&row);
         };
-        submitted_from_row(&row)
+        let (out, token, _) = self.submit_and_claim(runs, max, None, epoch).await?;
+        Ok((out, token))
     }
 
-    /// [`Store::submit_runs`] (with the queue cap) that also claims, in the
-    /// same transaction, up to `claim.qty` tasks of `claim.mqs` for the
-    /// calling node's pool `claim.by`: a hybrid node starting what it
-    /// submits without a second round trip. A claim that fails claims
-    /// nothing and leaves the submit stored.
+    /// [`Store::submit_runs`] with the queue cap that also claims, with
+    /// `claim`, in the same transaction, up to `claim.qty` tasks of
+    /// `claim.mqs` for the calling node's pool: a hybrid node starting what
+    /// it submits without a second round trip. A claim that fails claims
+    /// nothing and leaves the submit stored. Without `claim`, no task.
     pub async fn submit_and_claim(
         &self,
         runs: &[NewRun],
         max_queues: usize,
-        claim: &EagerClaim,
+        claim: Option<&EagerClaim>,
         epoch: u64,
     ) -> Result<(Vec<Submitted>, Token, Vec<ClaimedTask>)> {
         let mqs: std::collections::BTreeSet<&str> = runs
@@ -220,10 +206,12 @@ impl Store {
             .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
             .collect();
         let mqs: Vec<&str> = mqs.into_iter().collect();
-        let spec = serde_json::json!({
-            "mqs": claim.mqs, "qty": claim.qty, "node_id": claim.node_id,
-            "region": claim.region, "pool": claim.pool,
-            "lease_ms": claim.leases.lease_ms, "margin_ms": claim.leases.margin_ms,
+        let spec = claim.map(|c| {
+            serde_json::json!({
+                "mqs": c.mqs, "qty": c.qty, "node_id": c.node_id,
+                "region": c.region, "pool": c.pool,
+                "lease_ms": c.leases.lease_ms, "margin_ms": c.leases.margin_ms,
+            })
         });
         let row = sqlx::query("CALL swf.submit_and_claim($1, $2, $3, $4, $5)")
             .bind(sqlx::types::Json(runs))
