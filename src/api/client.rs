@@ -26,8 +26,8 @@ use uuid::Uuid;
 use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
     BatchSubmitted, Cancelled, DrillList, DrillRecord, DrillReport, DrillRequest, ErrorCode,
-    Health, ListQuery, NodeInfoBody, Ready, RecoverReport, Regions, RunLineage, RunList, RunStatus,
-    Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
+    Health, ListQuery, NodeInfoBody, QueueList, QueuePaused, Ready, RecoverReport, Regions,
+    RunLineage, RunList, RunStatus, Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -469,6 +469,22 @@ impl ApiClient {
             None,
         )
         .await
+    }
+
+    /// `GET /v1/queues`.
+    pub async fn queues(&self) -> Result<Answer<QueueList>, CallError> {
+        self.get("/v1/queues").await
+    }
+
+    /// `POST /v1/queues/{name}/pause` (`paused`) or `.../resume`.
+    pub async fn set_queue_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<Answer<QueuePaused>, CallError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.call::<_, ()>(Method::POST, &format!("/v1/queues/{name}/{verb}"), None)
+            .await
     }
 
     /// `GET /v1/regions`.

@@ -6,7 +6,7 @@ use axum::http::Method;
 
 use crate::api::access::Routes;
 use crate::api::auth::{Access, Scope};
-use crate::api::routes::{admin, health, regions, workflows};
+use crate::api::routes::{admin, health, queues, regions, workflows};
 
 const READ: Access = Access::Scope(Scope::Read);
 const SUBMIT: Access = Access::Scope(Scope::Submit);
@@ -40,6 +40,19 @@ pub fn v1_routes() -> Routes {
             "/v1/workflows/{run_id}/cancel",
             SUBMIT,
             workflows::cancel,
+        )
+        .add(Method::GET, "/v1/queues", READ, queues::list)
+        .add(
+            Method::POST,
+            "/v1/queues/{name}/pause",
+            ADMIN,
+            queues::pause,
+        )
+        .add(
+            Method::POST,
+            "/v1/queues/{name}/resume",
+            ADMIN,
+            queues::resume,
         )
         .add(Method::GET, "/v1/regions", READ, regions::regions)
         .add(Method::POST, "/v1/admin/drills", ADMIN, admin::drill)
@@ -135,6 +148,19 @@ mod tests {
                 "ok",
             ),
             ("GET", Some("/v1/regions"), Some("Bearer a-secret"), "ok"),
+            ("GET", Some("/v1/queues"), Some("Bearer r-secret"), "ok"),
+            (
+                "POST",
+                Some("/v1/queues/{name}/pause"),
+                Some("Bearer w-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/queues/{name}/resume"),
+                Some("Bearer a-secret"),
+                "ok",
+            ),
             (
                 "GET",
                 Some("/v1/admin/drills/{id}"),

@@ -289,6 +289,36 @@ pub struct Cancelled {
     pub consistency_token: String,
 }
 
+/// One queue of `GET /v1/queues`: tasks ready to claim (`depth`), claimed
+/// and not finished (`in_flight`), waiting for their ready-at time
+/// (`delayed`), the age of the oldest ready one (null when none), and
+/// whether the queue is paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    pub depth: i64,
+    pub in_flight: i64,
+    pub delayed: i64,
+    pub oldest_age_ms: Option<i64>,
+    pub paused: bool,
+}
+
+/// `GET /v1/queues`: every queue that holds tasks or was paused, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+}
+
+/// `POST /v1/queues/{name}/pause` and `.../resume`: the queue's state now,
+/// and whether it was paused before the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePaused {
+    pub name: String,
+    pub paused: bool,
+    pub was_paused: bool,
+}
+
 /// Query of `GET /v1/workflows` (kept as text so the server can say what
 /// was wrong with a value).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

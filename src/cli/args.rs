@@ -73,6 +73,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// List queues (depth, in flight, delayed, oldest ready task, paused),
+    /// or pause or resume one cluster-wide.
+    Queues {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
     /// End-to-end load benchmark against a running cluster (or one it starts).
     #[cfg(feature = "dev")]
     Bench(crate::dev::bench::BenchArgs),
@@ -94,6 +102,15 @@ impl Command {
             _ => false,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Stop claims of the queue's tasks on every node (running ones finish;
+    /// submits still queue). Needs an admin token when auth is on.
+    Pause { name: String },
+    /// Let the queue's tasks be claimed again.
+    Resume { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `drill`,
+//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `drill`,
 //! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::args::{ApiArgs, DrillArgs};
 use super::render::{
-    render_drill, render_drill_list, render_lineage, render_recover, render_regions, render_status,
-    to_json,
+    render_drill, render_drill_list, render_lineage, render_queues, render_recover, render_regions,
+    render_status, to_json,
 };
 use crate::api::client::{ApiClient, CallError, RetryPolicy};
 use crate::api::wire::{DrillKind, DrillRequest, RunState};
@@ -138,6 +138,26 @@ pub async fn lineage(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
 pub async fn regions(api: &ApiArgs) -> anyhow::Result<i32> {
     let doc = client(api, Duration::from_secs(30))?.regions().await?.body;
     show(api.json, &doc, render_regions)?;
+    Ok(0)
+}
+
+pub async fn queues(api: &ApiArgs) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?.queues().await?.body;
+    show(api.json, &doc, render_queues)?;
+    Ok(0)
+}
+
+/// `swf queues pause NAME` and `swf queues resume NAME`.
+pub async fn set_queue_paused(api: &ApiArgs, name: &str, paused: bool) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?
+        .set_queue_paused(name, paused)
+        .await?
+        .body;
+    show(api.json, &doc, |d| {
+        let now = if d.paused { "paused" } else { "resumed" };
+        let before = if d.was_paused { "paused" } else { "not paused" };
+        format!("queue {}: {now} (was {before})\n", d.name)
+    })?;
     Ok(0)
 }
 

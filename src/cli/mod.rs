@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 pub use args::{ApiArgs, Cli, Command};
-use args::{AuthCommand, ConfigCommand, DrillCommand};
+use args::{AuthCommand, ConfigCommand, DrillCommand, QueueAction};
 
 use crate::api::wire::DrillKind;
 use crate::config::{self, Config};
@@ -134,6 +134,15 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         } => commands::status(&api, &run_id, wait, Duration::from_secs(timeout_secs)).await,
         Command::Lineage { api, run_id } => commands::lineage(&api, &run_id).await,
         Command::Regions { api } => commands::regions(&api).await,
+        Command::Queues { api, action } => match action {
+            None => commands::queues(&api).await,
+            Some(QueueAction::Pause { name }) => {
+                commands::set_queue_paused(&api, &name, true).await
+            }
+            Some(QueueAction::Resume { name }) => {
+                commands::set_queue_paused(&api, &name, false).await
+            }
+        },
         #[cfg(feature = "dev")]
         Command::Bench(args) => crate::dev::bench::run(args).await,
         Command::Drill(DrillCommand::Switchover(a)) => {

@@ -4,7 +4,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::wire::{DrillList, DrillReport, RecoverReport, Regions, RunLineage, RunStatus};
+use crate::api::wire::{
+    DrillList, DrillReport, QueueList, RecoverReport, Regions, RunLineage, RunStatus,
+};
 
 /// A JSON value as a cell: `-` for null, a string as is, else its JSON.
 fn s(v: &Value) -> String {
@@ -116,6 +118,29 @@ pub fn render_regions(doc: &Regions) -> String {
                 if n.healthy { "healthy" } else { "UNHEALTHY" }
             );
         }
+    }
+    out
+}
+
+/// The queues, one line each.
+pub fn render_queues(doc: &QueueList) -> String {
+    if doc.queues.is_empty() {
+        return "no queues yet\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:>8} {:>9} {:>8} {:>12}  state\n",
+        "queue", "depth", "in flight", "delayed", "oldest (ms)"
+    );
+    for q in &doc.queues {
+        out += &format!(
+            "{:<24} {:>8} {:>9} {:>8} {:>12}  {}\n",
+            q.name,
+            q.depth,
+            q.in_flight,
+            q.delayed,
+            q.oldest_age_ms.map_or("-".into(), |a| a.to_string()),
+            if q.paused { "PAUSED" } else { "active" }
+        );
     }
     out
 }

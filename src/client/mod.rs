@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod cluster;
+mod queues;
 
 use std::sync::Arc;
 

@@ -47,5 +47,5 @@ pub use engine::{
 pub use isolation::{Claimer, Rejected};
 pub use journal::DrillRow;
 pub use nodes::NodeRow;
-pub use queues::notify_channel;
+pub use queues::{notify_channel, QueueRow};
 pub use reads::{RunDoc, RunSummary};

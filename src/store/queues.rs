@@ -1,10 +1,22 @@
-//! pgmq queues: creating the ones an executor polls, their depths, the
-//! NOTIFY channels that wake pollers, and run counts for metrics.
+//! pgmq queues: creating the ones an executor polls, their depths, pausing
+//! and resuming them, the NOTIFY channels that wake pollers, and run counts
+//! for metrics.
 
 use sqlx::postgres::PgListener;
 use sqlx::Row;
 
 use super::conn::{Result, Store};
+
+/// One queue as `GET /v1/queues` shows it (all of its mqs together).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueueRow {
+    pub name: String,
+    pub depth: i64,
+    pub in_flight: i64,
+    pub delayed: i64,
+    pub oldest_age_ms: Option<i64>,
+    pub paused: bool,
+}
 
 /// The NOTIFY channel that wakes pollers of pgmq queue `mq` (the engine's
 /// `pg_notify('swf_' || mq)`).
@@ -40,6 +52,37 @@ impl Store {
         rows.into_iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
+    }
+
+    /// Every queue that holds tasks or was paused, by name.
+    pub async fn queue_overview(&self) -> Result<Vec<QueueRow>> {
+        Ok(sqlx::query_as(
+            "SELECT name, depth, in_flight, delayed, oldest_age_ms, paused FROM swf.queue_overview()",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Pauses (`paused`) or resumes queue `queue` cluster-wide; returns
+    /// whether it was paused before. `mqs` are the queue's pgmq queues the
+    /// caller knows of (noted as the queue's, so that a pause holds even
+    /// their first task). A database of an older epoch refuses.
+    pub async fn set_queue_paused(
+        &self,
+        queue: &str,
+        mqs: &[String],
+        paused: bool,
+        epoch: u64,
+    ) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT swf.set_queue_paused($1, $2, $3, $4)")
+                .bind(queue)
+                .bind(paused)
+                .bind(epoch as i64)
+                .bind(mqs)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Number of runs per status (all of history: a scan of the table).

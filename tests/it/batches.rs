@@ -444,3 +444,73 @@ async fn a_completion_batch_costs_what_its_size_does_whatever_the_statistics_say
     raw.close().await;
     store.close().await;
 }
+
+/// The first notification on `listener` after a marker is sent on the same
+/// channel: notifications arrive in commit order, so a wake-up committed
+/// before the marker arrives first.
+async fn first_after_marker(listener: &mut sqlx::postgres::PgListener, db: &str) -> String {
+    sqlx::query("SELECT pg_notify('swf_default', 'marker')")
+        .execute(&sql(db).await)
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
+        .await
+        .expect("no notification within 30 s")
+        .unwrap();
+    n.payload().to_string()
+}
+
+#[tokio::test]
+async fn a_submit_whose_claim_took_all_it_stored_wakes_no_poller() {
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    store.migrate().await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&db).await.unwrap();
+    listener.listen("swf_default").await.unwrap();
+    let claim = |qty| singularity_workflow::store::EagerClaim {
+        mqs: vec!["default".into()],
+        qty,
+        node_id: "n1".into(),
+        region: "us-east".into(),
+        pool: "default".into(),
+        leases: LEASES,
+    };
+    // Two runs, a claim for five: both claimed, the queue drained.
+    let runs = [one_step("a", 60_000), one_step("b", 60_000)];
+    let (_, _, tasks) = store
+        .submit_and_claim(&runs, 100, Some(&claim(5)), 1)
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 2, "{tasks:?}");
+    assert_eq!(
+        first_after_marker(&mut listener, &db).await,
+        "marker",
+        "a drained queue was woken"
+    );
+    // Two runs, a claim for one: the other waits in the queue, and the
+    // queue's pollers are woken for it.
+    let runs = [one_step("c", 60_000), one_step("d", 60_000)];
+    let (_, _, tasks) = store
+        .submit_and_claim(&runs, 100, Some(&claim(1)), 1)
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(
+        first_after_marker(&mut listener, &db).await,
+        "",
+        "a queue left with a task was not woken"
+    );
+    let left = store
+        .claim_tasks(
+            &["default".to_string()],
+            10,
+            "n2",
+            "us-east",
+            "default",
+            LEASES,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

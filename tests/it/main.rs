@@ -14,6 +14,7 @@ mod fuzz;
 mod harness;
 mod layout;
 mod limits;
+mod queues;
 mod recover;
 mod regions;
 mod retention;

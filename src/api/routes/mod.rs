@@ -1,9 +1,10 @@
 //! The handlers, by concern: workflows (submit, read, list, cancel),
-//! regions, admin (drills), and health (probes, info, metrics, fallback).
+//! queues, regions, admin (drills), and health (probes, info, metrics, fallback).
 //! Each answers with [`crate::api::wire`] types.
 
 pub mod admin;
 pub mod common;
 pub mod health;
+pub mod queues;
 pub mod regions;
 pub mod workflows;

@@ -2,16 +2,17 @@
 //! backlog of N pre-submitted 1-step workflows (what graphile-worker's
 //! burn-down measures with pre-inserted jobs).
 //!
-//! On the embedded cluster, each run: an edge node (client only) accepts N
-//! `noop` workflows from `--concurrency` submitters while no executor serves
-//! queue `default` (not timed), and stops; then an executor-only node with a
-//! `--pool-size` pool starts, and the clock runs from just before its start
-//! until the database counts no run running. The count is one query of the
-//! running runs every [`POLL`] on the benchmark's own connection, so the
-//! result is late by at most one poll; `--history N` first inserts N
-//! finished runs, so that the drain runs against that much history. DESIGN 10.5 has the backlog
-//! held by pausing the queue; until queues can be paused, an executor that
-//! is not there yet holds it, which is the same measurement.
+//! On the embedded cluster, each run (DESIGN 10.5): queue `default` is
+//! paused, an executor-only node with a `--pool-size` pool starts (it
+//! claims nothing of a paused queue), and an edge node (client only)
+//! accepts N `noop` workflows from `--concurrency` submitters (not timed;
+//! the database is checked to hold them all running). Then the clock runs
+//! from the queue's resume until the database counts no run running. The
+//! count is one query of the running runs every [`POLL`] on the
+//! benchmark's own connection, once the node's own count of finished tasks
+//! says all are done, so the result is late by at most one poll;
+//! `--history N` first inserts N finished runs, so that the drain runs
+//! against that much history.
 //!
 //! Memory: the peak RSS of this process (the node runs in it) is reset just
 //! before the executor starts where Linux allows, so `rss_mb_peak` is the
@@ -30,13 +31,18 @@ use super::args::BenchArgs;
 use super::embedded::{Embedded, Roles};
 use super::report::{api_client, machine, round, submit};
 use super::rss::{reset_peak, Rss};
+use crate::api::client::ApiClient;
 use crate::api::wire::RunState;
+use crate::node::Node;
 use crate::store::Store;
 
 /// How often the drain's running count is read (a range of the status
 /// index as large as what is left of the backlog, a few ms of PostgreSQL
 /// CPU at 20,000), so not more often; the figure is late by at most this.
 const POLL: Duration = Duration::from_millis(100);
+
+/// The queue the backlog waits on, paused, until the clock starts.
+const QUEUE: &str = "default";
 
 /// Runs `--repeat` burn-downs of `n` workflows on a fresh embedded cluster;
 /// returns the report.
@@ -144,69 +150,39 @@ async fn one_run(
     let before = Counts::read(counts).await?;
     let n_i = n as i64;
 
-    // 1. The backlog, through an edge node (nothing executes it yet).
+    // 1. Queue `default` paused, the executor-only node started (it claims
+    // nothing while the queue is paused), and the backlog submitted
+    // through an edge node (none of this timed).
     let mut edge = cluster
         .node(&format!("bench-edge-{k}"), Roles::Edge, args.pool_size)
         .await
         .context("start the edge node")?;
-    let submit_start = Instant::now();
-    let submitted = pre_submit(&edge.url(), args, n, k).await;
-    let submit_s = submit_start.elapsed().as_secs_f64();
-    edge.shutdown().await;
-    submitted?;
-    let queued = Counts::read(counts).await?;
-    ensure!(
-        queued.running == before.running + n_i && queued.finished() == before.finished(),
-        "after submitting {n} workflows the database holds {queued:?} (before: {before:?}): \
-         something executed the backlog early"
-    );
-
-    // 2. The drain, by one executor-only node, after a checkpoint (as the
-    // peer benchmark does before its workers start).
-    counts
-        .checkpoint()
-        .await
-        .context("checkpoint before the drain")?;
-    let peak_is_drains = reset_peak();
-    let start = Instant::now();
-    let mut worker = cluster
-        .node(&format!("bench-worker-{k}"), Roles::Worker, args.pool_size)
-        .await
-        .context("start the executor-only node")?;
-    let node_start_s = start.elapsed().as_secs_f64();
-    let target = before.finished() + n_i;
-    let within = Duration::from_secs(600) + Duration::from_millis(10 * n as u64);
-    // Polled: the worker's own count of finished tasks (no query, so the
-    // poll takes nothing from the database being measured); once it has
-    // finished n, the running runs confirm (one per poll until they do);
-    // then all counts once.
-    let drained = crate::wait::until(within, POLL, || async {
-        if worker.tasks_finished() < n as u64 {
-            return None;
-        }
-        match counts.runs_running().await {
-            Ok(r) if r <= before.running => Some(Ok(start.elapsed())),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        }
-    })
-    .await;
-    let peak = Rss::read();
-    worker.shutdown().await;
-    let elapsed = match drained {
-        Ok(r) => r.context("count running runs")?,
-        Err(t) => {
-            let now = Counts::read(counts).await.ok();
-            bail!(
-                "the backlog was not drained within {:?}: {} of {n} finished (counts {now:?})",
-                t.0,
-                now.map_or(0, |c| c.finished() - before.finished())
-            );
+    let api = api_client(&edge.url(), args)?;
+    let paused = api.set_queue_paused(QUEUE, true).await;
+    let node_start = Instant::now();
+    let worker = match paused {
+        Ok(_) => cluster
+            .node(&format!("bench-worker-{k}"), Roles::Worker, args.pool_size)
+            .await
+            .context("start the executor-only node"),
+        Err(e) => Err(anyhow::Error::new(e).context("pause queue `default`")),
+    };
+    let mut worker = match worker {
+        Ok(w) => w,
+        Err(e) => {
+            edge.shutdown().await;
+            return Err(e);
         }
     };
+    let node_start_s = node_start.elapsed().as_secs_f64();
+    let drained = drain(counts, &api, &worker, args, n, k, before).await;
+    let peak = Rss::read();
+    worker.shutdown().await;
+    edge.shutdown().await;
+    let (elapsed, submit_s, peak_is_drains) = drained?;
     let done = Counts::read(counts).await?;
     ensure!(
-        done.finished() >= target,
+        done.finished() >= before.finished() + n_i,
         "no run is running, yet only {} of {n} finished (counts {done:?}, before {before:?})",
         done.finished() - before.finished()
     );
@@ -236,10 +212,74 @@ async fn one_run(
     }))
 }
 
+/// The timed part of run `k`: the backlog submitted through `api` onto the
+/// paused queue (checked to wait there), then a checkpoint, and the clock
+/// runs from the resume until `worker` has finished `n` tasks and the
+/// database counts no run running that was not running `before`. Returns
+/// the drain's time, the pre-submit's seconds, and whether the RSS peak
+/// was reset at the drain's start.
+async fn drain(
+    counts: &Store,
+    api: &ApiClient,
+    worker: &Node,
+    args: &BenchArgs,
+    n: usize,
+    k: usize,
+    before: Counts,
+) -> anyhow::Result<(Duration, f64, bool)> {
+    let n_i = n as i64;
+    let submit_start = Instant::now();
+    pre_submit(api, args, n, k).await?;
+    let submit_s = submit_start.elapsed().as_secs_f64();
+    let queued = Counts::read(counts).await?;
+    ensure!(
+        queued.running == before.running + n_i && queued.finished() == before.finished(),
+        "after submitting {n} workflows to the paused queue the database holds {queued:?} \
+         (before: {before:?}): something executed the backlog early"
+    );
+    // As the peer benchmark does before its workers start.
+    counts
+        .checkpoint()
+        .await
+        .context("checkpoint before the drain")?;
+    let peak_is_drains = reset_peak();
+    let start = Instant::now();
+    api.set_queue_paused(QUEUE, false)
+        .await
+        .context("resume queue `default`")?;
+    let within = Duration::from_secs(600) + Duration::from_millis(10 * n as u64);
+    // Polled: the worker's own count of finished tasks (no query, so the
+    // poll takes nothing from the database being measured); once it has
+    // finished n, the running runs confirm (one per poll until they do);
+    // then all counts once.
+    let drained = crate::wait::until(within, POLL, || async {
+        if worker.tasks_finished() < n as u64 {
+            return None;
+        }
+        match counts.runs_running().await {
+            Ok(r) if r <= before.running => Some(Ok(start.elapsed())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    })
+    .await;
+    let elapsed = match drained {
+        Ok(r) => r.context("count running runs")?,
+        Err(t) => {
+            let now = Counts::read(counts).await.ok();
+            bail!(
+                "the backlog was not drained within {:?}: {} of {n} finished (counts {now:?})",
+                t.0,
+                now.map_or(0, |c| c.finished() - before.finished())
+            );
+        }
+    };
+    Ok((elapsed, submit_s, peak_is_drains))
+}
+
 /// Submits `n` 1-step `noop` workflows through the node at `base` from
 /// `--concurrency` submitters; each must be accepted.
-async fn pre_submit(base: &str, args: &BenchArgs, n: usize, k: usize) -> anyhow::Result<()> {
-    let api = api_client(base, args)?;
+async fn pre_submit(api: &ApiClient, args: &BenchArgs, n: usize, k: usize) -> anyhow::Result<()> {
     let sem = Arc::new(Semaphore::new(args.concurrency));
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
