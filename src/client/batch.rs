@@ -224,6 +224,7 @@ mod tests {
             decomposer: None,
             submitted_by: "n".into(),
             submitted_region: "r".into(),
+            run_at: None,
             steps: validate(&spec, &Limits::default(), |_| true, |_| true).unwrap(),
         }
     }

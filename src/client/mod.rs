@@ -219,8 +219,11 @@ impl Client {
             e @ ValidationError::UnknownRegion { .. } => ClientError::UnknownRegion(e.to_string()),
             e @ ValidationError::TooManyQueues { .. } => ClientError::TooManyQueues(e.to_string()),
         })?;
+        let run_at =
+            workflow::run_at(&spec).map_err(|e| ClientError::InvalidWorkflow(e.to_string()))?;
         Ok(NewRun {
             run_id: Uuid::now_v7(),
+            run_at,
             goal: spec.goal,
             input: spec.input,
             idempotency_key: spec.idempotency_key,

@@ -400,10 +400,12 @@ impl Submit {
                 max_attempts: None,
                 timeout_ms: None,
                 region: None,
+                delay_ms: None,
             }],
             input: None,
             idempotency_key: Some(self.key.clone()),
             decomposer: None,
+            run_at: None,
         };
         let (shared, n) = (&self.shared, self.n);
         let result = self

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,6 +30,9 @@ pub struct WorkflowSpec {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub decomposer: Option<String>,
+    /// RFC 3339: the run's root steps become ready then (not before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
 }
 
 /// One DAG vertex of a [`WorkflowSpec`].
@@ -49,6 +53,11 @@ pub struct StepSpec {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub region: Option<String>,
+    /// The step becomes ready this long after its dependencies complete
+    /// (a root step: after submit, or after the run's `run_at`), holding
+    /// no executor slot meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<i64>,
 }
 
 /// Limits applied by [`validate`]; the node's `[limits]` config fills them.
@@ -101,12 +110,16 @@ pub struct PlannedStep {
     pub input: Option<Value>,
     pub max_attempts: u32,
     pub timeout_ms: u64,
+    /// 0: ready as soon as its dependencies complete.
+    pub delay_ms: u64,
 }
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Longest `delay_ms`: 366 days.
+pub const MAX_DELAY_MS: i64 = 366 * 86_400_000;
 
 /// Validates a spec: non-empty, unique well-formed ids, known dependencies,
 /// acyclic, known handlers and regions, sizes within `limits`. Returns the
@@ -228,6 +241,13 @@ pub fn validate(
                 step.id
             ));
         }
+        let delay_ms = step.delay_ms.unwrap_or(0);
+        if !(0..=MAX_DELAY_MS).contains(&delay_ms) {
+            return invalid(format!(
+                "step `{}`: delay_ms must be between 0 and {MAX_DELAY_MS} (got {delay_ms})",
+                step.id
+            ));
+        }
         check_depth(
             &format!("steps.{}.input", step.id),
             step.input.as_ref(),
@@ -243,6 +263,7 @@ pub fn validate(
             input: step.input.clone(),
             max_attempts,
             timeout_ms,
+            delay_ms: delay_ms as u64,
         });
     }
     // Queues and their region variants are each a pgmq queue.
@@ -259,6 +280,21 @@ pub fn validate(
         ));
     }
     Ok(planned)
+}
+
+/// The run's `run_at`, parsed (RFC 3339, any offset; stored in UTC).
+pub fn run_at(spec: &WorkflowSpec) -> Result<Option<DateTime<Utc>>, ValidationError> {
+    let Some(text) = &spec.run_at else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            ValidationError::Invalid(format!(
+                "`run_at` must be an RFC 3339 time such as 2026-12-04T09:30:00Z (got `{}`: {e})",
+                truncate(text)
+            ))
+        })
 }
 
 /// Kahn's algorithm; returns a step on a cycle if the graph is not a DAG.

@@ -23,6 +23,8 @@ pub struct NewRun {
     pub decomposer: Option<String>,
     pub submitted_by: String,
     pub submitted_region: String,
+    /// When the root steps become ready (None: at once).
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
     pub steps: Vec<PlannedStep>,
 }
 

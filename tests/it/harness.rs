@@ -407,6 +407,7 @@ pub fn new_run(spec: Value) -> singularity_workflow::store::NewRun {
         decomposer: None,
         submitted_by: "test".into(),
         submitted_region: "us-east".into(),
+        run_at: singularity_workflow::model::workflow::run_at(&spec).unwrap(),
         steps,
     }
 }

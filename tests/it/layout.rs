@@ -212,7 +212,7 @@ fn rank(m: &str) -> u8 {
     let top = m.split("::").next().unwrap_or("");
     match (top, m) {
         ("", _) => 99,
-        (_, "api::wire") => 1,
+        (_, "api::wire" | "api::wire::drills") => 1,
         (_, "api::tls") => 2,
         // One connection of the server; the accept loop in api::tls uses it.
         (_, "api::conn") => 2,

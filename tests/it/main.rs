@@ -7,6 +7,7 @@ mod batch;
 mod batches;
 mod bench;
 mod cli;
+mod delays;
 mod deploy;
 mod drills;
 mod engine;

@@ -17,20 +17,31 @@ use crate::api::wire::{
 };
 
 /// A workflow's JSON as its spec. Parsed once, straight into the spec;
-/// serde says whether the bytes were not JSON or JSON of the wrong shape.
+/// serde says whether the bytes were not JSON or JSON of the wrong shape,
+/// and where in the workflow a value of the wrong shape is.
 fn parse_workflow(bytes: &[u8]) -> Result<WorkflowSpec, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => ApiError::new(
-                ErrorCode::InvalidWorkflow,
-                format!("workflow does not match the schema: {e}"),
-            ),
-            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("request body is not valid JSON: {e}"),
-            ),
-        }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (path, e) = match serde_path_to_error::deserialize(&mut de) {
+        Ok(spec) => match de.end() {
+            Ok(()) => return Ok(spec),
+            Err(e) => (String::new(), e),
+        },
+        Err(e) => (e.path().to_string(), e.into_inner()),
+    };
+    use serde_json::error::Category;
+    Err(match e.classify() {
+        Category::Data if path.is_empty() || path == "." => ApiError::new(
+            ErrorCode::InvalidWorkflow,
+            format!("workflow does not match the schema: {e}"),
+        ),
+        Category::Data => ApiError::new(
+            ErrorCode::InvalidWorkflow,
+            format!("workflow does not match the schema at `{path}`: {e}"),
+        ),
+        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        ),
     })
 }
 
