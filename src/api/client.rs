@@ -25,9 +25,10 @@ use uuid::Uuid;
 
 use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
-    BatchSubmitted, Cancelled, DrillList, DrillRecord, DrillReport, DrillRequest, ErrorCode,
-    Health, ListQuery, NodeInfoBody, QueueList, QueuePaused, Ready, RecoverReport, Regions,
-    RunLineage, RunList, RunStatus, Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
+    BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, DrillList, DrillRecord,
+    DrillReport, DrillRequest, ErrorCode, Health, ListQuery, NodeInfoBody, QueueList, QueuePaused,
+    Ready, RecoverReport, Regions, RunLineage, RunList, RunStatus, Submitted, H_READ_SOURCE,
+    H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -469,6 +470,15 @@ impl ApiClient {
             None,
         )
         .await
+    }
+
+    /// `POST /v1/workflows/cancel` (bulk cancel by filter).
+    pub async fn cancel_many(
+        &self,
+        req: &BulkCancelRequest,
+    ) -> Result<Answer<BulkCancelled>, CallError> {
+        self.call(Method::POST, "/v1/workflows/cancel", Some(req))
+            .await
     }
 
     /// `GET /v1/queues`.

@@ -37,6 +37,12 @@ pub fn v1_routes() -> Routes {
         )
         .add(
             Method::POST,
+            "/v1/workflows/cancel",
+            SUBMIT,
+            workflows::cancel_many,
+        )
+        .add(
+            Method::POST,
             "/v1/workflows/{run_id}/cancel",
             SUBMIT,
             workflows::cancel,

@@ -62,6 +62,40 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// List runs, newest first.
+    Runs {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only runs of this status (running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The next page: the cursor a previous page printed.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Cancel a run, or with --status every run that matches the filter.
+    Cancel {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The run to cancel.
+        #[arg(required_unless_present = "status", conflicts_with = "status")]
+        run_id: Option<String>,
+        /// Bulk: cancel every run of this status (running or paused).
+        #[arg(long)]
+        status: Option<String>,
+        /// Bulk: only runs with exactly this goal.
+        #[arg(long, requires = "status")]
+        goal: Option<String>,
+        /// Bulk: only runs created at or after this time (RFC 3339).
+        #[arg(long, requires = "status")]
+        created_after: Option<String>,
+        /// Bulk: only runs created before this time (RFC 3339).
+        #[arg(long, requires = "status")]
+        created_before: Option<String>,
+    },
     /// Print a run's lineage: its DAG and every attempt.
     Lineage {
         #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `drill`,
+//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `drill`,
 //! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
@@ -12,10 +12,10 @@ use serde_json::Value;
 use super::args::{ApiArgs, DrillArgs};
 use super::render::{
     render_drill, render_drill_list, render_lineage, render_queues, render_recover, render_regions,
-    render_status, to_json,
+    render_runs, render_status, to_json,
 };
 use crate::api::client::{ApiClient, CallError, RetryPolicy};
-use crate::api::wire::{DrillKind, DrillRequest, RunState};
+use crate::api::wire::{BulkCancelRequest, DrillKind, DrillRequest, ListQuery, RunState};
 
 /// A client that sends the API token, if one is given, and trusts what
 /// `--ca-cert` says.
@@ -138,6 +138,47 @@ pub async fn lineage(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
 pub async fn regions(api: &ApiArgs) -> anyhow::Result<i32> {
     let doc = client(api, Duration::from_secs(30))?.regions().await?.body;
     show(api.json, &doc, render_regions)?;
+    Ok(0)
+}
+
+/// `swf runs`: one page of runs, newest first.
+pub async fn runs(
+    api: &ApiArgs,
+    status: Option<String>,
+    limit: u32,
+    after: Option<String>,
+) -> anyhow::Result<i32> {
+    let q = ListQuery {
+        status,
+        limit: Some(limit.to_string()),
+        after,
+    };
+    let doc = client(api, Duration::from_secs(30))?.list(&q).await?.body;
+    show(api.json, &doc, render_runs)?;
+    Ok(0)
+}
+
+/// `swf cancel RUN`.
+pub async fn cancel(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
+    let id: uuid::Uuid = run_id
+        .parse()
+        .with_context(|| format!("`{run_id}` is not a run id (a UUID)"))?;
+    let doc = client(api, Duration::from_secs(30))?.cancel(id).await?.body;
+    show(api.json, &doc, |d| {
+        format!("run {}: {}\n", d.run_id, d.status.as_str())
+    })?;
+    Ok(0)
+}
+
+/// `swf cancel --status S [...]`: bulk cancel.
+pub async fn cancel_many(api: &ApiArgs, req: &BulkCancelRequest) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(330))?
+        .cancel_many(req)
+        .await?
+        .body;
+    show(api.json, &doc, |d| {
+        format!("cancelled {} runs\n", d.cancelled)
+    })?;
     Ok(0)
 }
 

@@ -15,7 +15,7 @@ use clap::Parser;
 pub use args::{ApiArgs, Cli, Command};
 use args::{AuthCommand, ConfigCommand, DrillCommand, QueueAction};
 
-use crate::api::wire::DrillKind;
+use crate::api::wire::{BulkCancelRequest, DrillKind};
 use crate::config::{self, Config};
 use crate::executor::handlers::Registry;
 use crate::node::Node;
@@ -134,6 +134,32 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         } => commands::status(&api, &run_id, wait, Duration::from_secs(timeout_secs)).await,
         Command::Lineage { api, run_id } => commands::lineage(&api, &run_id).await,
         Command::Regions { api } => commands::regions(&api).await,
+        Command::Runs {
+            api,
+            status,
+            limit,
+            after,
+        } => commands::runs(&api, status, limit, after).await,
+        Command::Cancel {
+            api,
+            run_id,
+            status,
+            goal,
+            created_after,
+            created_before,
+        } => match (run_id, status) {
+            (Some(id), _) => commands::cancel(&api, &id).await,
+            (None, Some(status)) => {
+                let req = BulkCancelRequest {
+                    status,
+                    goal,
+                    created_after,
+                    created_before,
+                };
+                commands::cancel_many(&api, &req).await
+            }
+            (None, None) => bail!("name a run to cancel, or --status for a bulk cancel"),
+        },
         Command::Queues { api, action } => match action {
             None => commands::queues(&api).await,
             Some(QueueAction::Pause { name }) => {

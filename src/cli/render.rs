@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::wire::{
-    DrillList, DrillReport, QueueList, RecoverReport, Regions, RunLineage, RunStatus,
+    DrillList, DrillReport, QueueList, RecoverReport, Regions, RunLineage, RunList, RunStatus,
 };
 
 /// A JSON value as a cell: `-` for null, a string as is, else its JSON.
@@ -118,6 +118,27 @@ pub fn render_regions(doc: &Regions) -> String {
                 if n.healthy { "healthy" } else { "UNHEALTHY" }
             );
         }
+    }
+    out
+}
+
+/// A page of runs, one line each (and the next page's cursor).
+pub fn render_runs(doc: &RunList) -> String {
+    if doc.runs.is_empty() {
+        return "no runs\n".into();
+    }
+    let mut out = String::new();
+    for r in &doc.runs {
+        out += &format!(
+            "{}  {:<9}  {}  {}\n",
+            r.run_id,
+            r.status.as_str(),
+            r.created_at,
+            r.goal
+        );
+    }
+    if let Some(next) = &doc.next {
+        out += &format!("more: --after {next}\n");
     }
     out
 }

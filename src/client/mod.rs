@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::api::wire::BulkCancelRequest;
 use crate::batch::Batcher;
 use crate::executor::handlers::Registry;
 use crate::executor::Executor;
@@ -108,6 +109,8 @@ const MAX_SUBMIT_BATCH: usize = 64;
 /// How long a write keeps retrying while the primary moves before the
 /// caller gets 503 `write_unavailable`. Idempotency keys make its retry safe.
 const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one attempt of a bulk write (a bulk cancel) may take.
+const BULK_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Submit batches in flight at once. Few, so that concurrent submits
 /// gather into larger batches: each call has a fixed cost in PostgreSQL that
 /// dominates a one-run batch. Measured with `swf bench --shapes one` (1-step
@@ -392,6 +395,48 @@ impl Client {
             None
         };
         Ok((RunPage { runs, next }, source))
+    }
+
+    /// Cancels every run the filter matches (see [`BulkCancelRequest`]);
+    /// returns how many it cancelled and the token.
+    pub async fn cancel_many(&self, req: &BulkCancelRequest) -> Result<(u64, Token), ClientError> {
+        if !["running", "paused"].contains(&req.status.as_str()) {
+            return Err(ClientError::InvalidRequest(format!(
+                "status must be running or paused (got `{}`)",
+                req.status
+            )));
+        }
+        let time = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| {
+                            ClientError::InvalidRequest(format!(
+                                "{name} must be an RFC 3339 time such as 2026-12-04T09:30:00Z (got `{t}`: {e})"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let after = time("created_after", &req.created_after)?;
+        let before = time("created_before", &req.created_before)?;
+        let goal = req.goal.as_deref();
+        // Many runs may take long; each batch of 500 commits on its own.
+        let (ids, token) = self
+            .router
+            .write_within(WRITE_RETRY, BULK_ATTEMPT, |store, epoch| async move {
+                store
+                    .cancel_runs(&req.status, goal, after, before, epoch)
+                    .await
+            })
+            .await
+            .map_err(ClientError::from_write)?;
+        self.router.observe_epoch(token.epoch);
+        for id in &ids {
+            self.router.cache().invalidate(*id).await;
+        }
+        Ok((ids.len() as u64, token))
     }
 
     /// Cancels a running run. Cancelling a cancelled run is a no-op; a run

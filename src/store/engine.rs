@@ -254,6 +254,28 @@ impl Store {
         Ok((row.try_get("p_status")?, token_from_row(&row)?))
     }
 
+    /// Cancels every run of `status` matching the filter (an exact `goal`,
+    /// created at or after `after` and before `before`), in batches of 500
+    /// per transaction. Returns the runs it cancelled and the token.
+    pub async fn cancel_runs(
+        &self,
+        status: &str,
+        goal: Option<&str>,
+        after: Option<chrono::DateTime<chrono::Utc>>,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+        epoch: u64,
+    ) -> Result<(Vec<Uuid>, Token)> {
+        let row = sqlx::query("CALL swf.cancel_runs($1, $2, $3, $4, $5)")
+            .bind(status)
+            .bind(goal)
+            .bind(after)
+            .bind(before)
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("p_ids")?, token_from_row(&row)?))
+    }
+
     /// Claims up to `qty` tasks from the pgmq queues `mqs` (in order).
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_tasks(

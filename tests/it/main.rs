@@ -6,6 +6,7 @@ mod auth;
 mod batch;
 mod batches;
 mod bench;
+mod cancel;
 mod cli;
 mod delays;
 mod deploy;

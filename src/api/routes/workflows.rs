@@ -1,4 +1,4 @@
-//! `/v1/workflows`: submit, batch submit, status, lineage, list and cancel.
+//! `/v1/workflows`: submit, batch submit, status, lineage, list, cancel and bulk cancel.
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,8 +12,8 @@ use crate::api::body::{read_body, read_body_under, read_token};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::ApiState;
 use crate::api::wire::{
-    BatchRun, BatchSubmitted, Cancelled, ErrorCode, ListQuery, RunList, RunState, RunSummary,
-    Submitted, WorkflowSpec,
+    BatchRun, BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, ErrorCode, ListQuery,
+    RunList, RunState, RunSummary, Submitted, WorkflowSpec,
 };
 
 /// A workflow's JSON as its spec. Parsed once, straight into the spec;
@@ -214,6 +214,32 @@ pub async fn list(
         next: page.next,
     };
     Ok(with_read_source(Json(body).into_response(), src))
+}
+
+/// `POST /v1/workflows/cancel`: bulk cancel by filter.
+pub async fn cancel_many(State(st): State<ApiState>, req: Request) -> ApiResult {
+    let c = client(&st)?;
+    let bytes = read_body(req, st.max_body_bytes).await?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let body: BulkCancelRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("bulk cancel request at `{}`: {}", e.path(), e.inner()),
+        )
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("bulk cancel request: {e}"),
+        )
+    })?;
+    let (cancelled, token) = c.cancel_many(&body).await?;
+    let signed = st.router.token_key().sign(&token);
+    let body = BulkCancelled {
+        cancelled,
+        consistency_token: signed.clone(),
+    };
+    Ok(with_token(Json(body).into_response(), &signed))
 }
 
 pub async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {

@@ -290,6 +290,29 @@ pub struct Cancelled {
     pub consistency_token: String,
 }
 
+/// `POST /v1/workflows/cancel`: cancel every run of `status` (`running` or
+/// `paused`), optionally only those with this exact `goal` and created in
+/// `[created_after, created_before)` (RFC 3339).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkCancelRequest {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<String>,
+}
+
+/// The answer to a [`BulkCancelRequest`]: how many runs it cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkCancelled {
+    pub cancelled: u64,
+    pub consistency_token: String,
+}
+
 /// One queue of `GET /v1/queues`: tasks ready to claim (`depth`), claimed
 /// and not finished (`in_flight`), waiting for their ready-at time
 /// (`delayed`), the age of the oldest ready one (null when none), and
