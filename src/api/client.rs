@@ -27,8 +27,8 @@ use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
     BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, DrillList, DrillRecord,
     DrillReport, DrillRequest, ErrorCode, Health, ListQuery, NodeInfoBody, QueueList, QueuePaused,
-    Ready, RecoverReport, Regions, RunLineage, RunList, RunStatus, Submitted, H_READ_SOURCE,
-    H_REGION, H_SERVED_BY, H_TOKEN,
+    Ready, RecoverReport, Regions, Retried, RunLineage, RunList, RunStatus, Submitted,
+    H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -470,6 +470,12 @@ impl ApiClient {
             None,
         )
         .await
+    }
+
+    /// `POST /v1/workflows/{run_id}/retry`.
+    pub async fn retry(&self, run_id: Uuid) -> Result<Answer<Retried>, CallError> {
+        self.call::<_, ()>(Method::POST, &format!("/v1/workflows/{run_id}/retry"), None)
+            .await
     }
 
     /// `POST /v1/workflows/cancel` (bulk cancel by filter).

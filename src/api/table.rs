@@ -37,6 +37,12 @@ pub fn v1_routes() -> Routes {
         )
         .add(
             Method::POST,
+            "/v1/workflows/{run_id}/retry",
+            SUBMIT,
+            workflows::retry,
+        )
+        .add(
+            Method::POST,
             "/v1/workflows/cancel",
             SUBMIT,
             workflows::cancel_many,

@@ -96,6 +96,12 @@ pub enum Command {
         #[arg(long, requires = "status")]
         created_before: Option<String>,
     },
+    /// Retry a failed or cancelled run: its steps that did not complete run again.
+    Retry {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+    },
     /// Print a run's lineage: its DAG and every attempt.
     Lineage {
         #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `drill`,
+//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `retry`, `drill`,
 //! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
@@ -160,14 +160,28 @@ pub async fn runs(
 
 /// `swf cancel RUN`.
 pub async fn cancel(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
-    let id: uuid::Uuid = run_id
-        .parse()
-        .with_context(|| format!("`{run_id}` is not a run id (a UUID)"))?;
+    let id = run_id_arg(run_id)?;
     let doc = client(api, Duration::from_secs(30))?.cancel(id).await?.body;
     show(api.json, &doc, |d| {
         format!("run {}: {}\n", d.run_id, d.status.as_str())
     })?;
     Ok(0)
+}
+
+/// `swf retry RUN`.
+pub async fn retry(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
+    let id = run_id_arg(run_id)?;
+    let doc = client(api, Duration::from_secs(30))?.retry(id).await?.body;
+    show(api.json, &doc, |d| {
+        format!("run {}: {}\n", d.run_id, d.status.as_str())
+    })?;
+    Ok(0)
+}
+
+fn run_id_arg(run_id: &str) -> anyhow::Result<uuid::Uuid> {
+    run_id
+        .parse()
+        .with_context(|| format!("`{run_id}` is not a run id (a UUID)"))
 }
 
 /// `swf cancel --status S [...]`: bulk cancel.

@@ -134,6 +134,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         } => commands::status(&api, &run_id, wait, Duration::from_secs(timeout_secs)).await,
         Command::Lineage { api, run_id } => commands::lineage(&api, &run_id).await,
         Command::Regions { api } => commands::regions(&api).await,
+        Command::Retry { api, run_id } => commands::retry(&api, &run_id).await,
         Command::Runs {
             api,
             status,

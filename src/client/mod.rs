@@ -397,6 +397,27 @@ impl Client {
         Ok((RunPage { runs, next }, source))
     }
 
+    /// Retries a failed or cancelled run (its steps that did not complete
+    /// run again); any other status is `invalid_state`.
+    pub async fn retry(&self, run_id: Uuid) -> Result<Token, ClientError> {
+        let (status, token) = self
+            .router
+            .write(WRITE_RETRY, |store, epoch| async move {
+                store.retry_run(run_id, epoch).await
+            })
+            .await
+            .map_err(ClientError::from_write)?;
+        self.router.observe_epoch(token.epoch);
+        self.router.cache().invalidate(run_id).await;
+        match status.as_deref() {
+            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
+            Some("running") => Ok(token),
+            Some(other) => Err(ClientError::InvalidState(format!(
+                "run {run_id} is {other}; only a failed or cancelled run can be retried"
+            ))),
+        }
+    }
+
     /// Cancels every run the filter matches (see [`BulkCancelRequest`]);
     /// returns how many it cancelled and the token.
     pub async fn cancel_many(&self, req: &BulkCancelRequest) -> Result<(u64, Token), ClientError> {

@@ -254,6 +254,18 @@ impl Store {
         Ok((row.try_get("p_status")?, token_from_row(&row)?))
     }
 
+    /// Retries a failed or cancelled run: its steps that did not complete
+    /// run again. Returns its status afterwards (`running` when retried;
+    /// None: unknown run) and the token.
+    pub async fn retry_run(&self, run_id: Uuid, epoch: u64) -> Result<(Option<String>, Token)> {
+        let row = sqlx::query("CALL swf.retry_run($1, $2)")
+            .bind(run_id)
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("p_status")?, token_from_row(&row)?))
+    }
+
     /// Cancels every run of `status` matching the filter (an exact `goal`,
     /// created at or after `after` and before `before`), in batches of 500
     /// per transaction. Returns the runs it cancelled and the token.

@@ -20,6 +20,7 @@ mod queues;
 mod recover;
 mod regions;
 mod retention;
+mod retry;
 mod roles;
 mod runtime;
 mod serving;

@@ -13,7 +13,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::ApiState;
 use crate::api::wire::{
     BatchRun, BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, ErrorCode, ListQuery,
-    RunList, RunState, RunSummary, Submitted, WorkflowSpec,
+    Retried, RunList, RunState, RunSummary, Submitted, WorkflowSpec,
 };
 
 /// A workflow's JSON as its spec. Parsed once, straight into the spec;
@@ -214,6 +214,19 @@ pub async fn list(
         next: page.next,
     };
     Ok(with_read_source(Json(body).into_response(), src))
+}
+
+/// `POST /v1/workflows/{run_id}/retry`.
+pub async fn retry(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    let run_id = parse_run_id(&id)?;
+    let token = client(&st)?.retry(run_id).await?;
+    let signed = st.router.token_key().sign(&token);
+    let body = Retried {
+        run_id,
+        status: RunState::Running,
+        consistency_token: signed.clone(),
+    };
+    Ok(with_token(Json(body).into_response(), &signed))
 }
 
 /// `POST /v1/workflows/cancel`: bulk cancel by filter.

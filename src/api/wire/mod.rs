@@ -290,6 +290,9 @@ pub struct Cancelled {
     pub consistency_token: String,
 }
 
+/// `POST /v1/workflows/{run_id}/retry`: a cancel's shape, status `running`.
+pub type Retried = Cancelled;
+
 /// `POST /v1/workflows/cancel`: cancel every run of `status` (`running` or
 /// `paused`), optionally only those with this exact `goal` and created in
 /// `[created_after, created_before)` (RFC 3339).
