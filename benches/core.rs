@@ -101,9 +101,9 @@ fn bench_validate(c: &mut Criterion) {
         ("chain_100", chain(100)),
         ("fan_out_in_1000", fan_out_in(1000)),
     ] {
-        validate(&spec, &limits, |h| h == "noop", |_| true).expect("spec validates");
+        validate(&spec, &limits, |h, _| h == "noop", |_| true).expect("spec validates");
         g.bench_function(name, |b| {
-            b.iter(|| validate(black_box(&spec), &limits, |h| h == "noop", |_| true))
+            b.iter(|| validate(black_box(&spec), &limits, |h, _| h == "noop", |_| true))
         });
     }
     g.finish();

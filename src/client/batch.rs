@@ -71,14 +71,20 @@ impl Client {
                 "`workflows` must contain at least one workflow".into(),
             )));
         }
+        let refs: Vec<&WorkflowSpec> = specs.iter().collect();
+        let advertised = self
+            .advertised_for(&refs)
+            .await
+            .map_err(BatchError::whole)?;
         let runs = specs
             .into_iter()
             .enumerate()
             .map(|(i, spec)| {
-                self.plan(spec).map_err(|error| BatchError {
-                    index: Some(i),
-                    error,
-                })
+                self.plan(spec, advertised.as_ref())
+                    .map_err(|error| BatchError {
+                        index: Some(i),
+                        error,
+                    })
             })
             .collect::<Result<Vec<NewRun>, BatchError>>()?;
         // Which earlier workflow of the batch each one repeats the key of.
@@ -225,7 +231,7 @@ mod tests {
             submitted_by: "n".into(),
             submitted_region: "r".into(),
             run_at: None,
-            steps: validate(&spec, &Limits::default(), |_| true, |_| true).unwrap(),
+            steps: validate(&spec, &Limits::default(), |_, _| true, |_| true).unwrap(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod cluster;
+mod handlers;
 mod queues;
 
 use std::sync::Arc;
@@ -103,6 +104,7 @@ pub struct Client {
     limits: Limits,
     node_id: String,
     submitter: SubmitBatcher,
+    advertised: handlers::AdvertisedCache,
 }
 
 const MAX_SUBMIT_BATCH: usize = 64;
@@ -175,13 +177,15 @@ impl Client {
             limits,
             node_id: node_id.to_string(),
             submitter,
+            advertised: handlers::AdvertisedCache::default(),
         }
     }
 
     /// Validates and stores a workflow. A 2xx-worthy answer means the run
     /// is committed on the primary.
     pub async fn submit(&self, spec: WorkflowSpec) -> Result<SubmitOutcome, ClientError> {
-        let run = self.plan(spec)?;
+        let advertised = self.advertised_for(&[&spec]).await?;
+        let run = self.plan(spec, advertised.as_ref())?;
         let (s, token) = self
             .submitter
             .call(run)
@@ -197,7 +201,11 @@ impl Client {
     /// A workflow made ready to store (pure): its decomposer expanded, then
     /// validated, with a new run id. Submit and the batch submit share it,
     /// so both refuse the same workflows with the same words.
-    fn plan(&self, mut spec: WorkflowSpec) -> Result<NewRun, ClientError> {
+    fn plan(
+        &self,
+        mut spec: WorkflowSpec,
+        advertised: Option<&handlers::Advertised>,
+    ) -> Result<NewRun, ClientError> {
         if spec.steps.is_empty() {
             if let Some(name) = spec.decomposer.clone() {
                 let d = self.registry.decomposer(&name).ok_or_else(|| {
@@ -211,7 +219,7 @@ impl Client {
         let steps = workflow::validate(
             &spec,
             &self.limits,
-            |h| self.registry.has_handler(h),
+            |h, q| self.handler_known(advertised, h, q),
             |r| self.router.region_names().iter().any(|x| x == r),
         )
         .map_err(|e| match e {

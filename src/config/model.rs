@@ -284,6 +284,8 @@ pub struct LimitsConfig {
     /// Body limit of `POST /v1/workflows/batch` (each workflow in it is
     /// still held to `max_body_bytes`); 413 `payload_too_large` past it.
     pub max_batch_body_bytes: usize,
+    /// Accept workflows naming handlers no executor advertises (DESIGN 10.4).
+    pub allow_unadvertised_handlers: bool,
 }
 
 impl Default for LimitsConfig {
@@ -301,6 +303,7 @@ impl Default for LimitsConfig {
             max_queues: 256,
             max_batch: 1000,
             max_batch_body_bytes: 16 << 20,
+            allow_unadvertised_handlers: false,
         }
     }
 }
@@ -352,11 +355,45 @@ impl std::fmt::Debug for TokenSpec {
     }
 }
 
-/// Allow-lists for the built-in handlers; empty means the handler may run nothing.
+/// Handlers for real work (DESIGN 10.4), declared by name: the node runs
+/// `http:<name>` and `command:<name>` for exactly these (the config is the
+/// allow-list). `shell_allow`/`http_allow` are the seed's unused lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HandlersConfig {
     pub shell_allow: Vec<String>,
     pub http_allow: Vec<String>,
+    pub http: BTreeMap<String, HttpHandlerConfig>,
+    pub command: BTreeMap<String, CommandHandlerConfig>,
+}
+
+/// `[handlers.http.<name>]`: POST the task input as JSON to `url`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpHandlerConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+    /// Signs each body: header `swf-signature: sha256=<hex HMAC-SHA256>`.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for HttpHandlerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandlerConfig")
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `[handlers.command.<name>]`: run `program` with `args` (no shell), the
+/// task input on stdin, the output read from stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandHandlerConfig {
+    pub program: String,
+    pub args: Vec<String>,
+    pub timeout_ms: u64,
+    /// Added to the node's environment: `KEY=VALUE` each.
+    pub env: Vec<(String, String)>,
 }
 
 /// A loaded config plus the warnings found on the way (deprecated keys, ignored settings).

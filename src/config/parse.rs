@@ -20,8 +20,9 @@ use super::error::{ConfigError, Ctx};
 use super::keys::{check_keys, Doc};
 use super::legacy::{convert_legacy_pools, resolve_legacy_mode, LEGACY_POOLS_WARNING};
 use super::model::{
-    default_pools, ApiConfig, AuthConfig, Config, DatabaseConfig, DrillHooks, ExecutorConfig,
-    HandlersConfig, LimitsConfig, Loaded, PoolConfig, RoutingConfig,
+    default_pools, ApiConfig, AuthConfig, CommandHandlerConfig, Config, DatabaseConfig, DrillHooks,
+    ExecutorConfig, HandlersConfig, HttpHandlerConfig, LimitsConfig, Loaded, PoolConfig,
+    RoutingConfig,
 };
 use super::names::redact_url;
 
@@ -451,6 +452,9 @@ fn build_limits(doc: &Doc<'_>, ctx: &Ctx) -> Result<LimitsConfig, ConfigError> {
             100_000,
         )?,
         max_batch_body_bytes: positive("max_batch_body_bytes", d.max_batch_body_bytes)?,
+        allow_unadvertised_handlers: doc
+            .bool(&["limits", "allow_unadvertised_handlers"])
+            .unwrap_or(d.allow_unadvertised_handlers),
     })
 }
 
@@ -462,9 +466,84 @@ fn build_handlers(doc: &Doc<'_>, ctx: &Ctx) -> Result<HandlersConfig, ConfigErro
             None => Ok(list),
         }
     };
+    let mut http = BTreeMap::new();
+    for name in doc.names(&["handlers", "http"]).unwrap_or_default() {
+        let key = format!("handlers.http.{name}");
+        ctx.name(&key, &name, "handler name")?;
+        let url = doc
+            .str(&["handlers", "http", &name, "url"])
+            .ok_or_else(|| ctx.invalid(&format!("{key}.url"), "is required"))?;
+        match reqwest::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(ctx.invalid(
+                    &format!("{key}.url"),
+                    format!("must be an http:// or https:// URL (got `{url}`)"),
+                ))
+            }
+        }
+        let timeout = doc.int(&["handlers", "http", &name, "timeout_ms"]);
+        let timeout_ms =
+            ctx.ranged(&format!("{key}.timeout_ms"), timeout, 30_000, 1, 86_400_000)?;
+        let secret = doc.str(&["handlers", "http", &name, "secret"]);
+        if secret.as_deref().is_some_and(|s| s.is_empty()) {
+            return Err(ctx.invalid(&format!("{key}.secret"), "must not be empty"));
+        }
+        http.insert(
+            name,
+            HttpHandlerConfig {
+                url,
+                timeout_ms,
+                secret,
+            },
+        );
+    }
+    let mut command = BTreeMap::new();
+    for name in doc.names(&["handlers", "command"]).unwrap_or_default() {
+        let key = format!("handlers.command.{name}");
+        ctx.name(&key, &name, "handler name")?;
+        let program = doc
+            .str(&["handlers", "command", &name, "program"])
+            .filter(|p| !p.trim().is_empty())
+            .ok_or_else(|| ctx.invalid(&format!("{key}.program"), "is required"))?;
+        let args = doc
+            .list(&["handlers", "command", &name, "args"])
+            .unwrap_or_default();
+        let timeout = doc.int(&["handlers", "command", &name, "timeout_ms"]);
+        let timeout_ms =
+            ctx.ranged(&format!("{key}.timeout_ms"), timeout, 60_000, 1, 86_400_000)?;
+        let mut env = Vec::new();
+        for (i, kv) in doc
+            .list(&["handlers", "command", &name, "env"])
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
+                _ => {
+                    return Err(ctx.invalid(
+                        &format!("{key}.env[{i}]"),
+                        format!("must be KEY=VALUE (got `{kv}`)"),
+                    ))
+                }
+            }
+        }
+        command.insert(
+            name,
+            CommandHandlerConfig {
+                program,
+                args,
+                timeout_ms,
+                env,
+            },
+        );
+    }
     Ok(HandlersConfig {
         shell_allow: check("shell_allow")?,
         http_allow: check("http_allow")?,
+        http,
+        command,
     })
 }
 

@@ -367,6 +367,51 @@ queue = "gpu_tasks"
         expect: Fails(&["key `database.max_connections`: must be between 1 and 1000 (got 0)"]),
     },
     Case {
+        name: "http and command handlers",
+        text: concat!(
+            top!(),
+            db!(),
+            "[handlers.http.score]\nurl = \"https://scorer.internal/v1/score\"\nsecret = \"s\"\n",
+            "[handlers.command.resize]\nprogram = \"/usr/local/bin/resize\"\nargs = [\"--fast\"]\n",
+            "timeout_ms = 5000\nenv = [\"MODE=gpu\"]\n"
+        ),
+        env: &[],
+        expect: Loads {
+            node_type: NodeType::Hybrid,
+            pools: DEFAULT_POOL,
+            warnings: &[],
+            check: |c| {
+                let h = &c.handlers.http["score"];
+                let r = &c.handlers.command["resize"];
+                h.url == "https://scorer.internal/v1/score"
+                    && h.timeout_ms == 30_000
+                    && h.secret.as_deref() == Some("s")
+                    && r.program == "/usr/local/bin/resize"
+                    && r.args == ["--fast"]
+                    && r.timeout_ms == 5000
+                    && r.env == [("MODE".to_string(), "gpu".to_string())]
+            },
+        },
+    },
+    Case {
+        name: "an http handler without a usable url",
+        text: concat!(top!(), db!(), "[handlers.http.score]\nurl = \"ftp://x\"\n"),
+        env: &[],
+        expect: Fails(&["key `handlers.http.score.url`: must be an http:// or https:// URL"]),
+    },
+    Case {
+        name: "a command handler without a program",
+        text: concat!(top!(), db!(), "[handlers.command.resize]\nargs = [\"x\"]\n"),
+        env: &[],
+        expect: Fails(&["key `handlers.command.resize.program`: is required"]),
+    },
+    Case {
+        name: "a command handler env entry that is not KEY=VALUE",
+        text: concat!(top!(), db!(), "[handlers.command.resize]\nprogram = \"p\"\nenv = [\"MODE\"]\n"),
+        env: &[],
+        expect: Fails(&["key `handlers.command.resize.env[0]`: must be KEY=VALUE"]),
+    },
+    Case {
         name: "ms value 0",
         text: concat!(top!(), db!(), "[executor]\npoll_interval_ms = 0\n"),
         env: &[],

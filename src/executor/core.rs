@@ -89,6 +89,16 @@ impl Executor {
     }
 
     /// Pool counters, in config order.
+    /// The handlers this node runs beyond the built-ins (every pool runs
+    /// every handler of the node's registry).
+    pub fn advertised_handlers(&self) -> Vec<String> {
+        self.registry
+            .handler_names()
+            .into_iter()
+            .filter(|h| !Registry::is_builtin(h))
+            .collect()
+    }
+
     pub fn status(&self) -> Vec<PoolStatus> {
         self.pools.iter().map(|p| p.status()).collect()
     }

@@ -102,9 +102,12 @@ impl Executor {
         tokio::select! {
             r = tokio::time::timeout(timeout, job) => Some(match r {
                 Ok(Ok(Ok(output))) => self.completion(&t.step_id, output),
-                Ok(Ok(Err(HandlerError(error)))) => Finish::Failed {
+                Ok(Ok(Err(HandlerError { error, retry: true }))) => Finish::Failed {
                     error: self.bounded_error(&t.step_id, error),
                     timed_out: false,
+                },
+                Ok(Ok(Err(HandlerError { error, retry: false }))) => Finish::Fatal {
+                    error: self.bounded_error(&t.step_id, error),
                 },
                 Ok(Err(panic)) => Finish::Failed {
                     error: json!({"message": format!("handler panicked: {}", panic_text(&panic))}),

@@ -70,6 +70,8 @@ pub struct Limits {
     /// Most pgmq queues one workflow may use (`limits.max_queues`, the
     /// cluster-wide cap, which the database enforces across workflows).
     pub max_queues: usize,
+    /// Accept handlers no executor advertises (`limits.allow_unadvertised_handlers`).
+    pub allow_unadvertised_handlers: bool,
 }
 
 impl Default for Limits {
@@ -80,6 +82,7 @@ impl Default for Limits {
             max_goal_len: 1024,
             max_json_depth: 32,
             max_queues: 256,
+            allow_unadvertised_handlers: false,
         }
     }
 }
@@ -127,7 +130,7 @@ pub const MAX_DELAY_MS: i64 = 366 * 86_400_000;
 pub fn validate(
     spec: &WorkflowSpec,
     limits: &Limits,
-    known_handler: impl Fn(&str) -> bool,
+    known_handler: impl Fn(&str, &str) -> bool,
     known_region: impl Fn(&str) -> bool,
 ) -> Result<Vec<PlannedStep>, ValidationError> {
     let invalid = |m: String| Err(ValidationError::Invalid(m));
@@ -205,12 +208,6 @@ pub fn validate(
                 return invalid(format!("step `{}` lists dependency `{dep}` twice", step.id));
             }
         }
-        if !known_handler(&step.handler) {
-            return Err(ValidationError::UnknownHandler {
-                step: step.id.clone(),
-                handler: truncate(&step.handler),
-            });
-        }
         let queue = step.queue.clone().unwrap_or_else(|| DEFAULT_QUEUE.into());
         if !valid_name(&queue) {
             return invalid(format!(
@@ -218,6 +215,12 @@ pub fn validate(
                 step.id,
                 truncate(&queue)
             ));
+        }
+        if !known_handler(&step.handler, &queue) {
+            return Err(ValidationError::UnknownHandler {
+                step: step.id.clone(),
+                handler: truncate(&step.handler),
+            });
         }
         if let Some(region) = &step.region {
             if !known_region(region) {
@@ -430,7 +433,7 @@ mod tests {
         validate(
             &spec(v),
             &Limits::default(),
-            |h| ["noop", "echo", "fail", "sleep"].contains(&h),
+            |h, _| ["noop", "echo", "fail", "sleep"].contains(&h),
             |r| ["us-east", "eu-west"].contains(&r),
         )
     }
@@ -556,7 +559,7 @@ mod tests {
         let err = validate(
             &spec(json!({"goal": "g", "steps": steps})),
             &limits,
-            |_| true,
+            |_, _| true,
             |_| true,
         )
         .unwrap_err();
@@ -575,8 +578,8 @@ mod tests {
             max_queues,
             ..Limits::default()
         };
-        assert!(validate(&wf, &with(3), |_| true, |_| true).is_ok());
-        let err = validate(&wf, &with(2), |_| true, |_| true).unwrap_err();
+        assert!(validate(&wf, &with(3), |_, _| true, |_| true).is_ok());
+        let err = validate(&wf, &with(2), |_, _| true, |_| true).unwrap_err();
         assert_eq!(err, ValidationError::TooManyQueues { used: 3, max: 2 });
         assert_eq!(
             err.to_string(),

@@ -96,6 +96,7 @@ pub(super) async fn assemble(
                 max_goal_len: config.limits.max_goal_len,
                 max_json_depth: config.limits.max_json_depth,
                 max_queues: config.limits.max_queues,
+                allow_unadvertised_handlers: config.limits.allow_unadvertised_handlers,
             },
             &config.node_id,
             executor.clone(),

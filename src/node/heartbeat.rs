@@ -53,8 +53,17 @@ fn row(
     executor: Option<&Executor>,
     started_at: chrono::DateTime<chrono::Utc>,
 ) -> NodeRow {
+    // Each pool advertises the handlers beyond the built-ins this node
+    // runs, so edge nodes accept them for that pool's queue.
     let pools = executor
-        .map(|e| serde_json::to_value(e.status()).unwrap_or_default())
+        .map(|e| {
+            let handlers = e.advertised_handlers();
+            let mut v = serde_json::to_value(e.status()).unwrap_or_default();
+            for pool in v.as_array_mut().into_iter().flatten() {
+                pool["handlers"] = serde_json::json!(handlers);
+            }
+            v
+        })
         .unwrap_or_else(|| serde_json::json!([]));
     NodeRow {
         node_id: info.node_id.clone(),

@@ -94,6 +94,9 @@ impl Node {
         let _ = crate::telemetry::prometheus();
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        // The config's http/command handlers join the caller's.
+        let mut registry = registry;
+        registry.register_configured(&config.handlers);
         let parts =
             assemble::assemble(&config, &registry, control, &shutdown, &mut tasks, &span).await?;
         let bound = server::bind(&config, listener).await?;

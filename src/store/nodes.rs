@@ -35,6 +35,23 @@ impl NodeRow {
 impl Store {
     /// Upserts this node's heartbeat row. A database of an epoch older than
     /// `epoch` (a stale old primary) refuses it.
+    /// The (queue, handler) pairs the executor pools of nodes heard from
+    /// within `within_ms` advertise (their heartbeat's pools, each with
+    /// the handlers beyond the built-ins the node runs).
+    pub async fn advertised_handlers(&self, within_ms: u64) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT p->>'queue', h
+               FROM swf.nodes n,
+                    jsonb_array_elements(n.pools) AS p,
+                    jsonb_array_elements_text(coalesce(p->'handlers', '[]')) AS h
+              WHERE n.last_heartbeat_at > now() - make_interval(secs => $1 / 1000.0)
+                AND p->>'queue' IS NOT NULL",
+        )
+        .bind(within_ms as f64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn heartbeat(&self, n: &NodeRow, epoch: u64) -> Result<()> {
         // swf.assert_epoch as the only FROM item runs exactly once, before
         // the row is written, and raises on a stale primary.

@@ -398,7 +398,7 @@ pub fn free_port_pair() -> u16 {
 pub fn new_run(spec: Value) -> singularity_workflow::store::NewRun {
     use singularity_workflow::model::workflow::{validate, Limits, WorkflowSpec};
     let spec: WorkflowSpec = serde_json::from_value(spec).unwrap();
-    let steps = validate(&spec, &Limits::default(), |_| true, |_| true).unwrap();
+    let steps = validate(&spec, &Limits::default(), |_, _| true, |_| true).unwrap();
     singularity_workflow::store::NewRun {
         run_id: uuid::Uuid::now_v7(),
         goal: spec.goal.clone(),

@@ -13,6 +13,7 @@ mod deploy;
 mod drills;
 mod engine;
 mod fuzz;
+mod handlers;
 mod harness;
 mod layout;
 mod limits;

@@ -2,8 +2,13 @@
 //!
 //! Built-ins: `noop` (output = the step's own input, or null), `echo`
 //! (output = the whole task input), `sleep` (`{"ms": n}`), `fail` (always
-//! fails with `{"message": str}`). Library users add their own with
+//! fails with `{"message": str}`). The node's config adds `http:<name>`
+//! ([`http`]) and `command:<name>` ([`command`]) handlers
+//! ([`Registry::register_configured`]). Library users add their own with
 //! [`Registry::register`] and [`Registry::register_decomposer`].
+
+pub mod command;
+pub mod http;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::config::HandlersConfig;
 use crate::model::workflow::StepSpec;
 
 /// What a handler receives: `{"run": <run input>, "step": <step input>,
@@ -33,12 +39,31 @@ impl TaskContext {
 }
 
 /// A handler's failure; `error` becomes the attempt's and step's `error`.
+/// A failure with `retry` false fails the step at once, whatever attempts
+/// are left (e.g. an http handler's 4xx: sending it again cannot help).
 #[derive(Debug, Clone)]
-pub struct HandlerError(pub Value);
+pub struct HandlerError {
+    pub error: Value,
+    pub retry: bool,
+}
 
 impl HandlerError {
+    /// A failure that is retried while attempts are left.
     pub fn message(msg: impl Into<String>) -> Self {
-        HandlerError(json!({ "message": msg.into() }))
+        HandlerError::retried(json!({ "message": msg.into() }))
+    }
+
+    /// A failure with `error` that is retried while attempts are left.
+    pub fn retried(error: Value) -> Self {
+        HandlerError { error, retry: true }
+    }
+
+    /// A failure with `error` that fails the step at once.
+    pub fn fatal(error: Value) -> Self {
+        HandlerError {
+            error,
+            retry: false,
+        }
     }
 }
 
@@ -75,6 +100,9 @@ where
     }
 }
 
+/// The built-in handlers.
+pub const BUILTINS: [&str; 4] = ["noop", "echo", "sleep", "fail"];
+
 /// Handlers and decomposers by name. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -103,6 +131,34 @@ impl Registry {
             Err(HandlerError::message(msg))
         });
         r
+    }
+
+    /// Registers the `http:<name>` and `command:<name>` handlers `cfg`
+    /// declares (a node calls this with its config; nothing else of these
+    /// kinds runs on it).
+    pub fn register_configured(&mut self, cfg: &HandlersConfig) -> &mut Self {
+        for (name, h) in &cfg.http {
+            self.register(&format!("http:{name}"), http::HttpHandler::new(name, h));
+        }
+        for (name, c) in &cfg.command {
+            self.register(
+                &format!("command:{name}"),
+                command::CommandHandler::new(name, c),
+            );
+        }
+        self
+    }
+
+    /// Whether `name` is a built-in handler (accepted on any queue).
+    pub fn is_builtin(name: &str) -> bool {
+        BUILTINS.contains(&name)
+    }
+
+    /// The names of every handler, sorted.
+    pub fn handler_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     pub fn register(&mut self, name: &str, h: impl Handler) -> &mut Self {
@@ -150,7 +206,7 @@ mod tests {
         assert_eq!(call("echo").await.unwrap(), input);
         assert_eq!(call("sleep").await.unwrap(), json!({"slept_ms": 1}));
         assert_eq!(
-            call("fail").await.unwrap_err().0,
+            call("fail").await.unwrap_err().error,
             json!({"message": "boom"})
         );
         assert!(!r.has_handler("shell"));
