@@ -27,8 +27,8 @@ use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
     BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, DrillList, DrillRecord,
     DrillReport, DrillRequest, ErrorCode, Health, ListQuery, NodeInfoBody, QueueList, QueuePaused,
-    Ready, RecoverReport, Regions, Retried, RunLineage, RunList, RunStatus, Submitted,
-    H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
+    Ready, RecoverReport, Regions, Retried, RunLineage, RunList, RunStatus, ScheduleInfo,
+    ScheduleList, ScheduleRequest, Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -484,6 +484,43 @@ impl ApiClient {
         req: &BulkCancelRequest,
     ) -> Result<Answer<BulkCancelled>, CallError> {
         self.call(Method::POST, "/v1/workflows/cancel", Some(req))
+            .await
+    }
+
+    /// `POST /v1/schedules`.
+    pub async fn create_schedule(
+        &self,
+        req: &ScheduleRequest,
+    ) -> Result<Answer<ScheduleInfo>, CallError> {
+        self.call(Method::POST, "/v1/schedules", Some(req)).await
+    }
+
+    /// `GET /v1/schedules`.
+    pub async fn schedules(&self) -> Result<Answer<ScheduleList>, CallError> {
+        self.get("/v1/schedules").await
+    }
+
+    /// `DELETE /v1/schedules/{name}`.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), CallError> {
+        let path = format!("/v1/schedules/{name}");
+        let what = format!("DELETE {}", self.url(&path));
+        let resp = self
+            .send(self.request(Method::DELETE, &path), &what)
+            .await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        answer::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
+    /// `POST /v1/schedules/{name}/pause` (`paused`) or `.../resume`.
+    pub async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<Answer<ScheduleInfo>, CallError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.call::<_, ()>(Method::POST, &format!("/v1/schedules/{name}/{verb}"), None)
             .await
     }
 

@@ -76,6 +76,7 @@ impl From<ClientError> for ApiError {
             Unavailable(_) => ErrorCode::RegionUnavailable,
             Internal(_) => ErrorCode::Internal,
             TooManyQueues(_) => ErrorCode::TooManyQueues,
+            AlreadyExists(_) => ErrorCode::AlreadyExists,
         };
         if code.status() >= 500 {
             tracing::warn!(code = code.as_str(), error = %e, "request failed");

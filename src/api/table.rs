@@ -6,7 +6,7 @@ use axum::http::Method;
 
 use crate::api::access::Routes;
 use crate::api::auth::{Access, Scope};
-use crate::api::routes::{admin, health, queues, regions, workflows};
+use crate::api::routes::{admin, health, queues, regions, schedules, workflows};
 
 const READ: Access = Access::Scope(Scope::Read);
 const SUBMIT: Access = Access::Scope(Scope::Submit);
@@ -65,6 +65,27 @@ pub fn v1_routes() -> Routes {
             "/v1/queues/{name}/resume",
             ADMIN,
             queues::resume,
+        )
+        .add(Method::POST, "/v1/schedules", SUBMIT, schedules::create)
+        .add(Method::GET, "/v1/schedules", READ, schedules::list)
+        .add(Method::GET, "/v1/schedules/{name}", READ, schedules::one)
+        .add(
+            Method::DELETE,
+            "/v1/schedules/{name}",
+            SUBMIT,
+            schedules::delete,
+        )
+        .add(
+            Method::POST,
+            "/v1/schedules/{name}/pause",
+            SUBMIT,
+            schedules::pause,
+        )
+        .add(
+            Method::POST,
+            "/v1/schedules/{name}/resume",
+            SUBMIT,
+            schedules::resume,
         )
         .add(Method::GET, "/v1/regions", READ, regions::regions)
         .add(Method::POST, "/v1/admin/drills", ADMIN, admin::drill)

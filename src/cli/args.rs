@@ -121,6 +121,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<QueueAction>,
     },
+    /// Cron schedules: list, create from a file, delete, pause, resume.
+    Schedules {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// End-to-end load benchmark against a running cluster (or one it starts).
     #[cfg(feature = "dev")]
     Bench(crate::dev::bench::BenchArgs),
@@ -142,6 +149,21 @@ impl Command {
             _ => false,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Every schedule: cron, paused, next tick, last run.
+    List,
+    /// Create one from a JSON file (or - for stdin):
+    /// `{"name", "cron": "*/5 * * * *", "workflow": {...}, "paused"?}`.
+    Create { file: String },
+    /// Delete one (the runs it started stay).
+    Delete { name: String },
+    /// Stop its ticks.
+    Pause { name: String },
+    /// Start its ticks again from the next one (missed ticks do not run).
+    Resume { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `retry`, `drill`,
+//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `retry`, `schedules`, `drill`,
 //! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
@@ -12,10 +12,12 @@ use serde_json::Value;
 use super::args::{ApiArgs, DrillArgs};
 use super::render::{
     render_drill, render_drill_list, render_lineage, render_queues, render_recover, render_regions,
-    render_runs, render_status, to_json,
+    render_runs, render_schedules, render_status, to_json,
 };
 use crate::api::client::{ApiClient, CallError, RetryPolicy};
-use crate::api::wire::{BulkCancelRequest, DrillKind, DrillRequest, ListQuery, RunState};
+use crate::api::wire::{
+    BulkCancelRequest, DrillKind, DrillRequest, ListQuery, RunState, ScheduleRequest,
+};
 
 /// A client that sends the API token, if one is given, and trusts what
 /// `--ca-cert` says.
@@ -192,6 +194,66 @@ pub async fn cancel_many(api: &ApiArgs, req: &BulkCancelRequest) -> anyhow::Resu
         .body;
     show(api.json, &doc, |d| {
         format!("cancelled {} runs\n", d.cancelled)
+    })?;
+    Ok(0)
+}
+
+/// `swf schedules list`.
+pub async fn schedules(api: &ApiArgs) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?
+        .schedules()
+        .await?
+        .body;
+    show(api.json, &doc, render_schedules)?;
+    Ok(0)
+}
+
+/// `swf schedules create FILE`.
+pub async fn create_schedule(api: &ApiArgs, file: &str) -> anyhow::Result<i32> {
+    let req: ScheduleRequest = serde_json::from_value(read_json(file)?).with_context(|| {
+        format!("{file}: a schedule is {{\"name\", \"cron\", \"workflow\", \"paused\"?}}")
+    })?;
+    let doc = client(api, Duration::from_secs(30))?
+        .create_schedule(&req)
+        .await?
+        .body;
+    show(api.json, &doc, |d| {
+        format!(
+            "schedule {} created; next run at {}\n",
+            d.name, d.next_run_at
+        )
+    })?;
+    Ok(0)
+}
+
+/// `swf schedules delete NAME`.
+pub async fn delete_schedule(api: &ApiArgs, name: &str) -> anyhow::Result<i32> {
+    client(api, Duration::from_secs(30))?
+        .delete_schedule(name)
+        .await?;
+    if api.json {
+        print_json(&serde_json::json!({"name": name, "deleted": true}))?;
+    } else {
+        println!("schedule {name} deleted");
+    }
+    Ok(0)
+}
+
+/// `swf schedules pause NAME` and `... resume NAME`.
+pub async fn set_schedule_paused(api: &ApiArgs, name: &str, paused: bool) -> anyhow::Result<i32> {
+    let doc = client(api, Duration::from_secs(30))?
+        .set_schedule_paused(name, paused)
+        .await?
+        .body;
+    show(api.json, &doc, |d| {
+        if d.paused {
+            format!("schedule {} paused\n", d.name)
+        } else {
+            format!(
+                "schedule {} resumed; next run at {}\n",
+                d.name, d.next_run_at
+            )
+        }
     })?;
     Ok(0)
 }

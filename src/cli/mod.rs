@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 pub use args::{ApiArgs, Cli, Command};
-use args::{AuthCommand, ConfigCommand, DrillCommand, QueueAction};
+use args::{AuthCommand, ConfigCommand, DrillCommand, QueueAction, ScheduleAction};
 
 use crate::api::wire::{BulkCancelRequest, DrillKind};
 use crate::config::{self, Config};
@@ -160,6 +160,17 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 commands::cancel_many(&api, &req).await
             }
             (None, None) => bail!("name a run to cancel, or --status for a bulk cancel"),
+        },
+        Command::Schedules { api, action } => match action {
+            ScheduleAction::List => commands::schedules(&api).await,
+            ScheduleAction::Create { file } => commands::create_schedule(&api, &file).await,
+            ScheduleAction::Delete { name } => commands::delete_schedule(&api, &name).await,
+            ScheduleAction::Pause { name } => {
+                commands::set_schedule_paused(&api, &name, true).await
+            }
+            ScheduleAction::Resume { name } => {
+                commands::set_schedule_paused(&api, &name, false).await
+            }
         },
         Command::Queues { api, action } => match action {
             None => commands::queues(&api).await,

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::api::wire::{
     DrillList, DrillReport, QueueList, RecoverReport, Regions, RunLineage, RunList, RunStatus,
+    ScheduleList,
 };
 
 /// A JSON value as a cell: `-` for null, a string as is, else its JSON.
@@ -139,6 +140,28 @@ pub fn render_runs(doc: &RunList) -> String {
     }
     if let Some(next) = &doc.next {
         out += &format!("more: --after {next}\n");
+    }
+    out
+}
+
+/// The schedules, one line each.
+pub fn render_schedules(doc: &ScheduleList) -> String {
+    if doc.schedules.is_empty() {
+        return "no schedules\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<16} {:<7} {:<25} last run\n",
+        "schedule", "cron", "state", "next run"
+    );
+    for s in &doc.schedules {
+        out += &format!(
+            "{:<20} {:<16} {:<7} {:<25} {}\n",
+            s.name,
+            s.cron,
+            if s.paused { "PAUSED" } else { "active" },
+            s.next_run_at,
+            s.last_run_id.map_or("-".into(), |r| r.to_string())
+        );
     }
     out
 }

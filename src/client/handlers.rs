@@ -10,13 +10,10 @@
 //! up again before the submit is refused, so a worker that just started is
 //! seen within one heartbeat.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
-
-use super::{Client, ClientError};
+use super::{Advertised, Client, ClientError};
 use crate::model::workflow::{WorkflowSpec, DEFAULT_QUEUE};
 
 /// How long an advertised set is used without a new read.
@@ -25,15 +22,6 @@ const FRESH: Duration = Duration::from_secs(5);
 const RECHECK: Duration = Duration::from_millis(500);
 /// Nodes heard from within this long count (3 default heartbeats).
 const WITHIN_MS: u64 = 15_000;
-
-/// (queue, handler) pairs the cluster's executors advertise.
-pub type Advertised = Arc<HashSet<(String, String)>>;
-
-/// The cached advertised set (clones share it).
-#[derive(Clone, Default)]
-pub struct AdvertisedCache {
-    cached: Arc<Mutex<Option<(Instant, Advertised)>>>,
-}
 
 impl Client {
     /// The advertised set when some of `specs` name a handler this node

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cluster;
 mod handlers;
 mod queues;
+mod schedules;
 
 use std::sync::Arc;
 
@@ -57,6 +58,8 @@ pub enum ClientError {
     Internal(String),
     #[error("{0}")]
     TooManyQueues(String),
+    #[error("{0}")]
+    AlreadyExists(String),
 }
 
 impl ClientError {
@@ -104,7 +107,16 @@ pub struct Client {
     limits: Limits,
     node_id: String,
     submitter: SubmitBatcher,
-    advertised: handlers::AdvertisedCache,
+    advertised: AdvertisedCache,
+}
+
+/// (queue, handler) pairs the cluster's executors advertise (`handlers.rs`).
+type Advertised = Arc<std::collections::HashSet<(String, String)>>;
+
+/// The advertised set as last read, and when (clones share it).
+#[derive(Clone, Default)]
+struct AdvertisedCache {
+    cached: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Advertised)>>>,
 }
 
 const MAX_SUBMIT_BATCH: usize = 64;
@@ -177,7 +189,7 @@ impl Client {
             limits,
             node_id: node_id.to_string(),
             submitter,
-            advertised: handlers::AdvertisedCache::default(),
+            advertised: AdvertisedCache::default(),
         }
     }
 
@@ -204,7 +216,7 @@ impl Client {
     fn plan(
         &self,
         mut spec: WorkflowSpec,
-        advertised: Option<&handlers::Advertised>,
+        advertised: Option<&Advertised>,
     ) -> Result<NewRun, ClientError> {
         if spec.steps.is_empty() {
             if let Some(name) = spec.decomposer.clone() {

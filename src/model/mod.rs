@@ -2,5 +2,6 @@
 //! validation and pgmq queue naming, consistency tokens and LSNs. Nothing
 //! here does I/O.
 
+pub mod schedule;
 pub mod token;
 pub mod workflow;

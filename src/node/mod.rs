@@ -26,6 +26,7 @@ mod assemble;
 mod gauges;
 mod heartbeat;
 mod retention;
+mod scheduler;
 mod server;
 pub mod signals;
 
@@ -141,6 +142,9 @@ impl Node {
             &mut tasks,
             &span,
         );
+        if let Some(client) = parts.client.clone() {
+            scheduler::spawn(client, shutdown.clone(), &mut tasks, &span);
+        }
         info!(node_id = %info.node_id, node_type = %info.node_type, region = %info.region,
               addr = %addr, "node started");
         // The client lives on in the server only, so its batcher's task ends

@@ -38,6 +38,7 @@ mod nodes;
 mod queues;
 mod reads;
 mod retention;
+mod schedules;
 
 pub use cluster::{DbState, WriteProbe};
 pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};
@@ -49,3 +50,4 @@ pub use journal::DrillRow;
 pub use nodes::NodeRow;
 pub use queues::{notify_channel, QueueRow};
 pub use reads::{RunDoc, RunSummary};
+pub use schedules::ScheduleRow;

@@ -396,7 +396,7 @@ fn one_place_builds_http_clients() {
         .map(|(f, _)| f.clone())
         .collect();
     // api/tls.rs builds every API and peer client; the executor's http handler its own.
-    let allowed = ["api/tls.rs", "executor/http.rs"];
+    let allowed = ["api/tls.rs", "executor/handlers/http.rs"];
     let extra: Vec<&String> = builders
         .iter()
         .filter(|f| !allowed.contains(&f.as_str()))

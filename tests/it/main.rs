@@ -24,6 +24,7 @@ mod retention;
 mod retry;
 mod roles;
 mod runtime;
+mod schedules;
 mod serving;
 mod store;
 mod tls;

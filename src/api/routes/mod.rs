@@ -1,5 +1,5 @@
 //! The handlers, by concern: workflows (submit, read, list, cancel),
-//! queues, regions, admin (drills), and health (probes, info, metrics, fallback).
+//! queues, schedules, regions, admin (drills), and health (probes, info, metrics, fallback).
 //! Each answers with [`crate::api::wire`] types.
 
 pub mod admin;
@@ -7,4 +7,5 @@ pub mod common;
 pub mod health;
 pub mod queues;
 pub mod regions;
+pub mod schedules;
 pub mod workflows;

@@ -61,6 +61,8 @@ pub enum ErrorCode {
     DrillInProgress,
     /// A submit would take the cluster past `limits.max_queues` queues (400).
     TooManyQueues,
+    /// Creating something (a schedule) whose name is taken (409).
+    AlreadyExists,
     /// A code this client does not know (a newer server); never sent.
     #[serde(other)]
     Unknown,
@@ -68,7 +70,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the server sends, for tables and tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidWorkflow,
         ErrorCode::InvalidRequest,
@@ -90,6 +92,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::DrillInProgress,
         ErrorCode::TooManyQueues,
+        ErrorCode::AlreadyExists,
     ];
 
     /// The HTTP status the code is answered with.
@@ -101,7 +104,7 @@ impl ErrorCode {
             Unauthorized => 401,
             Forbidden | ClientRoleDisabled => 403,
             NotFound => 404,
-            InvalidState | DrillInProgress => 409,
+            InvalidState | DrillInProgress | AlreadyExists => 409,
             PayloadTooLarge => 413,
             RateLimited => 429,
             Internal | Unknown => 500,
@@ -136,6 +139,7 @@ impl ErrorCode {
             Internal => "internal",
             DrillInProgress => "drill_in_progress",
             TooManyQueues => "too_many_queues",
+            AlreadyExists => "already_exists",
             Unknown => "unknown",
         }
     }
@@ -316,6 +320,39 @@ pub struct BulkCancelled {
     pub consistency_token: String,
 }
 
+/// `POST /v1/schedules`: a cron schedule (5 fields, UTC) whose every tick
+/// submits `workflow` (once per tick, idempotency key
+/// `schedule:<name>:<tick>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    pub name: String,
+    pub cron: String,
+    pub workflow: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// A schedule as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleInfo {
+    pub name: String,
+    pub cron: String,
+    pub paused: bool,
+    /// The tick it waits for (RFC 3339, UTC).
+    pub next_run_at: String,
+    /// The run its latest tick started.
+    pub last_run_id: Option<Uuid>,
+    pub workflow: Value,
+}
+
+/// `GET /v1/schedules`: every schedule, by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleInfo>,
+}
+
 /// One queue of `GET /v1/queues`: tasks ready to claim (`depth`), claimed
 /// and not finished (`in_flight`), waiting for their ready-at time
 /// (`delayed`), the age of the oldest ready one (null when none), and
@@ -391,6 +428,9 @@ pub struct RunStatus {
     pub completed_at: Option<String>,
     pub steps: Vec<StepStatus>,
     pub metrics: Metrics,
+    /// The schedule that started the run, if one did.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 /// One step of a [`RunStatus`].
