@@ -231,6 +231,7 @@ mod tests {
             submitted_by: "n".into(),
             submitted_region: "r".into(),
             run_at: None,
+            priority: 0,
             steps: validate(&spec, &Limits::default(), |_, _| true, |_| true).unwrap(),
         }
     }

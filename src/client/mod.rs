@@ -247,6 +247,7 @@ impl Client {
         Ok(NewRun {
             run_id: Uuid::now_v7(),
             run_at,
+            priority: spec.priority.unwrap_or(0) as i32,
             goal: spec.goal,
             input: spec.input,
             idempotency_key: spec.idempotency_key,

@@ -401,11 +401,13 @@ impl Submit {
                 timeout_ms: None,
                 region: None,
                 delay_ms: None,
+                priority: None,
             }],
             input: None,
             idempotency_key: Some(self.key.clone()),
             decomposer: None,
             run_at: None,
+            priority: None,
         };
         let (shared, n) = (&self.shared, self.n);
         let result = self

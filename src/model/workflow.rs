@@ -33,6 +33,9 @@ pub struct WorkflowSpec {
     /// RFC 3339: the run's root steps become ready then (not before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
+    /// -100..100 (default 0): higher is claimed first within a queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 /// One DAG vertex of a [`WorkflowSpec`].
@@ -58,6 +61,9 @@ pub struct StepSpec {
     /// no executor slot meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<i64>,
+    /// -100..100; default: the run's priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 /// Limits applied by [`validate`]; the node's `[limits]` config fills them.
@@ -115,12 +121,16 @@ pub struct PlannedStep {
     pub timeout_ms: u64,
     /// 0: ready as soon as its dependencies complete.
     pub delay_ms: u64,
+    /// Claim order within its queue (higher first).
+    pub priority: i32,
 }
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Priorities run from -PRIORITY_MAX to PRIORITY_MAX.
+pub const PRIORITY_MAX: i64 = 100;
 /// Longest `delay_ms`: 366 days.
 pub const MAX_DELAY_MS: i64 = 366 * 86_400_000;
 
@@ -157,6 +167,12 @@ pub fn validate(
         if key.is_empty() || key.len() > 256 {
             return invalid("`idempotency_key` must be 1 to 256 bytes".into());
         }
+    }
+    let run_priority = spec.priority.unwrap_or(0);
+    if !(-PRIORITY_MAX..=PRIORITY_MAX).contains(&run_priority) {
+        return invalid(format!(
+            "`priority` must be between -{PRIORITY_MAX} and {PRIORITY_MAX} (got {run_priority})"
+        ));
     }
     check_depth("input", spec.input.as_ref(), limits.max_json_depth)?;
     // PostgreSQL text and jsonb cannot store NUL; refuse it here, by name.
@@ -244,6 +260,13 @@ pub fn validate(
                 step.id
             ));
         }
+        let priority = step.priority.unwrap_or(run_priority);
+        if !(-PRIORITY_MAX..=PRIORITY_MAX).contains(&priority) {
+            return invalid(format!(
+                "step `{}`: priority must be between -{PRIORITY_MAX} and {PRIORITY_MAX} (got {priority})",
+                step.id
+            ));
+        }
         let delay_ms = step.delay_ms.unwrap_or(0);
         if !(0..=MAX_DELAY_MS).contains(&delay_ms) {
             return invalid(format!(
@@ -267,6 +290,7 @@ pub fn validate(
             max_attempts,
             timeout_ms,
             delay_ms: delay_ms as u64,
+            priority: priority as i32,
         });
     }
     // Queues and their region variants are each a pgmq queue.

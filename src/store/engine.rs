@@ -25,6 +25,8 @@ pub struct NewRun {
     pub submitted_region: String,
     /// When the root steps become ready (None: at once).
     pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's priority (its steps carry their own).
+    pub priority: i32,
     pub steps: Vec<PlannedStep>,
 }
 

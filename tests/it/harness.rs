@@ -408,6 +408,7 @@ pub fn new_run(spec: Value) -> singularity_workflow::store::NewRun {
         submitted_by: "test".into(),
         submitted_region: "us-east".into(),
         run_at: singularity_workflow::model::workflow::run_at(&spec).unwrap(),
+        priority: spec.priority.unwrap_or(0) as i32,
         steps,
     }
 }

@@ -17,6 +17,7 @@ mod handlers;
 mod harness;
 mod layout;
 mod limits;
+mod priorities;
 mod queues;
 mod recover;
 mod regions;

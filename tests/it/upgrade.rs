@@ -282,9 +282,15 @@ async fn a_released_schema_with_finished_and_running_runs_upgrades_to_engine_v2(
         store.schema_compat().await.unwrap(),
         SchemaCompat::Current(known)
     );
-    // Migrating changed no run (a running run's duration grows meanwhile).
-    assert_eq!(old.docs(a).await, before[0]);
-    assert_eq!(old.docs(b).await, before[1]);
+    // Migrating changed no run (a running run's duration grows meanwhile);
+    // the status document only gained `schedule` (20261204000014), null
+    // for a run no schedule started.
+    let unscheduled = |(mut status, lineage): (serde_json::Value, serde_json::Value)| {
+        status["schedule"] = serde_json::Value::Null;
+        (status, lineage)
+    };
+    assert_eq!(old.docs(a).await, unscheduled(before[0].clone()));
+    assert_eq!(old.docs(b).await, unscheduled(before[1].clone()));
     let (status, lineage) = old.docs(c).await;
     assert_eq!(status["steps"], before[2].0["steps"]);
     assert_eq!(lineage["execution_trace"], before[2].1["execution_trace"]);

@@ -8,6 +8,7 @@
 //! [`Registry::register`] and [`Registry::register_decomposer`].
 
 pub mod command;
+mod configured;
 pub mod http;
 
 use std::collections::HashMap;
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::HandlersConfig;
 use crate::model::workflow::StepSpec;
 
 /// What a handler receives: `{"run": <run input>, "step": <step input>,
@@ -131,22 +131,6 @@ impl Registry {
             Err(HandlerError::message(msg))
         });
         r
-    }
-
-    /// Registers the `http:<name>` and `command:<name>` handlers `cfg`
-    /// declares (a node calls this with its config; nothing else of these
-    /// kinds runs on it).
-    pub fn register_configured(&mut self, cfg: &HandlersConfig) -> &mut Self {
-        for (name, h) in &cfg.http {
-            self.register(&format!("http:{name}"), http::HttpHandler::new(name, h));
-        }
-        for (name, c) in &cfg.command {
-            self.register(
-                &format!("command:{name}"),
-                command::CommandHandler::new(name, c),
-            );
-        }
-        self
     }
 
     /// Whether `name` is a built-in handler (accepted on any queue).
