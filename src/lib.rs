@@ -15,23 +15,28 @@
 //!   CLI, bench, drills, tests), `api::auth` (tokens, scopes, rate limits),
 //!   `api::tls` (rustls for the server and every outgoing HTTP client).
 //! - [`node`]: assembles a node from its config's roles; supervision (one
-//!   `JoinSet`), heartbeats, the HTTP server task, signals, shutdown.
+//!   `JoinSet`), heartbeats, the HTTP server task, the schedules' ticker,
+//!   signals, shutdown.
 //! - [`client`]: the client role: validate and submit (micro-batched; a batch
-//!   submit in one transaction), status, lineage, list, cancel, the regions view.
+//!   submit in one transaction), status, lineage, list, cancel (one run or by
+//!   filter), retry, queues (overview, pause/resume), cron schedules (and
+//!   firing them), which handlers a submit may name, the regions view.
 //! - [`executor`]: the executor role: worker pools, claim loop with LISTEN
 //!   wake-ups, running handlers, completion batching, lease extension, drain;
-//!   `executor::handlers` the handler and decomposer registry.
+//!   `executor::handlers` the handler and decomposer registry, with the
+//!   config's `http:<name>` and `command:<name>` handlers.
 //! - [`drill`]: switchover and failover drills: phases, timeline, the load
 //!   they generate (`drill::load`), the verdict (a pure function), the
 //!   journal and `swf drill recover`.
 //! - [`router`]: where each read and write goes: the read plan (pure), the
 //!   LSN tracker, primary discovery and epochs, the lineage cache.
 //! - [`store`]: ALL SQL, by concern (connection and schema, engine
-//!   transitions, reads, cluster state, nodes, queues).
+//!   transitions, reads, cluster state, nodes, queues, schedules).
 //! - [`config`]: the node TOML file: one key table, environment overrides,
 //!   legacy keys, side files. Parsing is pure (`config::parse`); only
 //!   `config::files` reads files and the environment.
-//! - [`model`]: workflow specs and DAG validation, pgmq queue naming,
+//! - [`model`]: workflow specs and DAG validation, pgmq queue naming, cron
+//!   expressions and ticks,
 //!   consistency tokens (signed and verified with the cluster's key) and
 //!   LSNs (pure).
 //! - [`batch`]: the micro-batcher behind submits and completions.
@@ -148,6 +153,22 @@
 //! - A hybrid node's submit claims only its pool's free slots, in the
 //!   submit's transaction, with the same claim as the executor's own
 //!   (`batches::a_hybrid_node_starts_what_it_submits_in_the_same_transaction`).
+//! - A paused queue starts nothing, on any node, until it is resumed; what
+//!   was queued meanwhile then runs (`queues::a_paused_queue_starts_nothing_until_it_is_resumed`).
+//! - A delayed step or a run with `run_at` never starts before its ready
+//!   time (`delays::delayed_steps_and_runs_start_no_earlier_than_their_ready_time`).
+//! - A retried run runs only what did not complete, and its lineage keeps
+//!   every earlier attempt
+//!   (`retry::a_failed_run_retried_runs_its_failed_step_and_dependents_only`).
+//! - A schedule's tick starts exactly one run however many nodes fire it
+//!   (`schedules::a_due_tick_starts_exactly_one_run_however_many_nodes_fire_it`).
+//! - Within a queue, higher priority is claimed first
+//!   (`priorities::high_priority_runs_overtake_low_ones_on_a_resumed_queue`).
+//! - A submit names only handlers some executor runs for the step's queue
+//!   (`handlers::a_node_accepts_only_handlers_some_executor_advertises_for_the_queue_and_only_they_run_them`),
+//!   only nodes that run a handler claim its tasks (the same test),
+//!   and a command handler's process group never outlives its attempt
+//!   (`handlers::http_and_command_handlers_run_real_work`).
 
 #![deny(clippy::await_holding_lock)]
 

@@ -263,6 +263,7 @@ impl Executor {
                 &pool.spec.name,
                 s.leases,
                 self.router.epoch(),
+                Some(&self.claim_handlers),
             )
             .await;
         match claimed {

@@ -22,9 +22,21 @@ pub struct Executor {
     pub(super) registry: Registry,
     pub(super) pools: Vec<Arc<Pool>>,
     pub(super) finisher: Finisher,
+    /// The handlers this node runs beyond the built-ins, as claims take
+    /// them (`,` then the names): claims leave other handlers' tasks.
+    pub(super) claim_handlers: String,
     /// Claim loops still running (each drains its pool before it ends);
     /// [`Executor::drain`] waits for it to reach zero.
     claiming: watch::Sender<usize>,
+}
+
+/// The handlers of `registry` beyond the built-ins, sorted.
+fn advertised(registry: &Registry) -> Vec<String> {
+    registry
+        .handler_names()
+        .into_iter()
+        .filter(|h| !Registry::is_builtin(h))
+        .collect()
 }
 
 /// Counts a claim loop out when its task ends, however it ends.
@@ -51,12 +63,14 @@ impl Executor {
             .map(|p| Arc::new(Pool::new(p, &settings.region)))
             .collect::<Vec<_>>();
         let finisher = finish::start(router.clone(), settings.leases, tasks);
+        let claim_handlers = format!(",{}", advertised(&registry).join(","));
         let ex = Arc::new(Executor {
             settings,
             router,
             registry,
             pools,
             finisher,
+            claim_handlers,
             claiming: watch::Sender::new(0),
         });
         // Fired once the queues exist (a one-shot latch).
@@ -92,11 +106,7 @@ impl Executor {
     /// The handlers this node runs beyond the built-ins (every pool runs
     /// every handler of the node's registry).
     pub fn advertised_handlers(&self) -> Vec<String> {
-        self.registry
-            .handler_names()
-            .into_iter()
-            .filter(|h| !Registry::is_builtin(h))
-            .collect()
+        advertised(&self.registry)
     }
 
     pub fn status(&self) -> Vec<PoolStatus> {

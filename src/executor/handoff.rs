@@ -37,6 +37,7 @@ impl Executor {
                         region: self.settings.region.clone(),
                         pool: p.spec.name.clone(),
                         leases: self.settings.leases,
+                        handlers: self.claim_handlers.clone(),
                     },
                 )
             })

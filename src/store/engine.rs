@@ -48,6 +48,9 @@ pub struct EagerClaim {
     pub region: String,
     pub pool: String,
     pub leases: Leases,
+    /// The handlers the claiming node runs beyond the built-ins, as
+    /// [`Store::claim_tasks`] takes them.
+    pub handlers: String,
 }
 
 /// A task claimed by an executor.
@@ -215,6 +218,7 @@ impl Store {
                 "mqs": c.mqs, "qty": c.qty, "node_id": c.node_id,
                 "region": c.region, "pool": c.pool,
                 "lease_ms": c.leases.lease_ms, "margin_ms": c.leases.margin_ms,
+                "handlers": c.handlers,
             })
         });
         let row = sqlx::query("CALL swf.submit_and_claim($1, $2, $3, $4, $5)")
@@ -290,7 +294,9 @@ impl Store {
         Ok((row.try_get("p_ids")?, token_from_row(&row)?))
     }
 
-    /// Claims up to `qty` tasks from the pgmq queues `mqs` (in order).
+    /// Claims up to `qty` tasks from the pgmq queues `mqs` (in order): any
+    /// task, or with `handlers` (`,` then the handlers the node runs beyond
+    /// the built-ins, comma-separated) only those the node can run.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_tasks(
         &self,
@@ -301,21 +307,31 @@ impl Store {
         pool: &str,
         leases: Leases,
         epoch: u64,
+        handlers: Option<&str>,
     ) -> Result<Vec<ClaimedTask>> {
-        Ok(sqlx::query_as::<_, ClaimedTask>(
-            "SELECT run_id, step_id, attempt, handler, timeout_ms, input
-               FROM swf.claim_tasks($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(mqs)
-        .bind(qty as i32)
-        .bind(node_id)
-        .bind(region)
-        .bind(pool)
-        .bind(leases.lease_ms)
-        .bind(leases.margin_ms)
-        .bind(epoch as i64)
-        .fetch_all(&self.pool)
-        .await?)
+        let sql = match handlers {
+            None => {
+                "SELECT run_id, step_id, attempt, handler, timeout_ms, input
+                   FROM swf.claim_tasks($1, $2, $3, $4, $5, $6, $7, $8)"
+            }
+            Some(_) => {
+                "SELECT run_id, step_id, attempt, handler, timeout_ms, input
+                   FROM swf.claim_tasks_for($9, $1, $2, $3, $4, $5, $6, $7, $8)"
+            }
+        };
+        let mut q = sqlx::query_as::<_, ClaimedTask>(sql)
+            .bind(mqs)
+            .bind(qty as i32)
+            .bind(node_id)
+            .bind(region)
+            .bind(pool)
+            .bind(leases.lease_ms)
+            .bind(leases.margin_ms)
+            .bind(epoch as i64);
+        if let Some(h) = handlers {
+            q = q.bind(h);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// Records a batch of finished attempts (completions and failures) in

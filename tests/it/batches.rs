@@ -43,7 +43,7 @@ async fn one_report_carries_completions_retries_failures_and_stale_attempts() {
     store.submit_runs(&runs, None, 1).await.unwrap();
     let mqs = vec!["default".to_string()];
     let claimed = store
-        .claim_tasks(&mqs, 100, "n1", "us-east", "default", LEASES, 1)
+        .claim_tasks(&mqs, 100, "n1", "us-east", "default", LEASES, 1, None)
         .await
         .unwrap();
     assert_eq!(
@@ -90,7 +90,7 @@ async fn one_report_carries_completions_retries_failures_and_stale_attempts() {
     );
     // The chain's second step was queued by the batch, and runs.
     let next = store
-        .claim_tasks(&mqs, 100, "n1", "us-east", "default", LEASES, 1)
+        .claim_tasks(&mqs, 100, "n1", "us-east", "default", LEASES, 1, None)
         .await
         .unwrap();
     assert_eq!(
@@ -147,7 +147,7 @@ async fn a_batch_refuses_the_stale_attempt_and_completes_the_current_one() {
     store.submit_runs(&runs, None, 1).await.unwrap();
     let mqs = vec!["default".to_string()];
     let first = store
-        .claim_tasks(&mqs, 10, "lost", "us-east", "default", LEASES, 1)
+        .claim_tasks(&mqs, 10, "lost", "us-east", "default", LEASES, 1, None)
         .await
         .unwrap();
     assert_eq!(first.len(), 2);
@@ -157,7 +157,7 @@ async fn a_batch_refuses_the_stale_attempt_and_completes_the_current_one() {
         let (store, mqs) = (store.clone(), mqs.clone());
         async move {
             let t = store
-                .claim_tasks(&mqs, 10, "alive", "us-east", "default", LEASES, 1)
+                .claim_tasks(&mqs, 10, "alive", "us-east", "default", LEASES, 1, None)
                 .await
                 .unwrap();
             (t.len() == 2).then_some(t)
@@ -349,7 +349,7 @@ async fn a_queue_without_its_own_statements_gets_them_at_its_first_claim() {
     store.submit_runs(&[run], None, 1).await.unwrap();
     let mqs = vec!["side".to_string(), "default".to_string()];
     let claimed = store
-        .claim_tasks(&mqs, 10, "n1", "us-east", "default", LEASES, 1)
+        .claim_tasks(&mqs, 10, "n1", "us-east", "default", LEASES, 1, None)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "{claimed:?}");
@@ -426,7 +426,7 @@ async fn a_completion_batch_costs_what_its_size_does_whatever_the_statistics_say
     }
     let mqs = vec!["default".to_string()];
     let claimed = store
-        .claim_tasks(&mqs, 20, "n1", "us-east", "default", LEASES, 1)
+        .claim_tasks(&mqs, 20, "n1", "us-east", "default", LEASES, 1, None)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 20);
@@ -474,6 +474,7 @@ async fn a_submit_whose_claim_took_all_it_stored_wakes_no_poller() {
         region: "us-east".into(),
         pool: "default".into(),
         leases: LEASES,
+        handlers: ",".into(),
     };
     // Two runs, a claim for five: both claimed, the queue drained.
     let runs = [one_step("a", 60_000), one_step("b", 60_000)];
@@ -509,6 +510,7 @@ async fn a_submit_whose_claim_took_all_it_stored_wakes_no_poller() {
             "default",
             LEASES,
             1,
+            None,
         )
         .await
         .unwrap();

@@ -261,7 +261,7 @@ async fn stale_completion_is_refused() {
     };
     let mqs = vec!["default".to_string()];
     let first = store
-        .claim_tasks(&mqs, 5, "slow-node", "us-east", "default", leases, 1)
+        .claim_tasks(&mqs, 5, "slow-node", "us-east", "default", leases, 1, None)
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
@@ -272,7 +272,7 @@ async fn stale_completion_is_refused() {
         let mqs = mqs.clone();
         async move {
             let t = store
-                .claim_tasks(&mqs, 5, "fast-node", "us-east", "default", leases, 1)
+                .claim_tasks(&mqs, 5, "fast-node", "us-east", "default", leases, 1, None)
                 .await
                 .unwrap();
             (!t.is_empty()).then_some(t)

@@ -208,7 +208,8 @@ async fn http_and_command_handlers_run_real_work() {
 }
 
 #[tokio::test]
-async fn an_edge_node_accepts_only_handlers_some_executor_advertises_for_the_queue() {
+async fn a_node_accepts_only_handlers_some_executor_advertises_for_the_queue_and_only_they_run_them(
+) {
     let db = fresh_db().await;
     let base = receiver().await;
     let mut wcfg = node_config("handlers-worker", &db);
@@ -217,10 +218,13 @@ async fn an_edge_node_accepts_only_handlers_some_executor_advertises_for_the_que
         .http
         .insert("ok".into(), http(format!("{base}/ok"), Some(SECRET)));
     let worker = start_node(wcfg, Registry::with_builtins()).await;
-    let mut ecfg = node_config("handlers-edge", &db);
-    ecfg.enable_executor = false;
-    ecfg.worker_pools.clear();
-    let edge = start_node(ecfg, Registry::with_builtins()).await;
+    // A hybrid node without the handler: it accepts the step (the worker
+    // advertises it) but neither its submit nor its pool claims it.
+    let edge = start_node(
+        node_config("handlers-hybrid", &db),
+        Registry::with_builtins(),
+    )
+    .await;
     let api = Api::new(&edge.url());
     let store = singularity_workflow::store::Store::connect_lazy(&db, 2).unwrap();
     wait_for("the worker to advertise http:ok", 30, || {
@@ -235,12 +239,20 @@ async fn an_edge_node_accepts_only_handlers_some_executor_advertises_for_the_que
     .await;
 
     let wf = |handler: &str, queue: &str| json!({"goal": "edge", "steps": [{"id": "s", "handler": handler, "queue": queue}]});
-    let a = api.post("/v1/workflows", &wf("http:ok", "default")).await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    let id = a.body["run_id"].as_str().unwrap().to_string();
-    let done = api.wait_terminal(&id, 30).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["output"]["s"]["signed"], true, "{done}");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let a = api.post("/v1/workflows", &wf("http:ok", "default")).await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        ids.push(a.body["run_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let done = api.wait_terminal(id, 30).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["output"]["s"]["signed"], true, "{done}");
+        let ran = attempts_of(&api.lineage(id).await, "s");
+        assert_eq!(ran.len(), 1, "{ran:?}");
+        assert_eq!(ran[0].1, "handlers-worker", "{ran:?}");
+    }
     // Not advertised for that queue, or by no one: refused by name, not stored.
     for (handler, queue) in [
         ("http:ok", "other"),
@@ -255,7 +267,7 @@ async fn an_edge_node_accepts_only_handlers_some_executor_advertises_for_the_que
     let runs = api.get("/v1/workflows").await;
     assert_eq!(
         runs.body["runs"].as_array().map(Vec::len),
-        Some(1),
+        Some(5),
         "{}",
         runs.body
     );

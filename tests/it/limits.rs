@@ -143,6 +143,7 @@ async fn a_step_input_too_large_for_the_database_fails_its_step_and_the_queue_ke
             "manual",
             leases,
             1,
+            None,
         )
         .await
         .unwrap();

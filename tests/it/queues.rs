@@ -76,6 +76,7 @@ async fn a_paused_queue_starts_nothing_until_it_is_resumed() {
             "default",
             leases,
             1,
+            None,
         )
         .await
         .unwrap();

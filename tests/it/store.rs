@@ -44,6 +44,7 @@ async fn claim(store: &Store, epoch: u64) -> Vec<ClaimedTask> {
             "default",
             LEASES,
             epoch,
+            None,
         )
         .await
         .unwrap()
