@@ -56,11 +56,20 @@ impl Executor {
             }
         }
         let mqs: Vec<String> = self.pools.iter().flat_map(|p| p.mqs.clone()).collect();
+        // Which queue each mq holds (queues are paused and listed by name).
+        let queues: Vec<String> = self
+            .pools
+            .iter()
+            .flat_map(|p| p.mqs.iter().map(|_| p.spec.queue.clone()))
+            .collect();
         let mut backoff = Duration::from_millis(100);
         loop {
             let store = self.router.write_store().clone();
             let attempt = async {
                 store.ensure_queues(&mqs, self.router.epoch()).await?;
+                store
+                    .note_queue_mqs(&mqs, &queues, self.router.epoch())
+                    .await?;
                 ready.cancel();
                 store.listen(&mqs).await
             };

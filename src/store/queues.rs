@@ -36,6 +36,28 @@ impl Store {
         Ok(())
     }
 
+    /// Notes that pgmq queue `mqs[i]` holds tasks of queue `queues[i]`
+    /// (idempotent), so pausing and listing `queues[i]` covers it before
+    /// its first task. A database of an older epoch refuses it.
+    pub async fn note_queue_mqs(
+        &self,
+        mqs: &[String],
+        queues: &[String],
+        epoch: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO swf.queue_mqs (mq, queue)
+             SELECT u.mq, u.queue FROM swf.assert_epoch($3), unnest($1::text[], $2::text[]) AS u(mq, queue)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(mqs)
+        .bind(queues)
+        .bind(epoch as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The names of every pgmq queue in the database (at most
     /// `limits.max_queues` where submits created them).
     pub async fn queue_names(&self) -> Result<Vec<String>> {
