@@ -1,8 +1,10 @@
 //! The scheduler task of a client node: about once a second, fires the
 //! cron schedules that are due ([`Client::fire_due_schedules`]). Every
 //! client node runs it; the schedules' idempotency keys make the nodes'
-//! races harmless (one run per tick). A failed pass is logged and tried
-//! again on the next; it never stops the node.
+//! races harmless (one run per tick). A failed pass (the primary out of
+//! reach, say) is logged and tried again after a wait that doubles up to
+//! [`MAX_WAIT`], so an outage logs a few lines, not one a second; it never
+//! stops the node.
 
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use crate::client::Client;
 
 /// How often due schedules are looked for (cron's resolution is a minute).
 const PASS: Duration = Duration::from_secs(1);
+/// The longest wait after failed passes.
+const MAX_WAIT: Duration = Duration::from_secs(30);
 
 pub(super) fn spawn(
     client: Client,
@@ -22,9 +26,10 @@ pub(super) fn spawn(
     span: &Span,
 ) {
     let run = async move {
+        let mut wait = PASS;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(PASS) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
             let pass = tokio::select! {
@@ -32,9 +37,16 @@ pub(super) fn spawn(
                 _ = shutdown.cancelled() => return,
             };
             match pass {
-                Ok(0) => {}
-                Ok(n) => debug!(schedules = n, "schedules fired"),
-                Err(e) => warn!(error = %e, "firing due schedules"),
+                Ok(n) => {
+                    if n > 0 {
+                        debug!(schedules = n, "schedules fired");
+                    }
+                    wait = PASS;
+                }
+                Err(e) => {
+                    wait = (wait * 2).min(MAX_WAIT);
+                    warn!(error = %e, retry_in_s = wait.as_secs(), "firing due schedules");
+                }
             }
         }
     };
