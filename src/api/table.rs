@@ -184,6 +184,37 @@ mod tests {
             ("GET", Some("/v1/queues"), Some("Bearer r-secret"), "ok"),
             (
                 "POST",
+                Some("/v1/workflows/cancel"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows/{run_id}/retry"),
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            ("GET", Some("/v1/schedules"), Some("Bearer r-secret"), "ok"),
+            (
+                "POST",
+                Some("/v1/schedules"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "DELETE",
+                Some("/v1/schedules/{name}"),
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            (
+                "DELETE",
+                Some("/v1/schedules/{name}"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "POST",
                 Some("/v1/queues/{name}/pause"),
                 Some("Bearer w-secret"),
                 "403",
