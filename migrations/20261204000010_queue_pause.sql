@@ -22,9 +22,9 @@ CREATE TABLE swf.queue_mqs (
 CREATE INDEX queue_mqs_queue ON swf.queue_mqs (queue);
 
 INSERT INTO swf.queue_mqs (mq, queue)
-SELECT m.queue_name, s.queue
-  FROM pgmq.meta m
-  CROSS JOIN LATERAL (SELECT st.queue FROM swf.steps st WHERE st.mq = m.queue_name LIMIT 1) s
+SELECT DISTINCT ON (st.mq) st.mq, st.queue
+  FROM swf.steps st
+ WHERE st.mq IN (SELECT m.queue_name FROM pgmq.meta m)
 ON CONFLICT DO NOTHING;
 
 ALTER TABLE swf.queue_state RENAME COLUMN mq TO queue;
@@ -73,7 +73,8 @@ BEGIN
 END $$;
 
 -- swf.submit_and_claim: a submit that claimed all it stored wakes nobody;
--- it notes the queues of its batch's mqs (above).
+-- it notes the queues of its batch's mqs (above), and claims with the
+-- node's handler list when p_claim carries one (20261204000011).
 --
 -- swf.submit_and_claim woke every queue its runs were put on, after its
 -- COMMIT. When the claim in the same transaction took fewer tasks than it
@@ -103,6 +104,9 @@ BEGIN
     p_runs := swf._submit_runs(p_runs, p_epoch);
     p_claimed := '[]';
     IF p_claim IS NOT NULL THEN
+        IF p_claim ? 'handlers' THEN
+            PERFORM set_config('swf.claim_handlers', p_claim->>'handlers', true);
+        END IF;
         BEGIN
             p_claimed := (
                 SELECT coalesce(jsonb_agg(jsonb_build_array(c.run_id, c.step_id, c.attempt,
