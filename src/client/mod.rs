@@ -450,15 +450,7 @@ impl Client {
         }
         let time = |name: &str, v: &Option<String>| {
             v.as_deref()
-                .map(|t| {
-                    chrono::DateTime::parse_from_rfc3339(t)
-                        .map(|t| t.with_timezone(&chrono::Utc))
-                        .map_err(|e| {
-                            ClientError::InvalidRequest(format!(
-                                "{name} must be an RFC 3339 time such as 2026-12-04T09:30:00Z (got `{t}`: {e})"
-                            ))
-                        })
-                })
+                .map(|t| workflow::parse_time(name, t).map_err(ClientError::InvalidRequest))
                 .transpose()
         };
         let after = time("created_after", &req.created_after)?;

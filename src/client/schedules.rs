@@ -163,6 +163,9 @@ impl Client {
             .due_schedules(FIRE_BATCH)
             .await
             .map_err(ClientError::from_read)?;
+        let Some(now) = now else {
+            return Ok(0);
+        };
         let mut moved = 0;
         for row in due {
             if self.fire(&row, now).await? {

@@ -309,19 +309,25 @@ pub fn validate(
     Ok(planned)
 }
 
+/// `text`, a time in RFC 3339 (any offset), in UTC; the error names
+/// `field` and shows the form expected.
+pub fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!(
+                "`{field}` must be an RFC 3339 time such as 2026-12-04T09:30:00Z (got `{}`: {e})",
+                truncate(text)
+            )
+        })
+}
+
 /// The run's `run_at`, parsed (RFC 3339, any offset; stored in UTC).
 pub fn run_at(spec: &WorkflowSpec) -> Result<Option<DateTime<Utc>>, ValidationError> {
-    let Some(text) = &spec.run_at else {
-        return Ok(None);
-    };
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| Some(t.with_timezone(&Utc)))
-        .map_err(|e| {
-            ValidationError::Invalid(format!(
-                "`run_at` must be an RFC 3339 time such as 2026-12-04T09:30:00Z (got `{}`: {e})",
-                truncate(text)
-            ))
-        })
+    spec.run_at
+        .as_deref()
+        .map(|t| parse_time("run_at", t).map_err(ValidationError::Invalid))
+        .transpose()
 }
 
 /// Kahn's algorithm; returns a step on a cycle if the graph is not a DAG.

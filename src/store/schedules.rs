@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::conn::{Result, Store};
@@ -94,16 +95,11 @@ impl Store {
         epoch: u64,
     ) -> Result<Option<ScheduleRow>> {
         Ok(sqlx::query_as(&format!(
-            "UPDATE swf.schedules s
-                SET paused = $2, next_run_at = coalesce($3, s.next_run_at), updated_at = now()
-               FROM swf.assert_epoch($4) e
-              WHERE s.name = $1
-          RETURNING {}",
-            COLUMNS
-                .split(", ")
-                .map(|c| format!("s.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "UPDATE swf.schedules
+                SET paused = $2, next_run_at = coalesce($3, next_run_at), updated_at = now()
+               FROM swf.assert_epoch($4)
+              WHERE name = $1
+          RETURNING {COLUMNS}"
         ))
         .bind(name)
         .bind(paused)
@@ -113,21 +109,26 @@ impl Store {
         .await?)
     }
 
-    /// Up to `limit` schedules due at the database's now, oldest tick first.
-    pub async fn due_schedules(&self, limit: i64) -> Result<(Vec<ScheduleRow>, DateTime<Utc>)> {
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?;
-        let rows = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM swf.schedules
-              WHERE NOT paused AND next_run_at <= $1
-              ORDER BY next_run_at LIMIT $2"
+    /// Up to `limit` schedules due at the database's now, oldest tick
+    /// first, with that now (one round trip; None when none is due).
+    pub async fn due_schedules(
+        &self,
+        limit: i64,
+    ) -> Result<(Vec<ScheduleRow>, Option<DateTime<Utc>>)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}, now() AS db_now FROM swf.schedules
+              WHERE NOT paused AND next_run_at <= now()
+              ORDER BY next_run_at LIMIT $1"
         ))
-        .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok((rows, now))
+        let now = rows.first().map(|r| r.try_get("db_now")).transpose()?;
+        let due = rows
+            .iter()
+            .map(ScheduleRow::from_row)
+            .collect::<std::result::Result<_, _>>()?;
+        Ok((due, now))
     }
 
     /// Records that `tick` of schedule `name` started run `run_id` (None:

@@ -3,22 +3,8 @@
 
 use serde_json::{json, Value};
 use singularity_workflow::executor::handlers::Registry;
-use tokio::process::Command;
 
 use crate::harness::*;
-
-async fn swf_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_swf"))
-        .args(args)
-        .output()
-        .await
-        .expect("run swf");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn statuses(api: &Api, ids: &[String]) -> Vec<String> {
     let mut out = Vec::new();

@@ -224,6 +224,21 @@ pub async fn start_node(config: Config, registry: Registry) -> Node {
     Node::start(config, registry).await.expect("start node")
 }
 
+/// Runs the `swf` CLI with `args` without blocking the runtime a node of
+/// the test serves on; returns its exit code, stdout and stderr.
+pub async fn swf_cli(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_swf"))
+        .args(args)
+        .output()
+        .await
+        .expect("run swf");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Polls `f` until it yields Some, failing the test after `secs` seconds.
 pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, f: F) -> T
 where

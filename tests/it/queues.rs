@@ -1,8 +1,6 @@
 //! Queues (DESIGN 10.3): `GET /v1/queues`, and pausing and resuming a queue
 //! cluster-wide, over HTTP and from the CLI.
 
-use tokio::process::Command;
-
 use serde_json::{json, Value};
 use singularity_workflow::executor::handlers::Registry;
 use singularity_workflow::store::{Leases, Store};
@@ -14,20 +12,6 @@ fn queue<'a>(list: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|qs| qs.iter().find(|q| q["name"] == name))
         .unwrap_or_else(|| panic!("queue {name} not listed: {list}"))
-}
-
-/// Runs the CLI without blocking the runtime the node serves on.
-async fn swf_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_swf"))
-        .args(args)
-        .output()
-        .await
-        .expect("run swf");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

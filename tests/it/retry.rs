@@ -4,7 +4,6 @@
 
 use serde_json::json;
 use singularity_workflow::executor::handlers::{HandlerError, Registry, TaskContext};
-use tokio::process::Command;
 
 use crate::harness::*;
 
@@ -108,17 +107,8 @@ async fn a_cancelled_run_retried_from_the_cli_completes() {
     assert_eq!(c.status, 200, "{}", c.body);
     let r = api.post("/v1/queues/default/resume", &json!({})).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let out = Command::new(env!("CARGO_BIN_EXE_swf"))
-        .args(["retry", "--api", &node.url(), &id])
-        .output()
-        .await
-        .expect("run swf");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = swf_cli(&["retry", "--api", &node.url(), &id]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(stdout.trim(), format!("run {id}: running"));
     let done = api.wait_terminal(&id, 30).await;
     assert_eq!(done["status"], "completed", "{done}");
