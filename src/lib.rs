@@ -15,11 +15,13 @@
 //!   CLI, bench, drills, tests), `api::auth` (tokens, scopes, rate limits),
 //!   `api::tls` (rustls for the server and every outgoing HTTP client).
 //! - [`node`]: assembles a node from its config's roles; supervision (one
-//!   `JoinSet`), heartbeats, the HTTP server task, the schedules' ticker,
+//!   `JoinSet`), heartbeats, the HTTP server task, the schedules' and
+//!   waits' ticker,
 //!   signals, shutdown.
 //! - [`client`]: the client role: validate and submit (micro-batched; a batch
 //!   submit in one transaction), status, lineage, list, cancel (one run or by
-//!   filter), retry, queues (overview, pause/resume), cron schedules (and
+//!   filter), retry, pause/resume and signals of a run (and timing out
+//!   waits), queues (overview, pause/resume), cron schedules (and
 //!   firing them), which handlers a submit may name, the regions view.
 //! - [`executor`]: the executor role: worker pools, claim loop with LISTEN
 //!   wake-ups, running handlers, completion batching, lease extension, drain;
@@ -169,6 +171,17 @@
 //!   only nodes that run a handler claim its tasks (the same test),
 //!   and a command handler's process group never outlives its attempt
 //!   (`handlers::http_and_command_handlers_run_real_work`).
+//! - A paused run starts no new task until resumed; what it started
+//!   finishes (`control::a_paused_run_starts_nothing_new_until_resumed`).
+//! - A signal completes the first step waiting for it, is kept for one
+//!   that waits later, and a finished run refuses it storing nothing
+//!   (`control::signals_complete_waiting_steps_early_late_or_time_out`).
+//! - No more than a key's limit of its tasks run at once across nodes
+//!   (`keys::a_key_limits_running_tasks_across_nodes`), and a slot held by
+//!   a dead executor frees with its lease
+//!   (`keys::a_slot_held_by_a_dead_executor_frees_with_its_lease`).
+//! - A map step's output is its items' outputs in order, one task each
+//!   (`maps::a_map_runs_one_task_per_item_and_keeps_their_order`).
 
 #![deny(clippy::await_holding_lock)]
 

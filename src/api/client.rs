@@ -26,9 +26,10 @@ use uuid::Uuid;
 use crate::api::tls::{bearer, error_chain, AccessArgs, ClientTls, TlsError};
 use crate::api::wire::{
     BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, DrillList, DrillRecord,
-    DrillReport, DrillRequest, ErrorCode, Health, ListQuery, NodeInfoBody, QueueList, QueuePaused,
-    Ready, RecoverReport, Regions, Retried, RunLineage, RunList, RunStatus, ScheduleInfo,
-    ScheduleList, ScheduleRequest, Submitted, H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
+    DrillReport, DrillRequest, ErrorCode, Health, ListQuery, NodeInfoBody, PausedRun, QueueList,
+    QueuePaused, Ready, RecoverReport, Regions, Retried, RunLineage, RunList, RunStatus,
+    ScheduleInfo, ScheduleList, ScheduleRequest, SignalRequest, Signalled, Submitted,
+    H_READ_SOURCE, H_REGION, H_SERVED_BY, H_TOKEN,
 };
 
 /// A typed answer and the response headers clients use.
@@ -476,6 +477,36 @@ impl ApiClient {
     pub async fn retry(&self, run_id: Uuid) -> Result<Answer<Retried>, CallError> {
         self.call::<_, ()>(Method::POST, &format!("/v1/workflows/{run_id}/retry"), None)
             .await
+    }
+
+    /// `POST /v1/workflows/{run_id}/pause` (`paused`) or `.../resume`.
+    pub async fn set_paused(
+        &self,
+        run_id: Uuid,
+        paused: bool,
+    ) -> Result<Answer<PausedRun>, CallError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.call::<_, ()>(
+            Method::POST,
+            &format!("/v1/workflows/{run_id}/{verb}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/workflows/{run_id}/signals/{name}`.
+    pub async fn signal(
+        &self,
+        run_id: Uuid,
+        name: &str,
+        req: &SignalRequest,
+    ) -> Result<Answer<Signalled>, CallError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/workflows/{run_id}/signals/{name}"),
+            Some(req),
+        )
+        .await
     }
 
     /// `POST /v1/workflows/cancel` (bulk cancel by filter).

@@ -6,7 +6,7 @@ use axum::http::Method;
 
 use crate::api::access::Routes;
 use crate::api::auth::{Access, Scope};
-use crate::api::routes::{admin, health, queues, regions, schedules, workflows};
+use crate::api::routes::{admin, control, health, queues, regions, schedules, workflows};
 
 const READ: Access = Access::Scope(Scope::Read);
 const SUBMIT: Access = Access::Scope(Scope::Submit);
@@ -40,6 +40,24 @@ pub fn v1_routes() -> Routes {
             "/v1/workflows/{run_id}/retry",
             SUBMIT,
             workflows::retry,
+        )
+        .add(
+            Method::POST,
+            "/v1/workflows/{run_id}/pause",
+            SUBMIT,
+            control::pause,
+        )
+        .add(
+            Method::POST,
+            "/v1/workflows/{run_id}/resume",
+            SUBMIT,
+            control::resume,
+        )
+        .add(
+            Method::POST,
+            "/v1/workflows/{run_id}/signals/{name}",
+            SUBMIT,
+            control::signal,
         )
         .add(
             Method::POST,
@@ -191,6 +209,24 @@ mod tests {
             (
                 "POST",
                 Some("/v1/workflows/{run_id}/retry"),
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows/{run_id}/pause"),
+                Some("Bearer r-secret"),
+                "403",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows/{run_id}/resume"),
+                Some("Bearer w-secret"),
+                "ok",
+            ),
+            (
+                "POST",
+                Some("/v1/workflows/{run_id}/signals/{name}"),
                 Some("Bearer w-secret"),
                 "ok",
             ),

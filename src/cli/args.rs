@@ -102,6 +102,29 @@ pub enum Command {
         api: ApiArgs,
         run_id: String,
     },
+    /// Pause a run: it starts no new task until resumed (started ones finish).
+    Pause {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+    },
+    /// Resume a paused run.
+    Resume {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+    },
+    /// Send a signal to a run: the first step waiting for NAME (`wait_for`)
+    /// completes with the payload as its output; kept until one waits.
+    Signal {
+        #[command(flatten)]
+        api: ApiArgs,
+        run_id: String,
+        name: String,
+        /// The payload (JSON), the waiting step's output.
+        #[arg(long)]
+        payload: Option<String>,
+    },
     /// Print a run's lineage: its DAG and every attempt.
     Lineage {
         #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `retry`, `schedules`, `drill`,
+//! The client commands (`submit`, `submit --batch`, `status`, `lineage`, `regions`, `queues`, `runs`, `cancel`, `retry`, `pause`, `resume`, `signal`, `schedules`, `drill`,
 //! `drill list`, `drill recover`):
 //! each one call (or poll) of [`ApiClient`], printed with [`super::render`]
 //! or, with `--json`, as the typed answer.
@@ -176,6 +176,44 @@ pub async fn retry(api: &ApiArgs, run_id: &str) -> anyhow::Result<i32> {
     let doc = client(api, Duration::from_secs(30))?.retry(id).await?.body;
     show(api.json, &doc, |d| {
         format!("run {}: {}\n", d.run_id, d.status.as_str())
+    })?;
+    Ok(0)
+}
+
+/// `swf pause RUN` and `swf resume RUN`.
+pub async fn set_run_paused(api: &ApiArgs, run_id: &str, paused: bool) -> anyhow::Result<i32> {
+    let id = run_id_arg(run_id)?;
+    let doc = client(api, Duration::from_secs(30))?
+        .set_paused(id, paused)
+        .await?
+        .body;
+    show(api.json, &doc, |d| {
+        format!("run {}: {}\n", d.run_id, d.status.as_str())
+    })?;
+    Ok(0)
+}
+
+/// `swf signal RUN NAME [--payload JSON]`.
+pub async fn signal(
+    api: &ApiArgs,
+    run_id: &str,
+    name: &str,
+    payload: Option<&str>,
+) -> anyhow::Result<i32> {
+    let id = run_id_arg(run_id)?;
+    let payload = payload
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p)
+                .map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))
+        })
+        .transpose()?;
+    let req = crate::api::wire::SignalRequest { payload };
+    let doc = client(api, Duration::from_secs(30))?
+        .signal(id, name, &req)
+        .await?
+        .body;
+    show(api.json, &doc, |d| {
+        format!("run {}: signal {} sent\n", d.run_id, d.signal)
     })?;
     Ok(0)
 }

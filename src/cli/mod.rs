@@ -135,6 +135,14 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Lineage { api, run_id } => commands::lineage(&api, &run_id).await,
         Command::Regions { api } => commands::regions(&api).await,
         Command::Retry { api, run_id } => commands::retry(&api, &run_id).await,
+        Command::Pause { api, run_id } => commands::set_run_paused(&api, &run_id, true).await,
+        Command::Resume { api, run_id } => commands::set_run_paused(&api, &run_id, false).await,
+        Command::Signal {
+            api,
+            run_id,
+            name,
+            payload,
+        } => commands::signal(&api, &run_id, &name, payload.as_deref()).await,
         Command::Runs {
             api,
             status,

@@ -232,6 +232,8 @@ mod tests {
             submitted_region: "r".into(),
             run_at: None,
             priority: 0,
+            concurrency_key: None,
+            concurrency_limit: None,
             steps: validate(&spec, &Limits::default(), |_, _| true, |_| true).unwrap(),
         }
     }

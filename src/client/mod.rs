@@ -1,5 +1,5 @@
-//! The client role: submit, batch submit ([`batch`]), status, lineage, list
-//! and cancel.
+//! The client role: submit, batch submit ([`batch`]), status, lineage, list,
+//! cancel, and run control ([`control`]: pause, resume, signals).
 //!
 //! Submissions are validated here (pure), then stored through a
 //! micro-batcher so concurrent submits share round trips; a batch submit is
@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod cluster;
+mod control;
 mod handlers;
 mod queues;
 mod schedules;
@@ -248,6 +249,8 @@ impl Client {
             run_id: Uuid::now_v7(),
             run_at,
             priority: spec.priority.unwrap_or(0) as i32,
+            concurrency_key: spec.concurrency.as_ref().map(|c| c.key.clone()),
+            concurrency_limit: spec.concurrency.as_ref().map(|c| c.limit as i32),
             goal: spec.goal,
             input: spec.input,
             idempotency_key: spec.idempotency_key,

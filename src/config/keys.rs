@@ -113,6 +113,7 @@ pub(crate) const KEYS: &[Key] = &[
     key("limits.max_batch", Int),
     key("limits.max_batch_body_bytes", Int),
     key("limits.allow_unadvertised_handlers", Bool),
+    key("limits.max_map_items", Int),
     key("handlers", Tbl),
     key("handlers.shell_allow", StrList),
     key("handlers.http_allow", StrList),

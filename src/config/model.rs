@@ -286,6 +286,8 @@ pub struct LimitsConfig {
     pub max_batch_body_bytes: usize,
     /// Accept workflows naming handlers no executor advertises (DESIGN 10.4).
     pub allow_unadvertised_handlers: bool,
+    /// Most items one `map` step may have (its source's length).
+    pub max_map_items: u32,
 }
 
 impl Default for LimitsConfig {
@@ -304,6 +306,7 @@ impl Default for LimitsConfig {
             max_batch: 1000,
             max_batch_body_bytes: 16 << 20,
             allow_unadvertised_handlers: false,
+            max_map_items: 10_000,
         }
     }
 }

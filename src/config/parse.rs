@@ -455,6 +455,13 @@ fn build_limits(doc: &Doc<'_>, ctx: &Ctx) -> Result<LimitsConfig, ConfigError> {
         allow_unadvertised_handlers: doc
             .bool(&["limits", "allow_unadvertised_handlers"])
             .unwrap_or(d.allow_unadvertised_handlers),
+        max_map_items: ctx.ranged(
+            "limits.max_map_items",
+            int("max_map_items"),
+            d.max_map_items as i64,
+            1,
+            1_000_000,
+        )?,
     })
 }
 

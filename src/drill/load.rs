@@ -402,12 +402,16 @@ impl Submit {
                 region: None,
                 delay_ms: None,
                 priority: None,
+                concurrency: None,
+                map: None,
+                wait_for: None,
             }],
             input: None,
             idempotency_key: Some(self.key.clone()),
             decomposer: None,
             run_at: None,
             priority: None,
+            concurrency: None,
         };
         let (shared, n) = (&self.shared, self.n);
         let result = self

@@ -36,6 +36,27 @@ pub struct WorkflowSpec {
     /// -100..100 (default 0): higher is claimed first within a queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    /// At most `limit` tasks of runs with this key execute at once,
+    /// cluster-wide (each step's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// `{"key", "limit"}`: a concurrency key and its limit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    pub key: String,
+    pub limit: i64,
+}
+
+/// `{"signal", "timeout_ms"?}`: a step that completes with a signal's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitFor {
+    pub signal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
 }
 
 /// One DAG vertex of a [`WorkflowSpec`].
@@ -43,6 +64,8 @@ pub struct WorkflowSpec {
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub id: String,
+    /// Required, except on a `wait_for` step (which has none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub handler: String,
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -64,7 +87,20 @@ pub struct StepSpec {
     /// -100..100; default: the run's priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    /// Default: the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// `"$run"` or a dependency's id: one task per element of the run's
+    /// input or of that dependency's output (an array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
+    /// A step with no handler that completes with a signal's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<WaitFor>,
 }
+
+/// The `map` source that is the run's input.
+pub const MAP_RUN: &str = "$run";
 
 /// Limits applied by [`validate`]; the node's `[limits]` config fills them.
 #[derive(Debug, Clone)]
@@ -78,6 +114,9 @@ pub struct Limits {
     pub max_queues: usize,
     /// Accept handlers no executor advertises (`limits.allow_unadvertised_handlers`).
     pub allow_unadvertised_handlers: bool,
+    /// Most items a `map` step may have (`limits.max_map_items`); checked
+    /// when the step starts, against its source.
+    pub max_map_items: u32,
 }
 
 impl Default for Limits {
@@ -89,6 +128,7 @@ impl Default for Limits {
             max_json_depth: 32,
             max_queues: 256,
             allow_unadvertised_handlers: false,
+            max_map_items: 10_000,
         }
     }
 }
@@ -123,6 +163,15 @@ pub struct PlannedStep {
     pub delay_ms: u64,
     /// Claim order within its queue (higher first).
     pub priority: i32,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+    /// `map`: the source (`$run` or a dependency id).
+    pub map: Option<String>,
+    /// The submitting node's `limits.max_map_items` (map steps only).
+    pub map_max: Option<u32>,
+    /// `wait_for`: the signal's name, and the timeout (None: none).
+    pub wait_signal: Option<String>,
+    pub wait_timeout_ms: Option<i64>,
 }
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -174,6 +223,9 @@ pub fn validate(
             "`priority` must be between -{PRIORITY_MAX} and {PRIORITY_MAX} (got {run_priority})"
         ));
     }
+    if let Some(c) = &spec.concurrency {
+        check_concurrency("concurrency", c)?;
+    }
     check_depth("input", spec.input.as_ref(), limits.max_json_depth)?;
     // PostgreSQL text and jsonb cannot store NUL; refuse it here, by name.
     if spec.goal.contains('\0')
@@ -224,6 +276,7 @@ pub fn validate(
                 return invalid(format!("step `{}` lists dependency `{dep}` twice", step.id));
             }
         }
+        check_step_kind(step)?;
         let queue = step.queue.clone().unwrap_or_else(|| DEFAULT_QUEUE.into());
         if !valid_name(&queue) {
             return invalid(format!(
@@ -232,7 +285,7 @@ pub fn validate(
                 truncate(&queue)
             ));
         }
-        if !known_handler(&step.handler, &queue) {
+        if step.wait_for.is_none() && !known_handler(&step.handler, &queue) {
             return Err(ValidationError::UnknownHandler {
                 step: step.id.clone(),
                 handler: truncate(&step.handler),
@@ -279,6 +332,10 @@ pub fn validate(
             step.input.as_ref(),
             limits.max_json_depth,
         )?;
+        if let Some(c) = &step.concurrency {
+            check_concurrency(&format!("step `{}`: concurrency", step.id), c)?;
+        }
+        let concurrency = step.concurrency.as_ref().or(spec.concurrency.as_ref());
         planned.push(PlannedStep {
             id: step.id.clone(),
             handler: step.handler.clone(),
@@ -291,6 +348,12 @@ pub fn validate(
             timeout_ms,
             delay_ms: delay_ms as u64,
             priority: priority as i32,
+            concurrency_key: concurrency.map(|c| c.key.clone()),
+            concurrency_limit: concurrency.map(|c| c.limit as i32),
+            map: step.map.clone(),
+            map_max: step.map.as_ref().map(|_| limits.max_map_items),
+            wait_signal: step.wait_for.as_ref().map(|w| w.signal.clone()),
+            wait_timeout_ms: step.wait_for.as_ref().and_then(|w| w.timeout_ms),
         });
     }
     // Queues and their region variants are each a pgmq queue.
@@ -328,6 +391,79 @@ pub fn run_at(spec: &WorkflowSpec) -> Result<Option<DateTime<Utc>>, ValidationEr
         .as_deref()
         .map(|t| parse_time("run_at", t).map_err(ValidationError::Invalid))
         .transpose()
+}
+
+/// Highest concurrency limit.
+pub const MAX_CONCURRENCY_LIMIT: i64 = 100_000;
+
+fn check_concurrency(what: &str, c: &Concurrency) -> Result<(), ValidationError> {
+    if c.key.is_empty() || c.key.len() > 256 || c.key.contains('\0') {
+        return Err(ValidationError::Invalid(format!(
+            "{what}.key must be 1 to 256 bytes (no NUL)"
+        )));
+    }
+    if !(1..=MAX_CONCURRENCY_LIMIT).contains(&c.limit) {
+        return Err(ValidationError::Invalid(format!(
+            "{what}.limit must be between 1 and {MAX_CONCURRENCY_LIMIT} (got {})",
+            c.limit
+        )));
+    }
+    Ok(())
+}
+
+/// A step runs a handler, waits for a signal (`wait_for`, no handler), or
+/// maps a handler over `$run` or a dependency's output (`map`).
+fn check_step_kind(step: &StepSpec) -> Result<(), ValidationError> {
+    let invalid = |m: String| Err(ValidationError::Invalid(m));
+    let id = &step.id;
+    if let Some(w) = &step.wait_for {
+        if !step.handler.is_empty() {
+            return invalid(format!(
+                "step `{id}`: `wait_for` and `handler` exclude each other (a wait step runs no handler)"
+            ));
+        }
+        if step.map.is_some() {
+            return invalid(format!(
+                "step `{id}`: `wait_for` and `map` exclude each other"
+            ));
+        }
+        if !valid_signal(&w.signal) {
+            return invalid(format!(
+                "step `{id}`: wait_for.signal `{}` is invalid: use 1 to 128 characters of letters, digits, `_`, `-` or `.`",
+                truncate(&w.signal)
+            ));
+        }
+        if let Some(t) = w.timeout_ms {
+            if !(1..=MAX_DELAY_MS).contains(&t) {
+                return invalid(format!(
+                    "step `{id}`: wait_for.timeout_ms must be between 1 and {MAX_DELAY_MS} (got {t})"
+                ));
+            }
+        }
+        return Ok(());
+    }
+    if step.handler.is_empty() {
+        return invalid(format!(
+            "step `{id}`: `handler` is required (or `wait_for`, for a step that waits for a signal)"
+        ));
+    }
+    if let Some(src) = &step.map {
+        if src != MAP_RUN && !step.depends_on.iter().any(|d| d == src) {
+            return invalid(format!(
+                "step `{id}`: map `{}` is neither `{MAP_RUN}` nor one of its dependencies",
+                truncate(src)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Signal names: 1 to 128 of `[A-Za-z0-9_.-]` (they appear in URLs).
+pub fn valid_signal(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// Kahn's algorithm; returns a step on a cycle if the graph is not a DAG.
@@ -368,7 +504,7 @@ fn check_depth(what: &str, v: Option<&Value>, max: usize) -> Result<(), Validati
     }
 }
 
-pub(crate) fn has_nul(v: &Value) -> bool {
+pub fn has_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(has_nul),

@@ -97,6 +97,7 @@ pub(super) async fn assemble(
                 max_json_depth: config.limits.max_json_depth,
                 max_queues: config.limits.max_queues,
                 allow_unadvertised_handlers: config.limits.allow_unadvertised_handlers,
+                max_map_items: config.limits.max_map_items,
             },
             &config.node_id,
             executor.clone(),

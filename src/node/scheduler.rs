@@ -1,5 +1,6 @@
 //! The scheduler task of a client node: about once a second, fires the
-//! cron schedules that are due ([`Client::fire_due_schedules`]). Every
+//! cron schedules that are due ([`Client::fire_due_schedules`]) and fails
+//! the signal waits whose timeout passed ([`Client::expire_waits`]). Every
 //! client node runs it; the schedules' idempotency keys make the nodes'
 //! races harmless (one run per tick). A failed pass (the primary out of
 //! reach, say) is logged and tried again after a wait that doubles up to
@@ -33,19 +34,23 @@ pub(super) fn spawn(
                 _ = shutdown.cancelled() => return,
             }
             let pass = tokio::select! {
-                r = client.fire_due_schedules() => r,
+                r = async {
+                    let fired = client.fire_due_schedules().await?;
+                    let expired = client.expire_waits().await?;
+                    Ok::<_, crate::client::ClientError>((fired, expired))
+                } => r,
                 _ = shutdown.cancelled() => return,
             };
             match pass {
-                Ok(n) => {
-                    if n > 0 {
-                        debug!(schedules = n, "schedules fired");
+                Ok((fired, expired)) => {
+                    if fired > 0 || expired > 0 {
+                        debug!(schedules = fired, waits_timed_out = expired, "timers fired");
                     }
                     wait = PASS;
                 }
                 Err(e) => {
                     wait = (wait * 2).min(MAX_WAIT);
-                    warn!(error = %e, retry_in_s = wait.as_secs(), "firing due schedules");
+                    warn!(error = %e, retry_in_s = wait.as_secs(), "firing due schedules and wait timeouts");
                 }
             }
         }

@@ -27,6 +27,9 @@ pub struct NewRun {
     pub run_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The run's priority (its steps carry their own).
     pub priority: i32,
+    /// The run's concurrency key and limit (its steps carry their own).
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
     pub steps: Vec<PlannedStep>,
 }
 
@@ -270,6 +273,55 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok((row.try_get("p_status")?, token_from_row(&row)?))
+    }
+
+    /// Pauses (`paused`) or resumes a run. Returns its status afterwards
+    /// (`paused`/`running` when done or already so; any other status is
+    /// left as it is; None: unknown run) and the token.
+    pub async fn set_run_paused(
+        &self,
+        run_id: Uuid,
+        paused: bool,
+        epoch: u64,
+    ) -> Result<(Option<String>, Token)> {
+        let row = sqlx::query("CALL swf.set_run_paused($1, $2, $3)")
+            .bind(run_id)
+            .bind(paused)
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("p_status")?, token_from_row(&row)?))
+    }
+
+    /// Sends signal `name` with `payload` to a run: the first step waiting
+    /// for it completes, or it is kept for one that waits later. Returns
+    /// the run's status before it (`running`/`paused`: stored; another:
+    /// nothing stored; None: unknown run) and the token.
+    pub async fn send_signal(
+        &self,
+        run_id: Uuid,
+        name: &str,
+        payload: Option<&Value>,
+        epoch: u64,
+    ) -> Result<(Option<String>, Token)> {
+        let row = sqlx::query("CALL swf.send_signal($1, $2, $3, $4)")
+            .bind(run_id)
+            .bind(name)
+            .bind(payload.map(sqlx::types::Json))
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("p_status")?, token_from_row(&row)?))
+    }
+
+    /// Fails up to `limit` waiting steps whose timeout passed (`timed_out`);
+    /// returns the runs that failed.
+    pub async fn expire_waits(&self, limit: i32, epoch: u64) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT swf.expire_waits($1, $2)")
+            .bind(epoch as i64)
+            .bind(limit)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Cancels every run of `status` matching the filter (an exact `goal`,

@@ -424,6 +424,8 @@ pub fn new_run(spec: Value) -> singularity_workflow::store::NewRun {
         submitted_region: "us-east".into(),
         run_at: singularity_workflow::model::workflow::run_at(&spec).unwrap(),
         priority: spec.priority.unwrap_or(0) as i32,
+        concurrency_key: spec.concurrency.as_ref().map(|c| c.key.clone()),
+        concurrency_limit: spec.concurrency.as_ref().map(|c| c.limit as i32),
         steps,
     }
 }

@@ -1,9 +1,10 @@
 //! The handlers, by concern: workflows (submit, read, list, cancel),
-//! queues, schedules, regions, admin (drills), and health (probes, info, metrics, fallback).
+//! control (pause, resume, signals), queues, schedules, regions, admin (drills), and health (probes, info, metrics, fallback).
 //! Each answers with [`crate::api::wire`] types.
 
 pub mod admin;
 pub mod common;
+pub mod control;
 pub mod health;
 pub mod queues;
 pub mod regions;

@@ -202,6 +202,8 @@ pub struct ErrorDetail {
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
+    /// Starts no new task until resumed; started tasks finish.
+    Paused,
     Completed,
     Failed,
     Cancelled,
@@ -211,6 +213,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Running => "running",
+            RunState::Paused => "paused",
             RunState::Completed => "completed",
             RunState::Failed => "failed",
             RunState::Cancelled => "cancelled",
@@ -224,7 +227,7 @@ impl RunState {
 
     /// Completed, failed or cancelled.
     pub fn is_terminal(self) -> bool {
-        self != RunState::Running
+        !matches!(self, RunState::Running | RunState::Paused)
     }
 }
 
@@ -235,6 +238,9 @@ pub enum StepState {
     Created,
     Queued,
     Started,
+    /// A `wait_for` step waiting for its signal, or a `map` step waiting
+    /// for its items.
+    Waiting,
     Completed,
     Failed,
     Cancelled,
@@ -296,6 +302,28 @@ pub struct Cancelled {
 
 /// `POST /v1/workflows/{run_id}/retry`: a cancel's shape, status `running`.
 pub type Retried = Cancelled;
+
+/// `POST /v1/workflows/{run_id}/pause` and `.../resume`: a cancel's shape,
+/// status `paused` or `running`.
+pub type PausedRun = Cancelled;
+
+/// The body of `POST /v1/workflows/{run_id}/signals/{name}` (may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+/// `POST /v1/workflows/{run_id}/signals/{name}`: the signal is stored and
+/// delivered to the first step waiting for it (now or later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signalled {
+    pub run_id: Uuid,
+    pub signal: String,
+    pub consistency_token: String,
+}
 
 /// `POST /v1/workflows/cancel`: cancel every run of `status` (`running` or
 /// `paused`), optionally only those with this exact `goal` and created in
@@ -448,6 +476,9 @@ pub struct StepStatus {
     pub error: Value,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
+    /// An item of a `map` step (id `<map step>[<index>]`): its index.
+    #[serde(default)]
+    pub index: Option<u32>,
 }
 
 /// A run's counters, in status and lineage documents.

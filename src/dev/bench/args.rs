@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// database, so the drain runs against that much history; not timed.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "burn_down")]
     pub history: u64,
+    /// With `--burn-down`: every run carries concurrency key `bench` with
+    /// this limit, so at most that many of its tasks run at once.
+    #[arg(long, value_name = "LIMIT", requires = "burn_down")]
+    pub key_limit: Option<u32>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -60,6 +64,7 @@ impl BenchArgs {
             ("--concurrency", self.concurrency),
             ("--pool-size", self.pool_size),
             ("--repeat", self.repeat),
+            ("--key-limit", self.key_limit.map_or(1, |l| l as usize)),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("{flag} must be at least 1");

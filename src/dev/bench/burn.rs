@@ -206,6 +206,7 @@ async fn one_run(
         "submit_s": round(submit_s, 3),
         "submit_workflows_per_s": round(n as f64 / submit_s, 1),
         "submitters": args.concurrency,
+        "key_limit": args.key_limit,
         "rss_mb_peak": peak.map(|r| r.peak_mib()),
         "rss_peak_since": if peak_is_drains { "drain start" } else { "process start" },
         "rss_mb_after": after.map(|r| r.current_mib()),
@@ -285,8 +286,11 @@ async fn pre_submit(api: &ApiClient, args: &BenchArgs, n: usize, k: usize) -> an
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
         let api = api.clone();
-        let wf = json!({"goal": format!("burn-down-{k}-{i}"),
-                        "steps": [{"id": "a", "handler": "noop"}]});
+        let mut wf = json!({"goal": format!("burn-down-{k}-{i}"),
+                            "steps": [{"id": "a", "handler": "noop"}]});
+        if let Some(limit) = args.key_limit {
+            wf["concurrency"] = json!({"key": "bench", "limit": limit});
+        }
         handles.push(tokio::spawn(async move {
             let r = submit(&api, &wf).await;
             drop(permit);

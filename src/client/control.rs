@@ -1,0 +1,94 @@
+//! Run control: pause and resume a run, send it a signal, and fail the
+//! waits whose timeout passed (the node's scheduler task calls
+//! [`Client::expire_waits`] about once a second).
+//!
+//! Each is one write to the primary (from any region) that returns a
+//! consistency token; the node drops the run from its lineage cache.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Client, ClientError, WRITE_RETRY};
+use crate::model::token::Token;
+use crate::model::workflow::valid_signal;
+
+/// Waits failed per pass at most (the rest wait for the next pass).
+const EXPIRE_BATCH: i32 = 100;
+
+impl Client {
+    /// Pauses (`paused`) or resumes a run. Pausing a paused run or resuming
+    /// a running one changes nothing and succeeds; a finished run is
+    /// `invalid_state`.
+    pub async fn set_paused(&self, run_id: Uuid, paused: bool) -> Result<Token, ClientError> {
+        let (status, token) = self
+            .router
+            .write(WRITE_RETRY, |store, epoch| async move {
+                store.set_run_paused(run_id, paused, epoch).await
+            })
+            .await
+            .map_err(ClientError::from_write)?;
+        self.router.observe_epoch(token.epoch);
+        self.router.cache().invalidate(run_id).await;
+        let want = if paused { "paused" } else { "running" };
+        match status.as_deref() {
+            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
+            Some(s) if s == want => Ok(token),
+            Some(other) => Err(ClientError::InvalidState(format!(
+                "run {run_id} is {other}; only a running run can be paused and only a paused one resumed"
+            ))),
+        }
+    }
+
+    /// Sends signal `name` to a running or paused run (a finished run is
+    /// `invalid_state`, and nothing is stored).
+    pub async fn signal(
+        &self,
+        run_id: Uuid,
+        name: &str,
+        payload: Option<&Value>,
+    ) -> Result<Token, ClientError> {
+        if !valid_signal(name) {
+            return Err(ClientError::InvalidRequest(format!(
+                "signal name `{}` is invalid: use 1 to 128 characters of letters, digits, `_`, `-` or `.`",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        if payload.is_some_and(crate::model::workflow::has_nul) {
+            return Err(ClientError::InvalidRequest(
+                "payload contains a NUL character (\\u0000), which cannot be stored".into(),
+            ));
+        }
+        let (status, token) = self
+            .router
+            .write(WRITE_RETRY, |store, epoch| async move {
+                store.send_signal(run_id, name, payload, epoch).await
+            })
+            .await
+            .map_err(ClientError::from_write)?;
+        self.router.observe_epoch(token.epoch);
+        self.router.cache().invalidate(run_id).await;
+        match status.as_deref() {
+            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
+            Some("running" | "paused") => Ok(token),
+            Some(other) => Err(ClientError::InvalidState(format!(
+                "run {run_id} is {other}; a signal goes only to a running or paused run"
+            ))),
+        }
+    }
+
+    /// Fails the waiting steps whose timeout passed (each fails its run);
+    /// returns how many runs failed.
+    pub async fn expire_waits(&self) -> Result<usize, ClientError> {
+        let failed = self
+            .router
+            .write(WRITE_RETRY, |store, epoch| async move {
+                store.expire_waits(EXPIRE_BATCH, epoch).await
+            })
+            .await
+            .map_err(ClientError::from_write)?;
+        for id in &failed {
+            self.router.cache().invalidate(*id).await;
+        }
+        Ok(failed.len())
+    }
+}

@@ -1,0 +1,133 @@
+//! Concurrency keys (DESIGN 10.2): at most `limit` tasks of a key run at
+//! once across every node, and a slot held by an executor that died frees
+//! with its lease.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use singularity_workflow::executor::handlers::{Registry, TaskContext};
+
+use crate::harness::*;
+
+/// `track`: counts the tasks running at once (recording the most seen)
+/// for a while, then returns.
+fn tracking(now: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> Registry {
+    let mut reg = Registry::with_builtins();
+    reg.register("track", move |_ctx: TaskContext| {
+        let (now, most) = (now.clone(), most.clone());
+        async move {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            // Work that takes a while, so tasks would overlap if allowed.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok(json!(n))
+        }
+    });
+    reg
+}
+
+#[tokio::test]
+async fn a_key_limits_running_tasks_across_nodes() {
+    let db = fresh_db().await;
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let a = start_node(
+        node_config("keys-a", &db),
+        tracking(now.clone(), most.clone()),
+    )
+    .await;
+    let b = start_node(
+        node_config("keys-b", &db),
+        tracking(now.clone(), most.clone()),
+    )
+    .await;
+    let api = Api::new(&a.url());
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            api.submit(&json!({"goal": format!("keyed {i}"),
+                               "concurrency": {"key": "tenant-1", "limit": 2},
+                               "steps": [{"id": "s", "handler": "track"}]}))
+                .await,
+        );
+    }
+    // Unkeyed work on the same queue is not held back by the key.
+    let free = api
+        .submit(&json!({"goal": "free", "steps": [{"id": "s", "handler": "noop"}]}))
+        .await;
+    assert_eq!(api.wait_terminal(&free, 30).await["status"], "completed");
+    for id in &ids {
+        assert_eq!(api.wait_terminal(id, 60).await["status"], "completed");
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} tasks of a key with limit 2 ran at once");
+    // Bad keys: 400 naming the field, nothing stored.
+    for (wf, names) in [
+        (
+            json!({"goal": "g", "concurrency": {"key": "k", "limit": 0},
+                   "steps": [{"id": "s", "handler": "noop"}]}),
+            "concurrency.limit",
+        ),
+        (
+            json!({"goal": "g", "steps": [{"id": "s", "handler": "noop",
+                   "concurrency": {"key": "", "limit": 3}}]}),
+            "concurrency.key",
+        ),
+    ] {
+        let r = api.post("/v1/workflows", &wf).await;
+        assert_eq!(r.status, 400, "{wf}: {}", r.body);
+        assert!(r.body.to_string().contains(names), "{wf}: {}", r.body);
+    }
+    a.kill().await;
+    b.kill().await;
+}
+
+#[tokio::test]
+async fn a_slot_held_by_a_dead_executor_frees_with_its_lease() {
+    let db = fresh_db().await;
+    let mut reg_a = Registry::with_builtins();
+    reg_a.register("work", |_ctx: TaskContext| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(json!("never"))
+    });
+    let mut reg_b = Registry::with_builtins();
+    reg_b.register("work", |ctx: TaskContext| async move {
+        Ok(json!({"by": "b", "attempt": ctx.attempt}))
+    });
+    let a = start_node(node_config("keys-dead-a", &db), reg_a).await;
+    let api_a = Api::new(&a.url());
+    let key = json!({"key": "only-one", "limit": 1});
+    let first = api_a
+        .submit(&json!({"goal": "holder", "concurrency": key,
+                        "steps": [{"id": "w", "handler": "work", "timeout_ms": 2000}]}))
+        .await;
+    wait_for("node A to claim the task", 20, || {
+        let api = api_a.clone();
+        let id = first.clone();
+        async move { (!attempts_of(&api.lineage(&id).await, "w").is_empty()).then_some(()) }
+    })
+    .await;
+    let second = api_a
+        .submit(&json!({"goal": "waiter", "concurrency": key,
+                        "steps": [{"id": "w", "handler": "work", "timeout_ms": 2000}]}))
+        .await;
+    a.kill().await; // dies holding the key's only slot
+    let b = start_node(node_config("keys-dead-b", &db), reg_b).await;
+    let api_b = Api::new(&b.url());
+    for id in [&first, &second] {
+        let doc = api_b.wait_terminal(id, 30).await;
+        assert_eq!(doc["status"], "completed", "{doc}");
+    }
+    let l = api_b.lineage(&first).await;
+    assert_eq!(
+        attempts_of(&l, "w"),
+        vec![
+            (1, "keys-dead-a".into(), "abandoned".into()),
+            (2, "keys-dead-b".into(), "completed".into())
+        ]
+    );
+    b.kill().await;
+}
