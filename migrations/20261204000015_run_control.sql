@@ -20,11 +20,13 @@
 --   A task holds a slot of its key from its claim until its attempt ends
 --   (its step leaves `started` or moves to another attempt) or its lease
 --   runs out (the message's vt, which extend_tasks moves together with the
---   slot's lease_until). Slots are rows of swf.key_slots, written only by
---   claims holding the key's advisory lock; liveness is computed, so no
+--   slot's lease_until). A key has at most `limit` slots, rows (key, slot)
+--   of swf.key_slots made on first use and then reassigned in place (HOT
+--   updates: no index churn however many tasks pass), written only by
+--   claims holding the key's advisory lock. Liveness is computed, so no
 --   transition (completion, failure, cancel, an executor's death) has to
---   give a slot back: a dead slot is one whose attempt is over or whose
---   lease expired, and the next claim of the key deletes it.
+--   give a slot back: a slot is free when its attempt is over or its lease
+--   expired.
 --   A keyed task's message carries "k" (key) and "l" (limit). Each queue's
 --   claim first visits keys that have messages (a loose scan of the
 --   queue's key index, from a random point, up to 16 keys per claim), and
@@ -71,14 +73,14 @@ ALTER TABLE swf.steps
     ADD COLUMN map_max    int;
 
 CREATE TABLE swf.key_slots (
+    key         text NOT NULL,
+    slot        int NOT NULL,
     run_id      uuid NOT NULL,
     step_id     text NOT NULL,
-    key         text NOT NULL,
     attempt     int NOT NULL,
     lease_until timestamptz NOT NULL,
-    PRIMARY KEY (run_id, step_id)
-);
-CREATE INDEX key_slots_key ON swf.key_slots (key);
+    PRIMARY KEY (key, slot)
+) WITH (fillfactor = 50);
 
 CREATE TABLE swf.waits (
     run_id   uuid NOT NULL,
@@ -349,21 +351,23 @@ BEGIN
         s.mq);
 END $$;
 
--- Frees the dead slots of key p_key (attempt over or lease expired) and
--- answers how many of p_limit are free. The caller holds the key's lock.
-CREATE FUNCTION swf._key_free(p_key text, p_limit int) RETURNS int
+-- The free slots of key p_key among its first p_limit, as many as the
+-- limit leaves free (live slots numbered past it, from a higher limit
+-- used before, count too). The caller holds the key's lock.
+CREATE FUNCTION swf._key_free(p_key text, p_limit int) RETURNS int[]
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
-    v_live int;
+    v_live int[];
+    v_free int[];
 BEGIN
-    DELETE FROM swf.key_slots ks
-     WHERE ks.key = p_key
-       AND (ks.lease_until <= clock_timestamp()
-            OR NOT EXISTS (SELECT 1 FROM swf.steps st
-                            WHERE st.run_id = ks.run_id AND st.step_id = ks.step_id
-                              AND st.status = 'started' AND st.attempts = ks.attempt));
-    SELECT count(*) INTO v_live FROM swf.key_slots ks WHERE ks.key = p_key;
-    RETURN greatest(p_limit - v_live, 0);
+    v_live := ARRAY(SELECT ks.slot FROM swf.key_slots ks
+                     WHERE ks.key = p_key AND ks.lease_until > clock_timestamp()
+                       AND EXISTS (SELECT 1 FROM swf.steps st
+                                    WHERE st.run_id = ks.run_id AND st.step_id = ks.step_id
+                                      AND st.status = 'started' AND st.attempts = ks.attempt));
+    v_free := ARRAY(SELECT n FROM generate_series(1, p_limit) AS n
+                     WHERE n <> ALL (v_live) ORDER BY n);
+    RETURN v_free[1 : greatest(p_limit - cardinality(v_live), 0)];
 END $$;
 
 -- The transaction-scoped lock of key p_key; p_wait: wait for it, or only try.
@@ -380,7 +384,7 @@ END $$;
 -- Each queue's statements (as in 20261204000011, plus):
 --   swf."claim@<queue>"   claims unkeyed messages only, through the index
 --                          q_<queue>_free (the order of _prio, unkeyed only)
---   swf."claimk@<queue>"  claims messages of one key, taking their slots,
+--   swf."claimk@<queue>"  claims messages of one key into its free slots,
 --                          through q_<queue>_keyed (key, priority, age)
 --   swf."keys@<queue>"    up to p_n keys that have visible messages, from
 --                          p_from on (wrapping around), with the limit of
@@ -396,7 +400,8 @@ CREATE OR REPLACE FUNCTION swf.{{FN}}({{KEYARG}}p_qty int, p_lease_ms int, p_mar
 RETURNS TABLE (run_id uuid, step_id text, attempt int, handler text, timeout_ms int,
                input jsonb, msg_id bigint)
 LANGUAGE plpgsql
-SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $b$
 #variable_conflict use_column
 BEGIN
@@ -462,13 +467,13 @@ END $b$
 $t$;
     v_slots constant text := $t$
     slots AS (
-        INSERT INTO swf.key_slots (run_id, step_id, key, attempt, lease_until)
-        SELECT up.run_id, up.step_id, p_key, up.attempts, clock_timestamp()
-                    + make_interval(secs => (least(up.timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0)
-          FROM up
-        ON CONFLICT (run_id, step_id) DO UPDATE
-           SET key = excluded.key, attempt = excluded.attempt,
-               lease_until = excluded.lease_until),$t$;
+        INSERT INTO swf.key_slots (key, slot, run_id, step_id, attempt, lease_until)
+        SELECT p_key, p_slots[x.n], x.run_id, x.step_id, x.attempts, clock_timestamp()
+                    + make_interval(secs => (least(x.timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0)
+          FROM (SELECT up.*, row_number() OVER () AS n FROM up) x
+        ON CONFLICT (key, slot) DO UPDATE
+           SET run_id = excluded.run_id, step_id = excluded.step_id,
+               attempt = excluded.attempt, lease_until = excluded.lease_until),$t$;
     v_q text := quote_ident('q_' || p_mq);
 BEGIN
     EXECUTE replace(replace(replace(replace(replace(replace(v_claim,
@@ -476,7 +481,7 @@ BEGIN
         '{{Q}}', v_q), '{{FILTER}}', 'NOT (q.message ? ''k'')'), '{{ORDER}}', ''),
         '{{SLOTS}}', '');
     EXECUTE replace(replace(replace(replace(replace(replace(v_claim,
-        '{{FN}}', quote_ident('claimk@' || p_mq)), '{{KEYARG}}', 'p_key text, '),
+        '{{FN}}', quote_ident('claimk@' || p_mq)), '{{KEYARG}}', 'p_key text, p_slots int[], '),
         '{{Q}}', v_q), '{{FILTER}}', 'q.message ? ''k'' AND q.message->>''k'' = p_key'),
         '{{ORDER}}', 'q.message->>''k'', '), '{{SLOTS}}', v_slots);
 
@@ -484,7 +489,8 @@ BEGIN
 CREATE OR REPLACE FUNCTION swf.%1$I(p_n int, p_from text)
 RETURNS TABLE (key text, lim int)
 LANGUAGE plpgsql
-SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $b$
 #variable_conflict use_column
 BEGIN
@@ -574,11 +580,13 @@ SELECT swf._queue_statements(queue_name) FROM pgmq.meta;
 -- The messages p_ids of queue p_mq that a claim read but did not claim, one
 -- at a time through swf._claim_message (re-deliveries, orphans, exhausted
 -- attempts, steps locked meanwhile, paused runs), up to p_qty of them
--- claimed; with p_key, each claimed one takes a slot of that key (the
--- caller holds the key's lock and counted the slots free).
+-- claimed; with p_key, each claimed one takes the next of p_slots, free
+-- slots of that key (the caller holds the key's lock), and p_qty is their
+-- number.
 CREATE FUNCTION swf._claim_leftovers(p_mq text, p_ids bigint[], p_qty int, p_key text,
-                                     p_node_id text, p_region text, p_pool text,
-                                     p_lease_ms int, p_margin_ms int, p_epoch bigint)
+                                     p_slots int[], p_node_id text, p_region text,
+                                     p_pool text, p_lease_ms int, p_margin_ms int,
+                                     p_epoch bigint)
 RETURNS TABLE (run_id uuid, step_id text, attempt int, handler text, timeout_ms int,
                input jsonb, msg_id bigint)
 LANGUAGE plpgsql AS $$
@@ -591,15 +599,17 @@ BEGIN
                                              p_lease_ms, p_margin_ms, p_epoch, v_id)
         LOOP
             IF p_qty > 0 THEN
-                p_qty := p_qty - 1;
                 IF p_key IS NOT NULL THEN
-                    INSERT INTO swf.key_slots AS ks (run_id, step_id, key, attempt, lease_until)
-                    VALUES (run_id, step_id, p_key, attempt, clock_timestamp()
+                    INSERT INTO swf.key_slots AS ks (key, slot, run_id, step_id, attempt,
+                                                     lease_until)
+                    VALUES (p_key, p_slots[cardinality(p_slots) - p_qty + 1], run_id, step_id,
+                            attempt, clock_timestamp()
                             + make_interval(secs => (least(timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0))
                     ON CONFLICT ON CONSTRAINT key_slots_pkey DO UPDATE
-                       SET key = excluded.key, attempt = excluded.attempt,
-                           lease_until = excluded.lease_until;
+                       SET run_id = excluded.run_id, step_id = excluded.step_id,
+                           attempt = excluded.attempt, lease_until = excluded.lease_until;
                 END IF;
+                p_qty := p_qty - 1;
                 RETURN NEXT;
             ELSE
                 -- More than asked for: give it back at once.
@@ -627,7 +637,8 @@ DECLARE
     v_left bigint[];
     v_key text;
     v_lim int;
-    v_free int;
+    v_slots int[];
+    v_n int;
 BEGIN
     IF p_msg_id IS NOT NULL THEN
         -- The isolation path follows a claim that raised on another
@@ -639,12 +650,13 @@ BEGIN
            INTO v_key, v_lim USING p_msg_id;
         IF v_key IS NOT NULL THEN
             PERFORM swf._key_lock(v_key, true);
-            IF swf._key_free(v_key, v_lim) = 0 THEN
+            v_slots := (swf._key_free(v_key, v_lim))[1:1];
+            IF cardinality(v_slots) = 0 THEN
                 RETURN;
             END IF;
         END IF;
         RETURN QUERY SELECT * FROM swf._claim_leftovers(p_mqs[1], ARRAY[p_msg_id], 1, v_key,
-                                                        p_node_id, p_region, p_pool,
+                                                        v_slots, p_node_id, p_region, p_pool,
                                                         p_lease_ms, p_margin_ms, p_epoch);
         RETURN;
     END IF;
@@ -657,26 +669,31 @@ BEGIN
         LOOP
             EXIT WHEN p_qty <= 0;
             CONTINUE WHEN v_lim IS NULL OR NOT swf._key_lock(v_key, false);
-            v_free := least(swf._key_free(v_key, v_lim), p_qty);
-            CONTINUE WHEN v_free = 0;
+            v_slots := swf._key_free(v_key, v_lim);
+            v_slots := v_slots[1 : least(cardinality(v_slots), p_qty)];
+            CONTINUE WHEN cardinality(v_slots) = 0;
             v_left := '{}';
+            v_n := 0;
             FOR run_id, step_id, attempt, handler, timeout_ms, input, msg_id IN
-                EXECUTE format('SELECT * FROM %s($1, $2, $3, $4, $5, $6, $7)',
+                EXECUTE format('SELECT * FROM %s($1, $2, $3, $4, $5, $6, $7, $8)',
                                swf._queue_fn('claimk', v_mq))
-                USING v_key, v_free, p_lease_ms, p_margin_ms, p_node_id, p_region, p_pool
+                USING v_key, v_slots, cardinality(v_slots), p_lease_ms, p_margin_ms, p_node_id,
+                      p_region, p_pool
             LOOP
                 IF run_id IS NULL THEN
                     v_left := v_left || msg_id;
                 ELSE
                     p_qty := p_qty - 1;
-                    v_free := v_free - 1;
+                    v_n := v_n + 1;
                     RETURN NEXT;
                 END IF;
             END LOOP;
+            -- The slots the claim did not fill (it fills them in order).
+            v_slots := v_slots[v_n + 1 :];
             FOR run_id, step_id, attempt, handler, timeout_ms, input, msg_id IN
-                SELECT * FROM swf._claim_leftovers(v_mq, v_left, v_free, v_key, p_node_id,
-                                                   p_region, p_pool, p_lease_ms, p_margin_ms,
-                                                   p_epoch)
+                SELECT * FROM swf._claim_leftovers(v_mq, v_left, cardinality(v_slots), v_key,
+                                                   v_slots, p_node_id, p_region, p_pool,
+                                                   p_lease_ms, p_margin_ms, p_epoch)
             LOOP
                 p_qty := p_qty - 1;
                 RETURN NEXT;
@@ -697,8 +714,9 @@ BEGIN
             END IF;
         END LOOP;
         FOR run_id, step_id, attempt, handler, timeout_ms, input, msg_id IN
-            SELECT * FROM swf._claim_leftovers(v_mq, v_left, p_qty, NULL, p_node_id, p_region,
-                                               p_pool, p_lease_ms, p_margin_ms, p_epoch)
+            SELECT * FROM swf._claim_leftovers(v_mq, v_left, p_qty, NULL, NULL, p_node_id,
+                                               p_region, p_pool, p_lease_ms, p_margin_ms,
+                                               p_epoch)
         LOOP
             p_qty := p_qty - 1;
             RETURN NEXT;
@@ -727,8 +745,8 @@ BEGIN
         PERFORM pgmq.set_vt(it.mq, it.msg_id, v_until);
         IF it.concurrency_key IS NOT NULL THEN
             UPDATE swf.key_slots ks SET lease_until = v_until
-             WHERE ks.run_id = it.run_id AND ks.step_id = it.step_id
-               AND ks.attempt = it.attempts;
+             WHERE ks.key = it.concurrency_key AND ks.run_id = it.run_id
+               AND ks.step_id = it.step_id AND ks.attempt = it.attempts;
         END IF;
         run_id := it.run_id; step_id := it.step_id; attempt := it.attempts;
         RETURN NEXT;

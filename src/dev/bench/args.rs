@@ -46,10 +46,13 @@ pub struct BenchArgs {
     /// database, so the drain runs against that much history; not timed.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "burn_down")]
     pub history: u64,
-    /// With `--burn-down`: every run carries concurrency key `bench` with
-    /// this limit, so at most that many of its tasks run at once.
+    /// With `--burn-down`: every run carries a concurrency key with this
+    /// limit (`bench-0`, or one of `--keys` keys, in turn).
     #[arg(long, value_name = "LIMIT", requires = "burn_down")]
     pub key_limit: Option<u32>,
+    /// With `--key-limit`: how many distinct keys the runs spread over.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "key_limit")]
+    pub keys: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +67,7 @@ impl BenchArgs {
             ("--concurrency", self.concurrency),
             ("--pool-size", self.pool_size),
             ("--repeat", self.repeat),
+            ("--keys", self.keys),
             ("--key-limit", self.key_limit.map_or(1, |l| l as usize)),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {

@@ -207,6 +207,7 @@ async fn one_run(
         "submit_workflows_per_s": round(n as f64 / submit_s, 1),
         "submitters": args.concurrency,
         "key_limit": args.key_limit,
+        "keys": args.key_limit.map(|_| args.keys),
         "rss_mb_peak": peak.map(|r| r.peak_mib()),
         "rss_peak_since": if peak_is_drains { "drain start" } else { "process start" },
         "rss_mb_after": after.map(|r| r.current_mib()),
@@ -289,7 +290,7 @@ async fn pre_submit(api: &ApiClient, args: &BenchArgs, n: usize, k: usize) -> an
         let mut wf = json!({"goal": format!("burn-down-{k}-{i}"),
                             "steps": [{"id": "a", "handler": "noop"}]});
         if let Some(limit) = args.key_limit {
-            wf["concurrency"] = json!({"key": "bench", "limit": limit});
+            wf["concurrency"] = json!({"key": format!("bench-{}", i % args.keys), "limit": limit});
         }
         handles.push(tokio::spawn(async move {
             let r = submit(&api, &wf).await;
