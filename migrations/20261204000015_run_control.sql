@@ -1154,3 +1154,60 @@ BEGIN
     END LOOP;
     RETURN v_failed;
 END $$;
+
+-- The queues' overview (20261204000010) counts the tasks of paused runs
+-- (parked: vt 'infinity') apart, not as in flight or delayed.
+DROP FUNCTION swf.queue_overview();
+CREATE FUNCTION swf.queue_overview()
+RETURNS TABLE (name text, depth bigint, in_flight bigint, delayed bigint, parked bigint,
+               oldest_age_ms bigint, paused boolean)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_mq text;
+    v_queue text;
+    v_d bigint;
+    v_f bigint;
+    v_w bigint;
+    v_p bigint;
+    v_o timestamptz;
+    a_queue text[] := '{}';
+    a_d bigint[] := '{}';
+    a_f bigint[] := '{}';
+    a_w bigint[] := '{}';
+    a_p bigint[] := '{}';
+    a_o timestamptz[] := '{}';
+BEGIN
+    FOR v_mq, v_queue IN
+        SELECT m.queue_name, coalesce(qm.queue, m.queue_name)
+          FROM pgmq.meta m LEFT JOIN swf.queue_mqs qm ON qm.mq = m.queue_name
+    LOOP
+        EXECUTE format(
+            'SELECT count(*) FILTER (WHERE vt <= clock_timestamp()),
+                    count(*) FILTER (WHERE vt > clock_timestamp() AND vt < ''infinity''
+                                       AND read_ct > 0),
+                    count(*) FILTER (WHERE vt > clock_timestamp() AND vt < ''infinity''
+                                       AND read_ct = 0),
+                    count(*) FILTER (WHERE vt = ''infinity''),
+                    min(enqueued_at) FILTER (WHERE vt <= clock_timestamp())
+               FROM pgmq.%I', 'q_' || v_mq)
+          INTO v_d, v_f, v_w, v_p, v_o;
+        a_queue := a_queue || v_queue;
+        a_d := a_d || v_d;
+        a_f := a_f || v_f;
+        a_w := a_w || v_w;
+        a_p := a_p || v_p;
+        a_o := a_o || v_o;
+    END LOOP;
+    RETURN QUERY
+        SELECT coalesce(a.queue, s.queue),
+               coalesce(a.depth, 0)::bigint, coalesce(a.in_flight, 0)::bigint,
+               coalesce(a.delayed, 0)::bigint, coalesce(a.parked, 0)::bigint,
+               (extract(epoch FROM clock_timestamp() - a.oldest) * 1000)::bigint,
+               coalesce(s.paused, false)
+          FROM (SELECT u.queue, sum(u.d) AS depth, sum(u.f) AS in_flight,
+                       sum(u.w) AS delayed, sum(u.p) AS parked, min(u.o) AS oldest
+                  FROM unnest(a_queue, a_d, a_f, a_w, a_p, a_o) AS u(queue, d, f, w, p, o)
+                 GROUP BY u.queue) a
+          FULL JOIN swf.queue_state s ON s.queue = a.queue
+         ORDER BY 1;
+END $$;

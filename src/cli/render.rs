@@ -172,16 +172,17 @@ pub fn render_queues(doc: &QueueList) -> String {
         return "no queues yet\n".into();
     }
     let mut out = format!(
-        "{:<24} {:>8} {:>9} {:>8} {:>12}  state\n",
-        "queue", "depth", "in flight", "delayed", "oldest (ms)"
+        "{:<24} {:>8} {:>9} {:>8} {:>7} {:>12}  state\n",
+        "queue", "depth", "in flight", "delayed", "parked", "oldest (ms)"
     );
     for q in &doc.queues {
         out += &format!(
-            "{:<24} {:>8} {:>9} {:>8} {:>12}  {}\n",
+            "{:<24} {:>8} {:>9} {:>8} {:>7} {:>12}  {}\n",
             q.name,
             q.depth,
             q.in_flight,
             q.delayed,
+            q.parked,
             q.oldest_age_ms.map_or("-".into(), |a| a.to_string()),
             if q.paused { "PAUSED" } else { "active" }
         );

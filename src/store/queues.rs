@@ -14,6 +14,7 @@ pub struct QueueRow {
     pub depth: i64,
     pub in_flight: i64,
     pub delayed: i64,
+    pub parked: i64,
     pub oldest_age_ms: Option<i64>,
     pub paused: bool,
 }
@@ -79,7 +80,7 @@ impl Store {
     /// Every queue that holds tasks or was paused, by name.
     pub async fn queue_overview(&self) -> Result<Vec<QueueRow>> {
         Ok(sqlx::query_as(
-            "SELECT name, depth, in_flight, delayed, oldest_age_ms, paused FROM swf.queue_overview()",
+            "SELECT name, depth, in_flight, delayed, parked, oldest_age_ms, paused FROM swf.queue_overview()",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -80,6 +80,9 @@ async fn a_paused_run_starts_nothing_new_until_resumed() {
         }
     })
     .await;
+    let queues = api.get("/v1/queues").await;
+    assert_eq!(queues.body["queues"][0]["parked"], 1, "{}", queues.body);
+    assert_eq!(queues.body["queues"][0]["in_flight"], 0, "{}", queues.body);
     let doc = api.status(&id).await;
     assert_eq!(doc["status"], "paused", "{doc}");
     assert_eq!(step(&doc, "a")["status"], "completed", "{doc}");

@@ -25,6 +25,7 @@ pub async fn list(State(st): State<ApiState>, h: HeaderMap) -> ApiResult {
             depth: r.depth,
             in_flight: r.in_flight,
             delayed: r.delayed,
+            parked: r.parked,
             oldest_age_ms: r.oldest_age_ms,
             paused: r.paused,
         })

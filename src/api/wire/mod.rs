@@ -383,14 +383,16 @@ pub struct ScheduleList {
 
 /// One queue of `GET /v1/queues`: tasks ready to claim (`depth`), claimed
 /// and not finished (`in_flight`), waiting for their ready-at time
-/// (`delayed`), the age of the oldest ready one (null when none), and
-/// whether the queue is paused.
+/// (`delayed`), held by paused runs (`parked`), the age of the oldest
+/// ready one (null when none), and whether the queue is paused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueInfo {
     pub name: String,
     pub depth: i64,
     pub in_flight: i64,
     pub delayed: i64,
+    #[serde(default)]
+    pub parked: i64,
     pub oldest_age_ms: Option<i64>,
     pub paused: bool,
 }
