@@ -131,3 +131,62 @@ async fn a_slot_held_by_a_dead_executor_frees_with_its_lease() {
     );
     b.kill().await;
 }
+
+#[tokio::test]
+async fn a_key_at_its_limit_does_not_hold_back_other_keys_behind_it() {
+    let db = fresh_db().await;
+    let mut reg = Registry::with_builtins();
+    reg.register("slow", |_ctx: TaskContext| async move {
+        // Work that takes a while, so key A's backlog lasts.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(json!(null))
+    });
+    let mut cfg = node_config("keys-hol", &db);
+    for p in cfg.worker_pools.values_mut() {
+        p.size = 4;
+    }
+    // Claims of at most 4, so the head of the queue a claim looks at (twice
+    // that) holds only key A's tasks.
+    cfg.executor.claim_batch = 4;
+    let node = start_node(cfg, reg).await;
+    let api = Api::new(&node.url());
+    let p = api.post("/v1/queues/default/pause", &json!({})).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    // Key A (limit 1): 40 tasks queued first, so they fill the head of the
+    // queue; then one task of key B.
+    let mut a_ids = Vec::new();
+    for i in 0..40 {
+        a_ids.push(
+            api.submit(
+                &json!({"goal": format!("a {i}"), "concurrency": {"key": "A", "limit": 1},
+                               "steps": [{"id": "s", "handler": "slow"}]}),
+            )
+            .await,
+        );
+    }
+    let b = api
+        .submit(
+            &json!({"goal": "b", "concurrency": {"key": "B", "limit": 1},
+                        "steps": [{"id": "s", "handler": "noop"}]}),
+        )
+        .await;
+    let r = api.post("/v1/queues/default/resume", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(api.wait_terminal(&b, 30).await["status"], "completed");
+    let mut a_done = 0;
+    for id in &a_ids {
+        if api.status(id).await["status"] == "completed" {
+            a_done += 1;
+        }
+    }
+    // Without a look past the head of the queue, B would start only once
+    // fewer of A's tasks than a claim's window were left (~32 done).
+    assert!(
+        a_done < 20,
+        "key B waited behind key A's backlog ({a_done} of 40 done first)"
+    );
+    for id in &a_ids {
+        assert_eq!(api.wait_terminal(id, 60).await["status"], "completed");
+    }
+    node.kill().await;
+}
