@@ -36,12 +36,13 @@ async fn delayed_steps_and_runs_start_no_earlier_than_their_ready_time() {
             {"id": "b", "handler": "echo", "depends_on": ["a"], "delay_ms": 1500}]}))
         .await;
     // The whole run waits until run_at.
-    let run_at = Utc::now() + Span::milliseconds(1500);
+    // (Sent in milliseconds: the time the run waits for is that one.)
+    let run_at_text =
+        (Utc::now() + Span::milliseconds(1500)).to_rfc3339_opts(SecondsFormat::Millis, true);
+    let run_at = at(&json!(run_at_text));
     let later = api
-        .submit(
-            &json!({"goal": "run at", "run_at": run_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-                        "steps": [{"id": "s", "handler": "noop"}]}),
-        )
+        .submit(&json!({"goal": "run at", "run_at": run_at_text,
+                        "steps": [{"id": "s", "handler": "noop"}]}))
         .await;
     // One far ahead: visible in the queue as delayed, holding no slot.
     let far = Utc::now() + Span::hours(1);
