@@ -13,7 +13,8 @@
 //!   pinned calls; `api::wire` (every body, error code and header name, shared
 //!   by the server and its clients), `api::client` (the one typed API client:
 //!   CLI, bench, drills, tests), `api::auth` (tokens, scopes, rate limits),
-//!   `api::tls` (rustls for the server and every outgoing HTTP client).
+//!   `api::tls` (rustls for the server and every outgoing HTTP client),
+//!   `api::openapi` (the OpenAPI document of the `/v1` routes).
 //! - [`node`]: assembles a node from its config's roles; supervision (one
 //!   `JoinSet`), heartbeats, the HTTP server task, the schedules' and
 //!   waits' ticker,
@@ -171,6 +172,10 @@
 //!   only nodes that run a handler claim its tasks (the same test),
 //!   and a command handler's process group never outlives its attempt
 //!   (`handlers::http_and_command_handlers_run_real_work`).
+//! - `/openapi.json` documents every `/v1` route, with schemas generated
+//!   from the wire types, and a real validator accepts it
+//!   (`api::table::tests::every_v1_route_is_in_the_openapi_document_and_nothing_else`,
+//!   `openapi::the_openapi_document_is_served_and_passes_a_real_validator`).
 //! - A paused run starts no new task until resumed; what it started
 //!   finishes (`control::a_paused_run_starts_nothing_new_until_resumed`).
 //! - A signal completes the first step waiting for it, is kept for one

@@ -58,6 +58,14 @@ impl RouteAccess {
     pub fn templates(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.by_route.keys().copied()
     }
+
+    /// Every (method, route template) registered.
+    pub fn operations(&self) -> Vec<(Method, &'static str)> {
+        self.by_route
+            .iter()
+            .flat_map(|(r, ms)| ms.iter().map(|(m, _)| (m.clone(), *r)))
+            .collect()
+    }
 }
 
 /// The router under construction and the access of each route in it.

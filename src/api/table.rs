@@ -308,4 +308,41 @@ mod tests {
         }
         assert_eq!(table.of(&Method::GET, None, "/nothing"), Access::Open);
     }
+
+    #[test]
+    fn every_v1_route_is_in_the_openapi_document_and_nothing_else() {
+        let (_, table) = v1_routes().split();
+        let mut routes: Vec<(String, &str)> = table
+            .operations()
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p))
+            .collect();
+        routes.sort();
+        let doc = crate::api::openapi::document(&table);
+        let mut documented: Vec<(String, &str)> = Vec::new();
+        for (m, p) in crate::api::openapi::documented() {
+            if p == "/openapi.json" {
+                continue;
+            }
+            let op = &doc["paths"][p][m.as_str().to_ascii_lowercase()];
+            assert!(op.is_object(), "{m} {p} not in the document");
+            documented.push((m.to_string(), p));
+        }
+        documented.sort();
+        assert_eq!(routes, documented);
+        // Scopes come from the table.
+        assert_eq!(
+            doc["paths"]["/v1/admin/drills"]["post"]["x-swf-scope"],
+            "admin"
+        );
+        assert_eq!(
+            doc["paths"]["/v1/workflows"]["post"]["x-swf-scope"],
+            "submit"
+        );
+        // Schemas come from the wire types.
+        let spec = &doc["components"]["schemas"]["StepSpec"]["properties"];
+        for field in ["wait_for", "map", "concurrency", "delay_ms", "priority"] {
+            assert!(spec[field].is_object(), "StepSpec has no {field}: {spec}");
+        }
+    }
 }

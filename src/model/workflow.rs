@@ -18,7 +18,7 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub const MQ_MAX_LEN: usize = 47;
 
 /// A workflow as `POST /v1/workflows` receives it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowSpec {
     pub goal: String,
@@ -43,7 +43,7 @@ pub struct WorkflowSpec {
 }
 
 /// `{"key", "limit"}`: a concurrency key and its limit.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Concurrency {
     pub key: String,
@@ -51,7 +51,7 @@ pub struct Concurrency {
 }
 
 /// `{"signal", "timeout_ms"?}`: a step that completes with a signal's payload.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitFor {
     pub signal: String,
@@ -60,7 +60,7 @@ pub struct WaitFor {
 }
 
 /// One DAG vertex of a [`WorkflowSpec`].
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub id: String,
@@ -148,7 +148,7 @@ pub enum ValidationError {
 
 /// A validated step, ready for the engine: defaults filled in and its pgmq
 /// queue resolved.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PlannedStep {
     pub id: String,
     pub handler: String,

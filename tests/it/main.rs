@@ -20,6 +20,7 @@ mod keys;
 mod layout;
 mod limits;
 mod maps;
+mod openapi;
 mod priorities;
 mod queues;
 mod recover;

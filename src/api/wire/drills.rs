@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// Which drill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DrillKind {
     Switchover,
@@ -25,7 +25,7 @@ impl DrillKind {
 }
 
 /// The body of `POST /v1/admin/drills`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrillRequest {
     pub kind: DrillKind,
@@ -46,14 +46,14 @@ fn default_max_lag_ms() -> u64 {
 }
 
 /// One timed phase of a drill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Phase {
     pub name: String,
     pub ms: u64,
 }
 
 /// The measured report (`swf drill --json`), the answer of `POST /v1/admin/drills`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DrillReport {
     pub kind: DrillKind,
     pub from_region: String,
@@ -91,7 +91,9 @@ pub struct DrillReport {
 
 /// What a write attempted on a drill's old primary met (the report's
 /// `old_primary`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OldPrimary {
     /// Refused: read-only.
@@ -118,7 +120,7 @@ impl OldPrimary {
 }
 
 /// A drill's state in the journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DrillState {
     Running,
@@ -147,7 +149,7 @@ impl DrillState {
 
 /// One drill of the journal: `GET /v1/admin/drills/{id}`, and each entry of
 /// `GET /v1/admin/drills`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DrillRecord {
     pub id: Uuid,
     pub kind: DrillKind,
@@ -171,13 +173,13 @@ pub struct DrillRecord {
 }
 
 /// `GET /v1/admin/drills`: newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DrillList {
     pub drills: Vec<DrillRecord>,
 }
 
 /// A region's database as `swf drill recover` found it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DbFound {
     /// Out of recovery and takes writes.
@@ -190,7 +192,7 @@ pub enum DbFound {
 }
 
 /// One region in a recovery report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegionFound {
     pub region: String,
     pub found: DbFound,
@@ -203,7 +205,7 @@ pub struct RegionFound {
 
 /// The answer of `POST /v1/admin/drills/recover` (`swf drill recover`):
 /// what it found, what it did, and the write region it left.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecoverReport {
     pub regions: Vec<RegionFound>,
     /// Unresolved drills it found (running or interrupted) and marked recovered.
@@ -220,7 +222,7 @@ pub struct RecoverReport {
 }
 
 /// One slow acknowledged write of the drill's load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SlowWrite {
     pub target: String,
     pub sent_at_ms: u64,

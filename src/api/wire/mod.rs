@@ -34,7 +34,7 @@ pub const H_TOKEN: &str = "swf-consistency-token";
 pub const H_FORWARDED_BY: &str = "swf-forwarded-by";
 
 /// Every error code the API answers with; each has one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,
@@ -155,7 +155,7 @@ impl std::fmt::Display for ErrorCode {
 /// and the step's and run's `error`) when the engine or the executor, not
 /// the handler, decided the failure. These fail the step at once, whatever
 /// attempts are left: a retry would fail the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskErrorCode {
     /// The handler's output (serialized JSON) was larger than
@@ -181,13 +181,13 @@ impl TaskErrorCode {
 }
 
 /// `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// The inside of an [`ErrorBody`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
@@ -198,7 +198,7 @@ pub struct ErrorDetail {
 }
 
 /// Status of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
@@ -232,7 +232,7 @@ impl RunState {
 }
 
 /// Status of a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     Created,
@@ -247,7 +247,7 @@ pub enum StepState {
 }
 
 /// How one attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     Running,
@@ -258,7 +258,7 @@ pub enum AttemptOutcome {
 }
 
 /// `POST /v1/workflows`: 201 (created) or 200 (idempotency key seen before).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submitted {
     pub run_id: Uuid,
@@ -267,14 +267,14 @@ pub struct Submitted {
 }
 
 /// The body of `POST /v1/workflows/batch`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub workflows: Vec<WorkflowSpec>,
 }
 
 /// `POST /v1/workflows/batch`: 201, one entry per workflow in request order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSubmitted {
     pub runs: Vec<BatchRun>,
@@ -284,7 +284,7 @@ pub struct BatchSubmitted {
 
 /// One run of a [`BatchSubmitted`]: the new run (`running`), or the run an
 /// idempotency key already named, as it is now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRun {
     pub run_id: Uuid,
@@ -292,7 +292,7 @@ pub struct BatchRun {
 }
 
 /// `POST /v1/workflows/{run_id}/cancel`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancelled {
     pub run_id: Uuid,
@@ -308,7 +308,7 @@ pub type Retried = Cancelled;
 pub type PausedRun = Cancelled;
 
 /// The body of `POST /v1/workflows/{run_id}/signals/{name}` (may be empty).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     #[serde(default)]
@@ -317,7 +317,7 @@ pub struct SignalRequest {
 
 /// `POST /v1/workflows/{run_id}/signals/{name}`: the signal is stored and
 /// delivered to the first step waiting for it (now or later).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signalled {
     pub run_id: Uuid,
@@ -328,7 +328,7 @@ pub struct Signalled {
 /// `POST /v1/workflows/cancel`: cancel every run of `status` (`running` or
 /// `paused`), optionally only those with this exact `goal` and created in
 /// `[created_after, created_before)` (RFC 3339).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkCancelRequest {
     pub status: String,
@@ -341,7 +341,7 @@ pub struct BulkCancelRequest {
 }
 
 /// The answer to a [`BulkCancelRequest`]: how many runs it cancelled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkCancelled {
     pub cancelled: u64,
@@ -351,7 +351,7 @@ pub struct BulkCancelled {
 /// `POST /v1/schedules`: a cron schedule (5 fields, UTC) whose every tick
 /// submits `workflow` (once per tick, idempotency key
 /// `schedule:<name>:<tick>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleRequest {
     pub name: String,
@@ -362,7 +362,7 @@ pub struct ScheduleRequest {
 }
 
 /// A schedule as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleInfo {
     pub name: String,
@@ -376,7 +376,7 @@ pub struct ScheduleInfo {
 }
 
 /// `GET /v1/schedules`: every schedule, by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduleList {
     pub schedules: Vec<ScheduleInfo>,
 }
@@ -385,7 +385,7 @@ pub struct ScheduleList {
 /// and not finished (`in_flight`), waiting for their ready-at time
 /// (`delayed`), held by paused runs (`parked`), the age of the oldest
 /// ready one (null when none), and whether the queue is paused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueueInfo {
     pub name: String,
     pub depth: i64,
@@ -398,14 +398,14 @@ pub struct QueueInfo {
 }
 
 /// `GET /v1/queues`: every queue that holds tasks or was paused, by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueueList {
     pub queues: Vec<QueueInfo>,
 }
 
 /// `POST /v1/queues/{name}/pause` and `.../resume`: the queue's state now,
 /// and whether it was paused before the call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueuePaused {
     pub name: String,
@@ -415,7 +415,7 @@ pub struct QueuePaused {
 
 /// Query of `GET /v1/workflows` (kept as text so the server can say what
 /// was wrong with a value).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -426,7 +426,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/workflows`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunList {
     pub runs: Vec<RunSummary>,
@@ -435,7 +435,7 @@ pub struct RunList {
 }
 
 /// One run of a [`RunList`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSummary {
     pub run_id: Uuid,
@@ -445,7 +445,7 @@ pub struct RunSummary {
 }
 
 /// `GET /v1/workflows/{run_id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunStatus {
     pub run_id: Uuid,
@@ -464,7 +464,7 @@ pub struct RunStatus {
 }
 
 /// One step of a [`RunStatus`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepStatus {
     pub id: String,
@@ -484,7 +484,7 @@ pub struct StepStatus {
 }
 
 /// A run's counters, in status and lineage documents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     pub total_steps: u64,
@@ -498,7 +498,7 @@ pub struct Metrics {
 }
 
 /// `GET /v1/workflows/{run_id}/lineage`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunLineage {
     pub run_id: Uuid,
@@ -510,14 +510,14 @@ pub struct RunLineage {
 }
 
 /// The DAG of a [`RunLineage`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dag {
     pub steps: Vec<DagStep>,
 }
 
 /// One vertex of a [`Dag`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DagStep {
     pub id: String,
@@ -525,7 +525,7 @@ pub struct DagStep {
 }
 
 /// One attempt in a [`RunLineage`]'s execution trace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TraceEntry {
     pub step_id: String,
@@ -540,7 +540,7 @@ pub struct TraceEntry {
 }
 
 /// Role of a region's database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DbRole {
     Primary,
@@ -557,7 +557,7 @@ impl DbRole {
 }
 
 /// `GET /v1/regions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Regions {
     pub write_region: String,
@@ -566,7 +566,7 @@ pub struct Regions {
 }
 
 /// One region of [`Regions`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionView {
     pub name: String,
@@ -576,7 +576,7 @@ pub struct RegionView {
 }
 
 /// One node of a [`RegionView`], from the heartbeat table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeView {
     pub node_id: String,
@@ -587,7 +587,7 @@ pub struct NodeView {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     /// Always `ok`.
     pub status: String,
@@ -595,7 +595,7 @@ pub struct Health {
 
 /// `GET /health/ready`: 200 `{"status": "ready", "schema_version"}` or 503
 /// `{"status": "not_ready", "reason"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ready {
     pub status: String,
@@ -626,7 +626,7 @@ impl Ready {
 }
 
 /// `GET /health/info`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeInfoBody {
     pub node_id: String,
@@ -642,7 +642,7 @@ pub struct NodeInfoBody {
 }
 
 /// One worker pool of [`NodeInfoBody`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolInfo {
     pub name: String,
@@ -654,7 +654,7 @@ pub struct PoolInfo {
 }
 
 /// The databases as a node sees them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseInfo {
     pub local: LocalDbInfo,
@@ -662,7 +662,7 @@ pub struct DatabaseInfo {
 }
 
 /// The node's own region's database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalDbInfo {
     pub role: DbRole,
@@ -671,7 +671,7 @@ pub struct LocalDbInfo {
 }
 
 /// The database writes go to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteDbInfo {
     pub region: String,
