@@ -33,30 +33,17 @@ pub fn router(state: ApiState) -> axum::Router {
         .map(|r| r.route_layer(v1_guard))
         .merge(table::node_routes())
         .split();
-    // The OpenAPI document of these routes, made once per router.
-    let doc: std::sync::Arc<str> = openapi::document(&access).to_string().into();
-    app.route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    doc.to_string(),
-                )
-            }
-        }),
-    )
-    .fallback(routes::health::fallback)
-    .layer(axum::middleware::from_fn(middleware::json_errors))
-    .layer(axum::middleware::from_fn_with_state(
-        (state.clone(), access),
-        middleware::guard,
-    ))
-    .layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        middleware::observe,
-    ))
-    .layer(axum::extract::DefaultBodyLimit::disable())
-    .with_state(state)
+    openapi::publish(&access);
+    app.fallback(routes::health::fallback)
+        .layer(axum::middleware::from_fn(middleware::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), access),
+            middleware::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
 }

@@ -7,6 +7,8 @@
 //! each route's body, answer and query parameters, and a test fails when a
 //! route of the table has no operation here (or the other way round).
 
+use std::sync::OnceLock;
+
 use axum::http::Method;
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
@@ -296,4 +298,18 @@ pub fn documented() -> Vec<(Method, &'static str)> {
         .into_iter()
         .map(|o| (o.method, o.path))
         .collect()
+}
+
+static SERVED: OnceLock<String> = OnceLock::new();
+
+/// Makes the document of the routes of `access` the one `/openapi.json`
+/// serves (the first router built in the process makes it; every node's
+/// routes are the same table).
+pub fn publish(access: &RouteAccess) {
+    SERVED.get_or_init(|| document(access).to_string());
+}
+
+/// The document `/openapi.json` serves.
+pub fn served() -> &'static str {
+    SERVED.get().map_or("{}", String::as_str)
 }

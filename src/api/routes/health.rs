@@ -88,3 +88,12 @@ pub async fn fallback(req: Request<Body>) -> ApiError {
         req.uri().path()
     ))
 }
+
+/// `GET /openapi.json`: the OpenAPI document of the `/v1` routes.
+pub async fn openapi() -> axum::response::Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::api::openapi::served(),
+    )
+        .into_response()
+}
