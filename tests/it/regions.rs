@@ -330,7 +330,7 @@ async fn edge_in_eu_west_and_worker_in_us_east_cooperate() {
 #[tokio::test]
 async fn run_control_from_the_replica_region_goes_to_the_primary_with_tokens() {
     let (_db, _us_api, eu_api, nodes) = two_nodes(true).await;
-    let wf = serde_json::json!({"goal": "approve in eu", "steps": [
+    let wf = json!({"goal": "approve in eu", "steps": [
         {"id": "w", "wait_for": {"signal": "ok"}},
         {"id": "after", "handler": "echo", "depends_on": ["w"]}]});
     let a = eu_api.post("/v1/workflows", &wf).await;
@@ -340,10 +340,7 @@ async fn run_control_from_the_replica_region_goes_to_the_primary_with_tokens() {
     // answered with a token that eu-west's reads honour.
     for (path, status) in [("pause", "paused"), ("resume", "running")] {
         let r = eu_api
-            .post(
-                &format!("/v1/workflows/{run}/{path}"),
-                &serde_json::json!({}),
-            )
+            .post(&format!("/v1/workflows/{run}/{path}"), &json!({}))
             .await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         assert_eq!(r.header("swf-served-by"), Some("eu-west-1"));
@@ -354,7 +351,7 @@ async fn run_control_from_the_replica_region_goes_to_the_primary_with_tokens() {
     let s = eu_api
         .post(
             &format!("/v1/workflows/{run}/signals/ok"),
-            &serde_json::json!({"payload": {"from": "eu"}}),
+            &json!({"payload": {"from": "eu"}}),
         )
         .await;
     assert_eq!(s.status, 200, "{}", s.body);
@@ -362,10 +359,7 @@ async fn run_control_from_the_replica_region_goes_to_the_primary_with_tokens() {
     let doc = read_with_token(&eu_api, &format!("/v1/workflows/{run}"), &token).await;
     assert_eq!(doc.status, 200, "{}", doc.body);
     assert_eq!(doc.body["steps"][0]["status"], "completed", "{}", doc.body);
-    assert_eq!(
-        doc.body["steps"][0]["output"],
-        serde_json::json!({"from": "eu"})
-    );
+    assert_eq!(doc.body["steps"][0]["output"], json!({"from": "eu"}));
     let done = eu_api.wait_terminal(&run, 30).await;
     assert_eq!(done["status"], "completed", "{done}");
     for n in nodes {
