@@ -133,7 +133,8 @@
 //!   primary outage shorter than the lease runs no task twice
 //!   (`limits::a_completion_report_outlasting_a_primary_outage_lands_and_the_task_runs_once`).
 //! - Retention deletes a finished run past `retention.finished_after` with
-//!   every row it owns (steps, attempts, edges, signals) and nothing else:
+//!   every row it owns (steps, attempts, edges, signals) and nothing else
+//!   (and concurrency slots dead since before the cutoff):
 //!   running runs and recently finished ones stay whole, and a purge skips
 //!   the runs another transaction holds instead of waiting for them
 //!   (`retention::finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_stay`,

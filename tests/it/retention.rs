@@ -117,6 +117,17 @@ async fn finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_
         .execute(&pool)
         .await
         .expect("store a signal");
+    // Concurrency slots: one whose lease ended days ago (dead; a key used
+    // once), one whose lease has not ended.
+    sqlx::query(
+        "INSERT INTO swf.key_slots (key, slot, run_id, step_id, attempt, lease_until)
+         VALUES ('gone', 1, $1, 's', 1, now() - interval '3 days'),
+                ('held', 1, $1, 's', 1, now() + interval '1 hour')",
+    )
+    .bind(old[0])
+    .execute(&pool)
+    .await
+    .expect("store slots");
     pool.close().await;
     for id in &old {
         assert_eq!(api.get(&format!("/v1/workflows/{id}")).await.status, 200);
@@ -154,6 +165,15 @@ async fn finished_runs_past_the_cutoff_go_with_everything_they_own_and_the_rest_
         owned_rows(&db, &kept).await,
         kept_before,
         "the rest stays whole"
+    );
+    let slots: Vec<String> = sqlx::query_scalar("SELECT key FROM swf.key_slots ORDER BY key")
+        .fetch_all(&sql(&db).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        slots,
+        ["held"],
+        "slots dead before the cutoff go, the others stay"
     );
 
     // Through the API: a deleted run is gone, even from the node's cache.
