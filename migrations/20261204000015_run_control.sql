@@ -1214,45 +1214,22 @@ END $$;
 
 -- Retention (20261203000006) also deletes concurrency slots whose lease
 -- ended before the cutoff (dead long ago; a key used once would otherwise
--- keep its slot rows forever), up to p_limit per call.
-CREATE OR REPLACE FUNCTION swf.purge_finished(p_before timestamptz, p_limit int, p_epoch bigint)
+-- keep its slot rows forever), up to p_limit per call, then purges runs
+-- as before.
+ALTER FUNCTION swf.purge_finished(timestamptz, int, bigint) RENAME TO _purge_runs;
+CREATE FUNCTION swf.purge_finished(p_before timestamptz, p_limit int, p_epoch bigint)
 RETURNS uuid[]
 LANGUAGE plpgsql
 SET enable_seqscan = off SET jit = off SET lock_timeout = '5s'
 AS $$
-DECLARE
-    v_runs uuid[];
 BEGIN
-    PERFORM swf.assert_epoch(p_epoch);
-    IF p_before IS NULL OR p_limit IS NULL OR p_limit < 1 THEN
-        RAISE EXCEPTION 'purge_finished: a cutoff and a limit of at least 1 are required (got %, %)',
-            p_before, p_limit USING ERRCODE = '22023';
+    IF p_before IS NOT NULL AND p_limit >= 1 THEN
+        PERFORM swf.assert_epoch(p_epoch);
+        DELETE FROM swf.key_slots ks
+         WHERE (ks.key, ks.slot) IN (SELECT s.key, s.slot FROM swf.key_slots s
+                                      WHERE s.lease_until < p_before
+                                      LIMIT p_limit
+                                        FOR UPDATE SKIP LOCKED);
     END IF;
-    DELETE FROM swf.key_slots ks
-     WHERE (ks.key, ks.slot) IN (SELECT s.key, s.slot FROM swf.key_slots s
-                                  WHERE s.lease_until < p_before
-                                  LIMIT p_limit
-                                    FOR UPDATE SKIP LOCKED);
-    WITH doomed AS (
-        SELECT r.run_id
-          FROM swf.runs r
-         WHERE r.created_at < p_before
-           AND r.status IN ('completed', 'failed', 'cancelled')
-           AND r.completed_at < p_before
-         ORDER BY r.created_at, r.run_id
-         LIMIT p_limit
-           FOR UPDATE SKIP LOCKED
-    ), gone_attempts AS (
-        DELETE FROM swf.attempts a USING doomed d WHERE a.run_id = d.run_id
-    ), gone_deps AS (
-        DELETE FROM swf.deps e USING doomed d WHERE e.run_id = d.run_id
-    ), gone_signals AS (
-        DELETE FROM swf.signals g USING doomed d WHERE g.run_id = d.run_id
-    ), gone_steps AS (
-        DELETE FROM swf.steps s USING doomed d WHERE s.run_id = d.run_id
-    ), gone_runs AS (
-        DELETE FROM swf.runs r USING doomed d WHERE r.run_id = d.run_id RETURNING r.run_id
-    )
-    SELECT coalesce(array_agg(g.run_id), '{}') INTO v_runs FROM gone_runs g;
-    RETURN v_runs;
+    RETURN swf._purge_runs(p_before, p_limit, p_epoch);
 END $$;
