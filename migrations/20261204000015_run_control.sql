@@ -145,6 +145,19 @@ SELECT swf._patch_function(
 SELECT swf._patch_function(
     'swf._run_status_doc(uuid)',
     '''error'', st.error,', '''error'', st.error, ''index'', st.map_index,');
+-- A submit whose claim took fewer tasks than it asked for woke nobody
+-- (20261204000010): its queues had nothing else visible. Since claims take
+-- only the handlers their node runs (20261204000011), that no longer
+-- follows: a task of this submit for another node's handler stays queued.
+-- The wake-ups are now skipped only when no step of the submit's runs is
+-- left queued.
+SELECT swf._patch_function(
+    'swf.submit_and_claim(jsonb, bigint, text[], int, jsonb, text, jsonb)',
+    'v_drained := jsonb_array_length(p_claimed) < (p_claim->>''qty'')::int;',
+    'v_drained := jsonb_array_length(p_claimed) < (p_claim->>''qty'')::int
+                AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_runs) AS r
+                                  JOIN swf.steps st ON st.run_id = (r->>''run_id'')::uuid
+                                 WHERE st.status = ''queued'');');
 DROP FUNCTION swf._patch_function(regprocedure, text, text);
 
 -- As in 20261128000001, for paused runs and waiting steps too.

@@ -515,4 +515,24 @@ async fn a_submit_whose_claim_took_all_it_stored_wakes_no_poller() {
         .await
         .unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
+    // (The marker sent after that wake-up is still on its way.)
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
+        .await
+        .expect("the marker")
+        .unwrap();
+    assert_eq!(n.payload(), "marker");
+    // A run of a handler this node does not run: its claim takes nothing
+    // though it asked for five, and the nodes that run it are woken.
+    let runs = [new_run(json!({"goal": "e", "steps": [
+        {"id": "s", "handler": "command:elsewhere"}]}))];
+    let (_, _, tasks) = store
+        .submit_and_claim(&runs, 100, Some(&claim(5)), 1)
+        .await
+        .unwrap();
+    assert!(tasks.is_empty(), "{tasks:?}");
+    assert_eq!(
+        first_after_marker(&mut listener, &db).await,
+        "",
+        "a task only other nodes can run woke nobody"
+    );
 }
