@@ -16,6 +16,24 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     read_parts_body(&parts.headers, body, limit).await
 }
 
+/// A request body (JSON) as `T`, or 400 `invalid_request` naming `what`
+/// and, for a value of the wrong shape, where in the body it is.
+pub fn parse_request<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{what} at `{}`: {}", e.path(), e.inner()),
+        )
+    })?;
+    de.end()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("{what}: {e}")))?;
+    Ok(body)
+}
+
 /// [`read_body`] under a limit other than `limits.max_body_bytes`; the
 /// refusal names `key`, the limit's config key.
 pub async fn read_body_under(req: Request, limit: usize, key: &str) -> Result<Bytes, ApiError> {

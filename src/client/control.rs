@@ -20,23 +20,16 @@ impl Client {
     /// a running one changes nothing and succeeds; a finished run is
     /// `invalid_state`.
     pub async fn set_paused(&self, run_id: Uuid, paused: bool) -> Result<Token, ClientError> {
-        let (status, token) = self
-            .router
-            .write(WRITE_RETRY, |store, epoch| async move {
-                store.set_run_paused(run_id, paused, epoch).await
-            })
-            .await
-            .map_err(ClientError::from_write)?;
-        self.router.observe_epoch(token.epoch);
-        self.router.cache().invalidate(run_id).await;
         let want = if paused { "paused" } else { "running" };
-        match status.as_deref() {
-            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
-            Some(s) if s == want => Ok(token),
-            Some(other) => Err(ClientError::InvalidState(format!(
-                "run {run_id} is {other}; only a running run can be paused and only a paused one resumed"
-            ))),
-        }
+        self.run_write(
+            run_id,
+            |store, epoch| async move { store.set_run_paused(run_id, paused, epoch).await },
+            |s| s == want,
+            |other| {
+                format!("run {run_id} is {other}; only a running run can be paused and only a paused one resumed")
+            },
+        )
+        .await
     }
 
     /// Sends signal `name` to a running or paused run (a finished run is
@@ -58,22 +51,16 @@ impl Client {
                 "payload contains a NUL character (\\u0000), which cannot be stored".into(),
             ));
         }
-        let (status, token) = self
-            .router
-            .write(WRITE_RETRY, |store, epoch| async move {
-                store.send_signal(run_id, name, payload, epoch).await
-            })
-            .await
-            .map_err(ClientError::from_write)?;
-        self.router.observe_epoch(token.epoch);
-        self.router.cache().invalidate(run_id).await;
-        match status.as_deref() {
-            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
-            Some("running" | "paused") => Ok(token),
-            Some(other) => Err(ClientError::InvalidState(format!(
-                "run {run_id} is {other}; a signal goes only to a running or paused run"
-            ))),
-        }
+        // The status before the signal: a running or paused run took it.
+        self.run_write(
+            run_id,
+            |store, epoch| async move { store.send_signal(run_id, name, payload, epoch).await },
+            |s| matches!(s, "running" | "paused"),
+            |other| {
+                format!("run {run_id} is {other}; a signal goes only to a running or paused run")
+            },
+        )
+        .await
     }
 
     /// Fails the waiting steps whose timeout passed (each fails its run);

@@ -424,21 +424,44 @@ impl Client {
     /// Retries a failed or cancelled run (its steps that did not complete
     /// run again); any other status is `invalid_state`.
     pub async fn retry(&self, run_id: Uuid) -> Result<Token, ClientError> {
+        self.run_write(
+            run_id,
+            |store, epoch| async move { store.retry_run(run_id, epoch).await },
+            |s| s == "running",
+            |other| {
+                format!("run {run_id} is {other}; only a failed or cancelled run can be retried")
+            },
+        )
+        .await
+    }
+
+    /// A write that moves run `run_id`: `write` runs on the primary and
+    /// answers the run's status (None: unknown run, 404) and a token. The
+    /// node then knows the token's epoch and drops its cached documents of
+    /// the run; a status `done` refuses is `invalid_state` with `refused`'s
+    /// message.
+    pub(crate) async fn run_write<F, Fut>(
+        &self,
+        run_id: Uuid,
+        write: F,
+        done: impl FnOnce(&str) -> bool,
+        refused: impl FnOnce(&str) -> String,
+    ) -> Result<Token, ClientError>
+    where
+        F: Fn(crate::store::Store, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(Option<String>, Token), StoreError>>,
+    {
         let (status, token) = self
             .router
-            .write(WRITE_RETRY, |store, epoch| async move {
-                store.retry_run(run_id, epoch).await
-            })
+            .write(WRITE_RETRY, write)
             .await
             .map_err(ClientError::from_write)?;
         self.router.observe_epoch(token.epoch);
         self.router.cache().invalidate(run_id).await;
         match status.as_deref() {
             None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
-            Some("running") => Ok(token),
-            Some(other) => Err(ClientError::InvalidState(format!(
-                "run {run_id} is {other}; only a failed or cancelled run can be retried"
-            ))),
+            Some(s) if done(s) => Ok(token),
+            Some(other) => Err(ClientError::InvalidState(refused(other))),
         }
     }
 
@@ -479,22 +502,13 @@ impl Client {
     /// Cancels a running run. Cancelling a cancelled run is a no-op; a run
     /// that completed or failed cannot be cancelled.
     pub async fn cancel(&self, run_id: Uuid) -> Result<Token, ClientError> {
-        let (status, token) = self
-            .router
-            .write(WRITE_RETRY, |store, epoch| async move {
-                store.cancel_run(run_id, epoch).await
-            })
-            .await
-            .map_err(ClientError::from_write)?;
-        self.router.observe_epoch(token.epoch);
-        self.router.cache().invalidate(run_id).await;
-        match status.as_deref() {
-            None => Err(ClientError::NotFound(format!("run {run_id} not found"))),
-            Some("cancelled") => Ok(token),
-            Some(other) => Err(ClientError::InvalidState(format!(
-                "run {run_id} is already {other} and cannot be cancelled"
-            ))),
-        }
+        self.run_write(
+            run_id,
+            |store, epoch| async move { store.cancel_run(run_id, epoch).await },
+            |s| s == "cancelled",
+            |other| format!("run {run_id} is already {other} and cannot be cancelled"),
+        )
+        .await
     }
 }
 

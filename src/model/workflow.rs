@@ -458,12 +458,10 @@ fn check_step_kind(step: &StepSpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Signal names: 1 to 128 of `[A-Za-z0-9_.-]` (they appear in URLs).
+/// Signal names: 1 to 128 of `[A-Za-z0-9_.-]`, the characters of step ids
+/// (they appear in URLs).
 pub fn valid_signal(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    valid_step_id(s, 128)
 }
 
 /// Kahn's algorithm; returns a step on a cycle if the graph is not a DAG.

@@ -216,7 +216,14 @@ impl Store {
             .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
             .collect();
         let mqs: Vec<&str> = mqs.into_iter().collect();
-        let spec = claim.map(claim_spec);
+        let spec = claim.map(|c| {
+            serde_json::json!({
+                "mqs": c.mqs, "qty": c.qty, "node_id": c.node_id,
+                "region": c.region, "pool": c.pool,
+                "lease_ms": c.leases.lease_ms, "margin_ms": c.leases.margin_ms,
+                "handlers": c.handlers,
+            })
+        });
         let row = sqlx::query("CALL swf.submit_and_claim($1, $2, $3, $4, $5)")
             .bind(sqlx::types::Json(runs))
             .bind(epoch as i64)
@@ -226,7 +233,23 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let (out, token) = submitted_from_row(&row)?;
-        let tasks = claimed_tasks(&row)?;
+        let claimed: Value = row.try_get("p_claimed")?;
+        let bad = || StoreError::Database("submit_and_claim: a malformed claimed task".into());
+        let tasks = claimed
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|t| {
+                Ok(ClaimedTask {
+                    run_id: t[0].as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?,
+                    step_id: t[1].as_str().ok_or_else(bad)?.to_string(),
+                    attempt: t[2].as_i64().ok_or_else(bad)? as i32,
+                    handler: t[3].as_str().ok_or_else(bad)?.to_string(),
+                    timeout_ms: t[4].as_i64().ok_or_else(bad)? as i32,
+                    input: t[5].clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok((out, token, tasks))
     }
 
@@ -371,7 +394,34 @@ impl Store {
         leases: Leases,
         epoch: u64,
     ) -> Result<Vec<FinishResult>> {
-        let (done, failed) = split_outcomes(items);
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (a, f) in items {
+            let (error, outcome, retry) = match f.borrow() {
+                Finish::Completed(output) => {
+                    done.push(DoneItem {
+                        run_id: a.run_id,
+                        step_id: &a.step_id,
+                        attempt: a.attempt,
+                        output,
+                    });
+                    continue;
+                }
+                Finish::Failed { error, timed_out } => {
+                    let outcome = if *timed_out { "timed_out" } else { "failed" };
+                    (error, outcome, true)
+                }
+                Finish::Fatal { error } => (error, "failed", false),
+            };
+            failed.push(FailedItem {
+                run_id: a.run_id,
+                step_id: &a.step_id,
+                attempt: a.attempt,
+                error,
+                outcome,
+                retry,
+            });
+        }
         // One call, so one round trip and one transaction: a mixed batch
         // commits both halves together, and an answer is never an error for
         // work that was in fact recorded. The procedure wakes the pollers of
@@ -385,7 +435,15 @@ impl Store {
             .bind(leases.backoff_cap_ms)
             .fetch_one(&self.pool)
             .await?;
-        finish_results(&row, items)
+        let rows: sqlx::types::Json<Vec<(Uuid, String, i32, String)>> = row.try_get("p_results")?;
+        let mut answers = std::collections::HashMap::new();
+        collect_results(rows.0, &mut answers);
+        // Duplicates within one batch get the later answer ("stale"), which
+        // is exactly what the engine said to the second report.
+        Ok(items
+            .iter()
+            .map(|(a, _)| answers.get(a).copied().unwrap_or(FinishResult::Stale))
+            .collect())
     }
 
     /// Extends the leases of running attempts; returns those still current.
@@ -494,87 +552,4 @@ fn collect_results(
             res,
         );
     }
-}
-
-/// A claim as `swf.submit_and_claim` takes it.
-fn claim_spec(c: &EagerClaim) -> Value {
-    serde_json::json!({
-        "mqs": c.mqs, "qty": c.qty, "node_id": c.node_id,
-        "region": c.region, "pool": c.pool,
-        "lease_ms": c.leases.lease_ms, "margin_ms": c.leases.margin_ms,
-        "handlers": c.handlers,
-    })
-}
-
-/// The tasks in a procedure's `p_claimed`: [[run_id, step_id, attempt,
-/// handler, timeout_ms, input], ...].
-fn claimed_tasks(row: &sqlx::postgres::PgRow) -> Result<Vec<ClaimedTask>> {
-    let claimed: Value = row.try_get("p_claimed")?;
-    let bad = || StoreError::Database("a malformed claimed task".into());
-    claimed
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|t| {
-            Ok(ClaimedTask {
-                run_id: t[0].as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?,
-                step_id: t[1].as_str().ok_or_else(bad)?.to_string(),
-                attempt: t[2].as_i64().ok_or_else(bad)? as i32,
-                handler: t[3].as_str().ok_or_else(bad)?.to_string(),
-                timeout_ms: t[4].as_i64().ok_or_else(bad)? as i32,
-                input: t[5].clone(),
-            })
-        })
-        .collect()
-}
-
-/// Splits outcomes into `swf.complete_tasks` and `swf.fail_tasks` items.
-fn split_outcomes<F: std::borrow::Borrow<Finish>>(
-    items: &[(AttemptRef, F)],
-) -> (Vec<DoneItem<'_>>, Vec<FailedItem<'_>>) {
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for (a, f) in items {
-        let (error, outcome, retry) = match f.borrow() {
-            Finish::Completed(output) => {
-                done.push(DoneItem {
-                    run_id: a.run_id,
-                    step_id: &a.step_id,
-                    attempt: a.attempt,
-                    output,
-                });
-                continue;
-            }
-            Finish::Failed { error, timed_out } => {
-                let outcome = if *timed_out { "timed_out" } else { "failed" };
-                (error, outcome, true)
-            }
-            Finish::Fatal { error } => (error, "failed", false),
-        };
-        failed.push(FailedItem {
-            run_id: a.run_id,
-            step_id: &a.step_id,
-            attempt: a.attempt,
-            error,
-            outcome,
-            retry,
-        });
-    }
-    (done, failed)
-}
-
-/// A finish procedure's `p_results`, one per item in input order.
-fn finish_results<F>(
-    row: &sqlx::postgres::PgRow,
-    items: &[(AttemptRef, F)],
-) -> Result<Vec<FinishResult>> {
-    let rows: sqlx::types::Json<Vec<(Uuid, String, i32, String)>> = row.try_get("p_results")?;
-    let mut answers = std::collections::HashMap::new();
-    collect_results(rows.0, &mut answers);
-    // Duplicates within one batch get the later answer ("stale"), which
-    // is exactly what the engine said to the second report.
-    Ok(items
-        .iter()
-        .map(|(a, _)| answers.get(a).copied().unwrap_or(FinishResult::Stale))
-        .collect())
 }

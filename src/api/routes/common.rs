@@ -1,14 +1,17 @@
-//! Small helpers the handlers share: the client role, run ids, and the
-//! read-source and token headers of answers.
+//! Small helpers the handlers share: the client role, run ids, the
+//! read-source and token headers of answers, and the answer of a write
+//! that moved a run.
 
 use axum::http::{HeaderName, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use uuid::Uuid;
 
 use crate::api::error::ApiError;
 use crate::api::state::ApiState;
-use crate::api::wire::{ErrorCode, H_READ_SOURCE, H_TOKEN};
+use crate::api::wire::{Cancelled, ErrorCode, RunState, H_READ_SOURCE, H_TOKEN};
 use crate::client::Client;
+use crate::model::token::Token;
 use crate::router::ReadSource;
 
 /// The node's client role (v1_guard has refused the call without one).
@@ -40,4 +43,16 @@ pub fn with_token(mut resp: Response, signed: &str) -> Response {
             .insert(HeaderName::from_static(H_TOKEN), v);
     }
     resp
+}
+
+/// The answer of a write that moved one run (cancel, retry, pause, resume):
+/// `{"run_id", "status", "consistency_token"}` and the token header.
+pub fn run_moved(st: &ApiState, run_id: Uuid, status: RunState, token: &Token) -> Response {
+    let signed = st.router.token_key().sign(token);
+    let body = Cancelled {
+        run_id,
+        status,
+        consistency_token: signed.clone(),
+    };
+    with_token(Json(body).into_response(), &signed)
 }

@@ -9,22 +9,16 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::common::client;
-use crate::api::body::read_body;
-use crate::api::error::{ApiError, ApiResult};
+use crate::api::body::{parse_request, read_body};
+use crate::api::error::ApiResult;
 use crate::api::state::ApiState;
-use crate::api::wire::{ErrorCode, ScheduleList, ScheduleRequest};
+use crate::api::wire::{ScheduleList, ScheduleRequest};
 
 /// `POST /v1/schedules`.
 pub async fn create(State(st): State<ApiState>, req: Request) -> ApiResult {
     let c = client(&st)?;
     let bytes = read_body(req, st.max_body_bytes).await?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let body: ScheduleRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("schedule at `{}`: {}", e.path(), e.inner()),
-        )
-    })?;
+    let body: ScheduleRequest = parse_request(&bytes, "schedule")?;
     let info = c.create_schedule(&body).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }

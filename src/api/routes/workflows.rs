@@ -7,13 +7,13 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::common::{client, parse_run_id, with_read_source, with_token};
-use crate::api::body::{read_body, read_body_under, read_token};
+use super::common::{client, parse_run_id, run_moved, with_read_source, with_token};
+use crate::api::body::{parse_request, read_body, read_body_under, read_token};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::state::ApiState;
 use crate::api::wire::{
-    BatchRun, BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, ErrorCode, ListQuery,
-    Retried, RunList, RunState, RunSummary, Submitted, WorkflowSpec,
+    BatchRun, BatchSubmitted, BulkCancelRequest, BulkCancelled, ErrorCode, ListQuery, RunList,
+    RunState, RunSummary, Submitted, WorkflowSpec,
 };
 
 /// A workflow's JSON as its spec. Parsed once, straight into the spec;
@@ -220,32 +220,14 @@ pub async fn list(
 pub async fn retry(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let run_id = parse_run_id(&id)?;
     let token = client(&st)?.retry(run_id).await?;
-    let signed = st.router.token_key().sign(&token);
-    let body = Retried {
-        run_id,
-        status: RunState::Running,
-        consistency_token: signed.clone(),
-    };
-    Ok(with_token(Json(body).into_response(), &signed))
+    Ok(run_moved(&st, run_id, RunState::Running, &token))
 }
 
 /// `POST /v1/workflows/cancel`: bulk cancel by filter.
 pub async fn cancel_many(State(st): State<ApiState>, req: Request) -> ApiResult {
     let c = client(&st)?;
     let bytes = read_body(req, st.max_body_bytes).await?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let body: BulkCancelRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("bulk cancel request at `{}`: {}", e.path(), e.inner()),
-        )
-    })?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("bulk cancel request: {e}"),
-        )
-    })?;
+    let body: BulkCancelRequest = parse_request(&bytes, "bulk cancel request")?;
     let (cancelled, token) = c.cancel_many(&body).await?;
     let signed = st.router.token_key().sign(&token);
     let body = BulkCancelled {
@@ -258,11 +240,5 @@ pub async fn cancel_many(State(st): State<ApiState>, req: Request) -> ApiResult 
 pub async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let run_id = parse_run_id(&id)?;
     let token = client(&st)?.cancel(run_id).await?;
-    let signed = st.router.token_key().sign(&token);
-    let body = Cancelled {
-        run_id,
-        status: RunState::Cancelled,
-        consistency_token: signed.clone(),
-    };
-    Ok(with_token(Json(body).into_response(), &signed))
+    Ok(run_moved(&st, run_id, RunState::Cancelled, &token))
 }
