@@ -225,32 +225,36 @@ CREATE FUNCTION swf._finish_step(p_run_id uuid, p_step_id text, p_output jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     g record;
-    v_special text[];
+    v_special text[] := '{}';
     v_id text;
 BEGIN
     UPDATE swf.steps
        SET status = 'completed', output = p_output, completed_at = now(),
            started_at = coalesce(started_at, now())
      WHERE run_id = p_run_id AND step_id = p_step_id;
-    WITH ready AS (
-        UPDATE swf.steps st SET remaining_deps = st.remaining_deps - 1
-          FROM swf.deps dp
-         WHERE dp.run_id = p_run_id AND dp.dep_id = p_step_id
-           AND st.run_id = dp.run_id AND st.step_id = dp.step_id
-        RETURNING st.step_id, st.remaining_deps, st.status, st.map_source, st.wait_signal)
-    SELECT array_agg(ready.step_id) INTO v_special
-      FROM ready
-     WHERE ready.remaining_deps = 0 AND ready.status IN ('created', 'waiting')
-       AND (ready.map_source IS NOT NULL OR ready.wait_signal IS NOT NULL);
-    FOR g IN SELECT st.mq, array_agg(st.run_id ORDER BY st.ordinal) AS runs,
-                    array_agg(st.step_id ORDER BY st.ordinal) AS steps
-               FROM swf.deps dp
-               JOIN swf.steps st ON st.run_id = dp.run_id AND st.step_id = dp.step_id
-              WHERE dp.run_id = p_run_id AND dp.dep_id = p_step_id
-                AND st.remaining_deps = 0 AND st.status = 'created'
-                AND st.map_source IS NULL AND st.wait_signal IS NULL
-              GROUP BY st.mq LOOP
-        PERFORM swf._enqueue_many(g.runs, g.steps, g.mq);
+    -- Dependents: count down, and split those now ready as complete_tasks
+    -- does (tasks queued per queue; waits and maps advance below).
+    FOR g IN
+        WITH ready AS (
+            UPDATE swf.steps st SET remaining_deps = st.remaining_deps - 1
+              FROM swf.deps dp
+             WHERE dp.run_id = p_run_id AND dp.dep_id = p_step_id
+               AND st.run_id = dp.run_id AND st.step_id = dp.step_id
+            RETURNING st.step_id, st.mq, st.ordinal, st.remaining_deps, st.status,
+                      (st.map_source IS NOT NULL OR st.wait_signal IS NOT NULL) AS special)
+        SELECT ready.special, ready.mq,
+               array_agg(ready.step_id ORDER BY ready.ordinal) AS steps
+          FROM ready
+         WHERE ready.remaining_deps = 0
+           AND (ready.status = 'created' OR (ready.special AND ready.status = 'waiting'))
+         GROUP BY ready.special, ready.mq
+    LOOP
+        IF g.special THEN
+            v_special := v_special || g.steps;
+        ELSE
+            PERFORM swf._enqueue_many(array_fill(p_run_id, ARRAY[cardinality(g.steps)]),
+                                      g.steps, g.mq);
+        END IF;
     END LOOP;
     UPDATE swf.runs r
        SET remaining_steps = r.remaining_steps - 1,
@@ -259,7 +263,7 @@ BEGIN
            output = CASE WHEN r.remaining_steps = 1 THEN swf._run_output(r.run_id)
                          ELSE r.output END
      WHERE r.run_id = p_run_id;
-    FOREACH v_id IN ARRAY coalesce(v_special, '{}') LOOP
+    FOREACH v_id IN ARRAY v_special LOOP
         PERFORM swf._advance(p_run_id, v_id);
     END LOOP;
 END $$;
@@ -359,7 +363,7 @@ BEGIN
     UPDATE swf.runs r SET remaining_steps = r.remaining_steps + v_n
      WHERE r.run_id = p_run_id;
     PERFORM swf._enqueue_many(
-        ARRAY(SELECT p_run_id FROM generate_series(1, v_n)),
+        array_fill(p_run_id, ARRAY[v_n]),
         ARRAY(SELECT format('%s[%s]', p_step_id, i) FROM generate_series(0, v_n - 1) AS i),
         s.mq);
 END $$;
