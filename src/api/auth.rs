@@ -145,6 +145,19 @@ impl Auth {
     /// Checks an `Authorization` header value against `scope`. The scheme
     /// name is case-insensitive (RFC 9110), the token is not.
     pub fn check(&self, header: Option<&str>, scope: Scope) -> Result<(), Denied> {
+        let t = self.token(header)?;
+        if !(t.scopes.contains(&scope) || t.scopes.contains(&Scope::Admin)) {
+            return Err(Denied::Forbidden(format!(
+                "token `{}` lacks the `{}` scope this call needs",
+                t.name,
+                scope.as_str()
+            )));
+        }
+        self.take(t)
+    }
+
+    /// The configured token an `Authorization` header presents.
+    fn token(&self, header: Option<&str>) -> Result<&Token, Denied> {
         let presented = header
             .and_then(bearer_credentials)
             .map(str::trim)
@@ -160,15 +173,27 @@ impl Auth {
                 found = Some(t);
             }
         }
-        let t = found.ok_or_else(|| Denied::Unauthorized("unknown bearer token".into()))?;
-        if !(t.scopes.contains(&scope) || t.scopes.contains(&Scope::Admin)) {
-            return Err(Denied::Forbidden(format!(
-                "token `{}` lacks the `{}` scope this call needs",
-                t.name,
-                scope.as_str()
-            )));
+        found.ok_or_else(|| Denied::Unauthorized("unknown bearer token".into()))
+    }
+
+    /// What a caller may do: (auth on, the token's name, its scopes), admin
+    /// expanded to all three. Auth off: every scope and no name. An unknown
+    /// token gets no scope (the guard refused it before any route ran).
+    pub fn who(&self, header: Option<&str>) -> (bool, Option<String>, Vec<Scope>) {
+        let all = vec![Scope::Read, Scope::Submit, Scope::Admin];
+        if !self.enabled {
+            return (false, None, all);
         }
-        self.take(t)
+        let found = self.token(header).ok();
+        match found {
+            None => (true, None, Vec::new()),
+            Some(t) if t.scopes.contains(&Scope::Admin) => (true, Some(t.name.clone()), all),
+            Some(t) => (
+                true,
+                Some(t.name.clone()),
+                all.into_iter().filter(|s| t.scopes.contains(s)).collect(),
+            ),
+        }
     }
 
     fn take(&self, t: &Token) -> Result<(), Denied> {
@@ -262,6 +287,38 @@ pub(crate) mod tests {
         for (access, header, want) in cases {
             assert_eq!(check(&a, access, header), want, "{access:?} {header:?}");
         }
+    }
+
+    #[test]
+    fn whoami_names_the_token_and_expands_admin() {
+        let a = auth(1000);
+        let names = |h: Option<&str>| {
+            let (on, name, scopes) = a.who(h);
+            let s: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+            (on, name, s.join(","))
+        };
+        assert_eq!(
+            names(Some("Bearer r-secret")),
+            (true, Some("reader".into()), "read".into())
+        );
+        assert_eq!(
+            names(Some("Bearer w-secret")),
+            (true, Some("writer".into()), "read,submit".into())
+        );
+        assert_eq!(
+            names(Some("Bearer a-secret")),
+            (true, Some("ops".into()), "read,submit,admin".into())
+        );
+        assert_eq!(names(Some("Bearer nope")), (true, None, "".into()));
+        let off = Auth::new(
+            &AuthConfig {
+                enabled: false,
+                ..AuthConfig::default()
+            },
+            10,
+        );
+        let (on, name, scopes) = off.who(None);
+        assert_eq!((on, name, scopes.len()), (false, None, 3));
     }
 
     #[test]

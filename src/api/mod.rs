@@ -30,6 +30,7 @@ pub use state::{ApiState, Forwarder, NodeInfo};
 pub fn router(state: ApiState) -> axum::Router {
     let v1_guard = axum::middleware::from_fn_with_state(state.clone(), middleware::v1_guard);
     let (app, access) = table::v1_routes()
+        .merge(table::ui_routes())
         .map(|r| r.route_layer(v1_guard))
         .merge(table::node_routes())
         .split();

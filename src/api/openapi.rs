@@ -20,7 +20,7 @@ use crate::api::wire::{
     BatchRequest, BatchSubmitted, BulkCancelRequest, BulkCancelled, Cancelled, DrillList,
     DrillRecord, DrillReport, DrillRequest, ErrorBody, PausedRun, QueueList, QueuePaused,
     RecoverReport, Regions, Retried, RunLineage, RunList, RunStatus, ScheduleInfo, ScheduleList,
-    ScheduleRequest, SignalRequest, Signalled, Submitted, WorkflowSpec,
+    ScheduleRequest, SignalRequest, Signalled, Submitted, WhoAmI, WorkflowSpec,
 };
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Value;
@@ -178,6 +178,12 @@ fn operations() -> Vec<Op> {
             "Write region, epoch, regions, lag and nodes",
         )
         .answer(200, schema::<Regions>),
+        op(
+            M::GET,
+            "/v1/whoami",
+            "Whether auth is on, the caller's token and its scopes",
+        )
+        .answer(200, schema::<WhoAmI>),
         op(
             M::POST,
             "/v1/admin/drills",

@@ -6,7 +6,7 @@ use axum::http::Method;
 
 use crate::api::access::Routes;
 use crate::api::auth::{Access, Scope};
-use crate::api::routes::{admin, control, health, queues, regions, schedules, workflows};
+use crate::api::routes::{admin, control, health, queues, regions, schedules, ui, workflows};
 
 const READ: Access = Access::Scope(Scope::Read);
 const SUBMIT: Access = Access::Scope(Scope::Submit);
@@ -106,6 +106,7 @@ pub fn v1_routes() -> Routes {
             schedules::resume,
         )
         .add(Method::GET, "/v1/regions", READ, regions::regions)
+        .add(Method::GET, "/v1/whoami", READ, ui::whoami)
         .add(Method::GET, "/openapi.json", Access::Open, health::openapi)
         .add(Method::POST, "/v1/admin/drills", ADMIN, admin::drill)
         .add(Method::GET, "/v1/admin/drills", ADMIN, admin::list)
@@ -116,6 +117,15 @@ pub fn v1_routes() -> Routes {
             ADMIN,
             admin::recover,
         )
+}
+
+/// The dashboard's page and files: open (the page asks for a token when
+/// the API needs one), served by nodes with the client role.
+pub fn ui_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/ui", Access::Open, ui::root)
+        .add(Method::GET, "/ui/", Access::Open, ui::index)
+        .add(Method::GET, "/ui/{*path}", Access::Open, ui::file)
 }
 
 /// Probes, node info and metrics (served by every node).
@@ -139,7 +149,7 @@ mod tests {
 
     #[test]
     fn route_by_token_scope_table() {
-        let (_, table) = v1_routes().merge(node_routes()).split();
+        let (_, table) = v1_routes().merge(ui_routes()).merge(node_routes()).split();
         let a = auth(1000);
         // (method, matched route or None, path, token, expected: open / ok / 401 / 403)
         let cases = [
@@ -200,6 +210,10 @@ mod tests {
                 "ok",
             ),
             ("GET", Some("/v1/regions"), Some("Bearer a-secret"), "ok"),
+            ("GET", Some("/v1/whoami"), None, "401"),
+            ("GET", Some("/v1/whoami"), Some("Bearer r-secret"), "ok"),
+            ("GET", Some("/ui/"), None, "open"),
+            ("GET", Some("/ui/{*path}"), None, "open"),
             ("GET", Some("/v1/queues"), Some("Bearer r-secret"), "ok"),
             (
                 "POST",

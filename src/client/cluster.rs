@@ -38,6 +38,7 @@ pub async fn regions(router: &Router, heartbeat_ms: u64) -> Result<Regions, Stor
                     api_url: n.api_url.clone(),
                     last_heartbeat_at: n.last_heartbeat_at,
                     healthy: n.is_healthy(heartbeat_ms),
+                    pools: n.pool_infos(),
                 })
                 .collect();
             let primary_here = *r == write_region;

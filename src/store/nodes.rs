@@ -26,6 +26,21 @@ impl NodeRow {
         (chrono::Utc::now() - self.last_heartbeat_at).num_milliseconds() <= (3 * interval_ms) as i64
     }
 
+    /// The worker pools of the heartbeat (the handlers each advertises left
+    /// out); a pool entry that does not read as one is skipped.
+    pub fn pool_infos(&self) -> Vec<crate::api::wire::PoolInfo> {
+        self.pools
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let mut p = p.clone();
+                p.as_object_mut()?.remove("handlers");
+                serde_json::from_value(p).ok()
+            })
+            .collect()
+    }
+
     /// Runs the client role (serves `/v1`).
     pub fn is_client(&self) -> bool {
         self.roles.iter().any(|r| r == "client")

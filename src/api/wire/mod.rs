@@ -481,6 +481,9 @@ pub struct StepStatus {
     /// An item of a `map` step (id `<map step>[<index>]`): its index.
     #[serde(default)]
     pub index: Option<u32>,
+    /// The step's own `input` from the workflow (null when it has none).
+    #[serde(default)]
+    pub input: Value,
 }
 
 /// A run's counters, in status and lineage documents.
@@ -584,6 +587,9 @@ pub struct NodeView {
     pub api_url: Option<String>,
     pub last_heartbeat_at: chrono::DateTime<chrono::Utc>,
     pub healthy: bool,
+    /// The worker pools of its last heartbeat (none on edge nodes).
+    #[serde(default)]
+    pub pools: Vec<PoolInfo>,
 }
 
 /// `GET /health`.
@@ -651,6 +657,19 @@ pub struct PoolInfo {
     pub busy: usize,
     pub completed: u64,
     pub failed: u64,
+}
+
+/// `GET /v1/whoami`: what the caller's token may do on this node (the
+/// dashboard shows only the actions its scopes allow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhoAmI {
+    /// Whether this node checks tokens (`auth.enabled`).
+    pub auth: bool,
+    /// The token's name in the tokens file; null when auth is off.
+    pub token: Option<String>,
+    /// `read`, `submit`, `admin` (admin implies the others): every scope when auth is off.
+    pub scopes: Vec<String>,
 }
 
 /// The databases as a node sees them.
