@@ -14,7 +14,8 @@
 //!   by the server and its clients), `api::client` (the one typed API client:
 //!   CLI, bench, drills, tests), `api::auth` (tokens, scopes, rate limits),
 //!   `api::tls` (rustls for the server and every outgoing HTTP client),
-//!   `api::openapi` (the OpenAPI document of the `/v1` routes).
+//!   `api::openapi` (the OpenAPI document of the `/v1` routes),
+//!   `api::routes::ui` (the dashboard of `ui/`, embedded).
 //! - [`node`]: assembles a node from its config's roles; supervision (one
 //!   `JoinSet`), heartbeats, the HTTP server task, the schedules' and
 //!   waits' ticker,
@@ -188,6 +189,10 @@
 //!   (`keys::a_slot_held_by_a_dead_executor_frees_with_its_lease`).
 //! - A map step's output is its items' outputs in order, one task each
 //!   (`maps::a_map_runs_one_task_per_item_and_keeps_their_order`).
+//! - The dashboard loads only files embedded in the binary and writes what
+//!   the API returns as text, never markup
+//!   (`api::routes::ui::tests::every_file_of_ui_is_embedded_and_the_page_loads_only_embedded_files`,
+//!   `ui::the_dashboard_shows_regions_runs_dags_queues_schedules_and_drills`).
 
 #![deny(clippy::await_holding_lock)]
 

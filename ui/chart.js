@@ -6,12 +6,14 @@ import { h, s, ms } from "./dom.js";
 /** A line of the last samples (numbers), scaled to their maximum. */
 export function sparkline(values, { width = 160, height = 36, label = "" } = {}) {
   const max = Math.max(1, ...values);
-  const n = Math.max(values.length - 1, 1);
-  const pts = values.map((v, i) => `${((i / n) * (width - 2) + 1).toFixed(1)},${(height - 2 - (v / max) * (height - 6)).toFixed(1)}`);
-  return s("svg", { class: "spark", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label },
+  // One sample is drawn as a flat line until the next arrives.
+  const vs = values.length === 1 ? [values[0], values[0]] : values;
+  const n = Math.max(vs.length - 1, 1);
+  const pts = vs.map((v, i) => `${((i / n) * (width - 2) + 1).toFixed(1)},${(height - 2 - (v / max) * (height - 6)).toFixed(1)}`);
+  return s("svg", { class: "spark", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label, "data-samples": values.length },
     s("title", {}, label),
     s("line", { x1: 0, y1: height - 1, x2: width, y2: height - 1, class: "axis" }),
-    values.length > 1 ? s("polyline", { points: pts.join(" "), class: "line" }) : null,
+    vs.length > 1 ? s("polyline", { points: pts.join(" "), class: "line" }) : null,
     s("text", { x: width - 2, y: 10, "text-anchor": "end", class: "spark-max" }, `max ${ms(max)}`));
 }
 

@@ -691,6 +691,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         _ => ("curl -s".to_string(), None),
     };
     println!();
+    println!("Dashboard: {api_url}/ui/   (OpenAPI: {api_url}/openapi.json)");
+    println!();
     println!("Try it:");
     if let Some(env) = env {
         println!("  {env}");

@@ -109,8 +109,10 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
         let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "index.html" && !n.starts_with('.') && n != "README.md")
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "index.html" && !n.starts_with('.'))
             .collect();
         on_disk.sort();
         let mut embedded: Vec<String> = FILES.iter().map(|(n, _, _)| n.to_string()).collect();
