@@ -1,6 +1,7 @@
 //! `swf bench` as a user runs it: the burn-down on its own embedded cluster
 //! (JSON shape and that every pre-submitted run completed; never its speed),
-//! and the flags it refuses.
+//! a short soak (every run ends as it must, and errors make it fail), and
+//! the flags it refuses.
 
 use std::process::{Command, Stdio};
 
@@ -104,6 +105,16 @@ fn burn_down_refuses_what_it_cannot_measure() {
             &["--burn-down", "10", "--primary-region", "us-east"][..],
             "cannot be used with",
         ),
+        (&["--soak", "0"][..], "--soak must be at least 1"),
+        (
+            &["--soak", "5", "--rate", "0"][..],
+            "--rate must be above 0",
+        ),
+        (
+            &["--soak", "5", "--burn-down", "10"][..],
+            "cannot be used with",
+        ),
+        (&["--rate", "5"][..], "--soak"),
     ] {
         let (code, out, err, dir) = bench(args);
         assert_ne!(code, 0, "{args:?} was accepted: {out}");
@@ -115,4 +126,64 @@ fn burn_down_refuses_what_it_cannot_measure() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_short_soak_checks_every_run_and_fails_when_calls_fail() {
+    let (code, out, err, dir) = tokio::task::spawn_blocking(|| {
+        bench(&["--soak", "4", "--rate", "25", "--pool-size", "16", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}\n{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let s = &doc["soak"];
+    assert_eq!(s["errors"], 0, "{s}");
+    let started = number(&s["started"], "started");
+    assert!(started >= 50.0, "{s}");
+    assert_eq!(
+        s["completed"], s["started"],
+        "every run ended as it must: {s}"
+    );
+    for kind in ["chain", "map", "fail_retry", "cancel", "pause_resume"] {
+        assert!(number(&s["by_kind"][kind], kind) >= 1.0, "{kind}: {s}");
+    }
+    assert_eq!(
+        number(&s["token_read_ms"]["samples"], "token reads"),
+        started,
+        "{s}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(number(&s["rss_mb_start"], "rss_mb_start") > 0.0, "{s}");
+        assert!(number(&s["rss_mb_end"], "rss_mb_end") > 0.0, "{s}");
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // Against a node that is not there every submit fails: errors counted
+    // by kind, exit code 1.
+    let (code, out, err, _) = tokio::task::spawn_blocking(|| {
+        bench(&[
+            "--soak",
+            "1",
+            "--rate",
+            "5",
+            "--api",
+            "http://127.0.0.1:9",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}\n{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let s = &doc["soak"];
+    assert_eq!(s["completed"], 0, "{s}");
+    assert_eq!(s["errors"], s["started"], "{s}");
+    let kinds = s["error_kinds"].as_object().unwrap();
+    assert!(kinds.keys().all(|k| k.starts_with("submit:")), "{s}");
+    assert_eq!(
+        s["rss_mb_start"],
+        Value::Null,
+        "not this process's node: {s}"
+    );
 }

@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// region, measure read-after-own-write with the token and status reads
     /// by source; calls pinned to this region (the primary's) count as
     /// primary reads. Skips the throughput phases.
-    #[arg(long, conflicts_with = "burn_down")]
+    #[arg(long, conflicts_with_all = ["burn_down", "soak"])]
     pub primary_region: Option<String>,
     /// Burn-down instead of the other phases: pre-submit N 1-step `noop`
     /// workflows while no executor serves their queue (through an edge node;
@@ -53,6 +53,15 @@ pub struct BenchArgs {
     /// With `--key-limit`: how many distinct keys the runs spread over.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "key_limit")]
     pub keys: usize,
+    /// Soak instead of the other phases: a steady mixed load (chains, maps,
+    /// failures retried, cancels, pauses; reads with consistency tokens) for
+    /// SECS seconds, every run checked to end as it must, RSS sampled
+    /// (embedded). Exits 1 when anything went wrong.
+    #[arg(long, value_name = "SECS", conflicts_with = "burn_down")]
+    pub soak: Option<u64>,
+    /// With `--soak`: workflows started per second.
+    #[arg(long, value_name = "PER_S", default_value_t = 50.0, requires = "soak")]
+    pub rate: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -72,6 +81,12 @@ impl BenchArgs {
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("{flag} must be at least 1");
+        }
+        if self.soak == Some(0) {
+            anyhow::bail!("--soak must be at least 1 second");
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 10_000.0) {
+            anyhow::bail!("--rate must be above 0 and at most 10000 workflows/s");
         }
         if self.burn_down == Some(0) {
             anyhow::bail!("--burn-down must be at least 1 workflow");

@@ -14,13 +14,14 @@
 //!
 //! The latency phase runs first, on a quiet cluster. `--burn-down N`
 //! ([`burn`]) instead times one executor-only node draining N pre-submitted
-//! 1-step workflows. Embedded, the JSON also carries the peak RSS of this
+//! 1-step workflows; `--soak SECS` ([`soak`]) runs a steady mixed load and
+//! checks every run's end. Embedded, the JSON also carries the peak RSS of this
 //! process, which the node runs in ([`rss`]). Prints JSON (`--json`) or a
 //! table.
 //!
 //! Files: `args.rs` the flags; `run.rs` the dispatch and printing;
 //! `phases.rs` the default phases and region reads; `burn.rs` the
-//! burn-down; `embedded.rs` the embedded cluster; `report.rs` shared
+//! burn-down; `soak.rs` the soak; `embedded.rs` the embedded cluster; `report.rs` shared
 //! helpers (client, shapes, percentiles); `rss.rs` `/proc` readings.
 
 mod args;
@@ -30,6 +31,7 @@ mod phases;
 mod report;
 mod rss;
 mod run;
+mod soak;
 
 pub use args::BenchArgs;
 pub use run::run;

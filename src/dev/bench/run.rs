@@ -8,23 +8,44 @@ use super::embedded::{Embedded, Roles};
 use super::phases::{print_human, read_phase, region_reads, start_latency_phase, throughput_phase};
 use super::report::{api_client, machine};
 use super::rss::Rss;
+use super::soak::soak;
 use crate::api::client::ApiClient;
 
 /// Runs the benchmark; returns the exit code.
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     args.check()?;
-    let report = match args.burn_down {
-        Some(n) => burn_down(&args, n).await?,
-        None => phases(&args).await?,
+    let (report, ok) = match (args.burn_down, args.soak) {
+        (Some(n), _) => (burn_down(&args, n).await?, true),
+        (None, Some(secs)) => soak(&args, secs).await?,
+        (None, None) => (phases(&args).await?, true),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.get("burn_down").is_some() {
         print_burn_down(&report);
+    } else if report.get("soak").is_some() {
+        print_soak(&report);
     } else {
         print_human(&report);
     }
-    Ok(0)
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn print_soak(r: &Value) {
+    let s = &r["soak"];
+    println!(
+        "swf bench --soak: {} s at {} workflows/s (achieved {}): {} started, {} ended as they must, {} errors",
+        s["secs"], s["rate"], s["rate_achieved"], s["started"], s["completed"], s["errors"]
+    );
+    println!("  by kind: {}", s["by_kind"]);
+    if s["errors"].as_u64().unwrap_or(0) > 0 {
+        println!("  errors: {}", s["error_kinds"]);
+    }
+    println!("  read with the submit's token: {}", s["token_read_ms"]);
+    println!(
+        "  RSS: {} MiB after the {} s warm-up, {} MiB at the end",
+        s["rss_mb_start"], s["warmup_s"], s["rss_mb_end"]
+    );
 }
 
 /// The default phases (or the region reads) against `--api`, or against
