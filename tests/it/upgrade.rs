@@ -284,8 +284,9 @@ async fn a_released_schema_with_finished_and_running_runs_upgrades_to_engine_v2(
     );
     // Migrating changed no run (a running run's duration grows meanwhile);
     // the status document only gained `schedule` (20261204000014), null
-    // for a run no schedule started, and each step's `index`
-    // (20261204000015), null for a step that is no map item.
+    // for a run no schedule started, each step's `index`
+    // (20261204000015), null for a step that is no map item, and each
+    // step's `input` (20261205000016), the one the workflow gave it.
     let unscheduled = |(mut status, lineage): (serde_json::Value, serde_json::Value)| {
         status["schedule"] = serde_json::Value::Null;
         for step in status["steps"].as_array_mut().into_iter().flatten() {
@@ -293,9 +294,27 @@ async fn a_released_schema_with_finished_and_running_runs_upgrades_to_engine_v2(
         }
         (status, lineage)
     };
-    assert_eq!(old.docs(a).await, unscheduled(before[0].clone()));
-    assert_eq!(old.docs(b).await, unscheduled(before[1].clone()));
-    let (status, lineage) = unscheduled(old.docs(c).await);
+    let inputs_gained = |(mut status, lineage): (serde_json::Value, serde_json::Value)| {
+        for step in status["steps"].as_array_mut().into_iter().flatten() {
+            let id = step["id"].as_str().unwrap().to_string();
+            let input = step
+                .as_object_mut()
+                .unwrap()
+                .remove("input")
+                .expect("a step's input");
+            assert_eq!(input, json!({ "step": id }), "{id}'s input");
+        }
+        (status, lineage)
+    };
+    assert_eq!(
+        inputs_gained(old.docs(a).await),
+        unscheduled(before[0].clone())
+    );
+    assert_eq!(
+        inputs_gained(old.docs(b).await),
+        unscheduled(before[1].clone())
+    );
+    let (status, lineage) = unscheduled(inputs_gained(old.docs(c).await));
     assert_eq!(status["steps"], unscheduled(before[2].clone()).0["steps"]);
     assert_eq!(lineage["execution_trace"], before[2].1["execution_trace"]);
 
