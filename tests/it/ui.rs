@@ -1,7 +1,8 @@
 //! The dashboard (`/ui/`, DESIGN 10.3) in a real headless Chromium: each
 //! page loads without console errors and shows what the API says (regions,
 //! epoch, lag; a run's steps in its SVG DAG with the failed one marked; a
-//! drill's RTO), its buttons act, and with auth on it asks for a token.
+//! drill's RTO), its buttons act (retry, schedule pause, a drill started from
+//! the page), and with auth on it asks for a token.
 //!
 //! With `SWF_UI_SCREENSHOTS=<dir>` the pages are also saved as PNG there
 //! (the README's pictures come from this).
@@ -259,18 +260,32 @@ async fn the_dashboard_shows_regions_runs_dags_queues_schedules_and_drills() {
     .await;
     no_console_errors(&b, "/ui/schedules").await;
 
-    // A switchover, then the Drills page shows it with its RTO.
-    let r = api
-        .send(
-            api.http
-                .post(format!("{base}/v1/admin/drills"))
-                .timeout(std::time::Duration::from_secs(120))
-                .json(&json!({"kind": "switchover", "to": "eu-west", "load": 20.0})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let rto = r.body["rto_ms"].as_u64().unwrap();
-    let phases = r.body["phases"].as_array().unwrap().len();
+    // A switchover started from the Drills page (the button asks once
+    // more), then the page shows it with the RTO its report has.
+    b.goto(&format!("{base}/ui/drills")).await;
+    b.wait_text("main", "no drill yet", 15).await;
+    assert_eq!(
+        b.exec("return document.getElementById('drill-to').value", vec![])
+            .await,
+        json!("eu-west")
+    );
+    b.click("#drill-start").await;
+    b.wait_text("#drill-start", "sure?", 5).await;
+    b.click("#drill-start").await;
+    let journal = wait_for("the drill started from the page to finish", 120, || {
+        let api = &api;
+        async move {
+            let j = api.get("/v1/admin/drills").await.body;
+            (j["drills"][0]["state"] == "ok").then_some(j)
+        }
+    })
+    .await;
+    let report = &journal["drills"][0]["report"];
+    assert_eq!(report["to_region"], "eu-west", "{report}");
+    assert!(report["acknowledged_writes"].as_u64() > Some(0), "{report}");
+    let rto = report["rto_ms"].as_u64().unwrap();
+    let phases = report["phases"].as_array().unwrap().len();
+    b.wait_text("#drill-start + span", "done: RTO", 30).await;
     b.goto(&format!("{base}/ui/drills")).await;
     let row = b.wait_text("table.drills", "switchover", 30).await;
     assert!(
