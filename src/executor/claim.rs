@@ -36,6 +36,14 @@ use crate::store::{AttemptRef, ClaimedTask, Claimer, ErrorClass, StoreError};
 const REPORT_GRACE: Duration = Duration::from_secs(5);
 /// How long releasing tasks at shutdown may take.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A renewal of buffered tasks: its answer (the attempts still current),
+/// the attempts it asked for, and when it was sent.
+type Renewal = (
+    Result<Vec<AttemptRef>, StoreError>,
+    Vec<AttemptRef>,
+    Instant,
+);
+
 /// Pause after a failed claim (no writable primary known, contention).
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
 
@@ -126,6 +134,8 @@ impl Executor {
             self.settings.prefetch_min,
             Duration::from_millis(self.settings.leases.margin_ms.max(0) as u64),
         );
+        // One renewal of aging buffered tasks at a time: (answer, asked, sent).
+        let mut renewing: JoinSet<Renewal> = JoinSet::new();
         // Tasks claimed by this node's submits (see `handoff.rs`).
         let mut handoffs = pool.take_handoffs();
         // The queues may hold more than the last claim got.
@@ -148,6 +158,23 @@ impl Executor {
                     None => break,
                 }
             }
+            // Buffered tasks waiting for slots past the horizon: renew them.
+            if renewing.is_empty() {
+                let aging = buffer.aging(Instant::now());
+                if !aging.is_empty() {
+                    let me = self.clone();
+                    renewing.spawn(async move {
+                        let sent = Instant::now();
+                        let r = me
+                            .router
+                            .write_store()
+                            .extend_tasks(&aging, me.settings.leases, me.router.epoch())
+                            .await;
+                        (r, aging, sent)
+                    });
+                }
+            }
+            let aging_at = buffer.next_aging_at();
             // Claim ahead, one claim at a time, while reports keep up.
             let free = pool.slots.available_permits();
             let keeping_up = pool.in_flight() < pool.spec.size + 2 * self.settings.claim_batch;
@@ -199,6 +226,18 @@ impl Executor {
                         }
                     }
                 }
+                Some(done) = renewing.join_next(), if !renewing.is_empty() => {
+                    let Ok((result, asked, sent)) = done else { continue };
+                    if let Err(e) = &result {
+                        warn!(pool = %pool.spec.name, error = %e, "renew buffered tasks");
+                    }
+                    let gone = buffer.renewed(&asked, result.as_deref().ok(), sent, Instant::now());
+                    metrics::counter!("swf_tasks_renewed_in_buffer_total", "pool" => pool.spec.name.clone())
+                        .increment((asked.len() - gone) as u64);
+                }
+                // A buffered task reaches the horizon: renew it (above).
+                _ = tokio::time::sleep_until(aging_at.unwrap_or_else(Instant::now)),
+                    if aging_at.is_some() && renewing.is_empty() => {}
                 Some((tasks, sent)) = next_handoff(&mut handoffs) => {
                     metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                         .increment(tasks.len() as u64);
@@ -227,6 +266,7 @@ impl Executor {
         // A claim still on its way, what submits handed over, and what is
         // buffered, go straight back.
         let mut back: Vec<AttemptRef> = Vec::new();
+        while renewing.join_next().await.is_some() {}
         while let Some(done) = claiming.join_next().await {
             if let Ok((Ok(tasks), _, _)) = done {
                 back.extend(tasks.iter().map(|t| t.attempt_ref()));

@@ -9,26 +9,41 @@
 //! starts few tasks per second, so it claims about only what its free slots
 //! take, as before; a pool of quick ones claims hundreds per statement.
 //!
-//! A buffered task's visibility timeout runs from its claim. A task that
-//! waited in the buffer (after its claim returned) for more than half the
-//! margin is not started (its
-//! handler could outlive its visibility): it is dropped, and the engine
-//! re-delivers it once the visibility ends, recording this attempt
-//! abandoned. The pace rule keeps that rare.
+//! A buffered task's visibility timeout runs from its claim. One that has
+//! waited a quarter of the margin (the horizon) is renewed: the claim loop
+//! extends the visibility of every such task in one round trip
+//! ([`Prefetch::aging`], [`Prefetch::renewed`]) and their clock starts
+//! again, so tasks of slow handlers, which wait for slots that free in
+//! waves, start rather than sit out their lease. A task that waited more
+//! than half the margin unrenewed (the renewal failed or came late) is not
+//! started (its handler could outlive its visibility): it is dropped, and
+//! the engine re-delivers it once the visibility ends, recording this
+//! attempt abandoned. A renewal that finds an attempt no longer current
+//! (cancelled meanwhile) drops it from the buffer.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::store::ClaimedTask;
+use crate::store::{AttemptRef, ClaimedTask};
 
 /// How often the start rate is sampled.
 const RATE_WINDOW: Duration = Duration::from_millis(250);
 
+/// A buffered task.
+struct Held {
+    task: ClaimedTask,
+    /// When its claim (or its last renewal) was sent: its visibility runs from here.
+    sent: Instant,
+    /// When that claim or renewal came back: its wait runs from here.
+    arrived: Instant,
+    /// A renewal of it is on its way.
+    renewing: bool,
+}
+
 pub(super) struct Prefetch {
-    /// Each with its claim's send time and arrival.
-    tasks: VecDeque<(ClaimedTask, Instant, Instant)>,
+    tasks: VecDeque<Held>,
     /// Most tasks one claim asks for (`executor.claim_batch`).
     max_batch: usize,
     /// The target's floor (`executor.prefetch_min`).
@@ -80,7 +95,66 @@ impl Prefetch {
 
     /// Buffers tasks of a claim sent at `sent`, arrived `now`.
     pub(super) fn push(&mut self, tasks: Vec<ClaimedTask>, sent: Instant, now: Instant) {
-        self.tasks.extend(tasks.into_iter().map(|t| (t, sent, now)));
+        self.tasks.extend(tasks.into_iter().map(|task| Held {
+            task,
+            sent,
+            arrived: now,
+            renewing: false,
+        }));
+    }
+
+    /// When the next buffered task not being renewed reaches the horizon
+    /// (None: no such task).
+    pub(super) fn next_aging_at(&self) -> Option<Instant> {
+        self.tasks
+            .iter()
+            .filter(|h| !h.renewing)
+            .map(|h| h.arrived + self.horizon)
+            .min()
+    }
+
+    /// The tasks that waited the horizon or more and are not being renewed,
+    /// now marked as being renewed: the claim loop extends them.
+    pub(super) fn aging(&mut self, now: Instant) -> Vec<AttemptRef> {
+        let horizon = self.horizon;
+        self.tasks
+            .iter_mut()
+            .filter(|h| !h.renewing && now.saturating_duration_since(h.arrived) >= horizon)
+            .map(|h| {
+                h.renewing = true;
+                h.task.attempt_ref()
+            })
+            .collect()
+    }
+
+    /// A renewal of `asked`, sent at `sent`, came back at `now` with the
+    /// attempts still `current` (None: it failed). Current ones wait
+    /// afresh; the others are no longer this node's to run and leave the
+    /// buffer (answered).
+    pub(super) fn renewed(
+        &mut self,
+        asked: &[AttemptRef],
+        current: Option<&[AttemptRef]>,
+        sent: Instant,
+        now: Instant,
+    ) -> usize {
+        let before = self.tasks.len();
+        self.tasks.retain_mut(|h| {
+            if !h.renewing || !asked.contains(&h.task.attempt_ref()) {
+                return true;
+            }
+            h.renewing = false;
+            match current {
+                None => true,
+                Some(c) if c.contains(&h.task.attempt_ref()) => {
+                    h.sent = sent;
+                    h.arrived = now;
+                    true
+                }
+                Some(_) => false,
+            }
+        });
+        before - self.tasks.len()
     }
 
     /// The next task to start, with its claim's send time; tasks that
@@ -90,22 +164,22 @@ impl Prefetch {
         now: Instant,
         mut expired: impl FnMut(ClaimedTask),
     ) -> Option<(ClaimedTask, Instant)> {
-        while let Some((t, sent, arrived)) = self.tasks.pop_front() {
+        while let Some(h) = self.tasks.pop_front() {
             // Counted from arrival: a task started as soon as its claim
             // returns is never dropped (as before there was a buffer).
-            if now.saturating_duration_since(arrived) > self.horizon * 2 {
-                expired(t);
+            if now.saturating_duration_since(h.arrived) > self.horizon * 2 {
+                expired(h.task);
                 continue;
             }
             self.started(now);
-            return Some((t, sent));
+            return Some((h.task, h.sent));
         }
         None
     }
 
     /// Everything buffered (shutdown: to be released).
     pub(super) fn take_all(&mut self) -> Vec<ClaimedTask> {
-        self.tasks.drain(..).map(|(t, _, _)| t).collect()
+        self.tasks.drain(..).map(|h| h.task).collect()
     }
 
     fn started(&mut self, now: Instant) {
@@ -181,5 +255,36 @@ mod tests {
         assert_eq!(got.map(|(t, _)| t.step_id).as_deref(), Some("s3"));
         assert_eq!(dropped, ["s1", "s2"]);
         assert!(p.take_all().is_empty());
+    }
+
+    #[test]
+    fn tasks_waiting_past_the_horizon_are_renewed_and_start_instead_of_expiring() {
+        // Margin 2 s: horizon 500 ms, dropped past 1 s unrenewed.
+        let mut p = Prefetch::new(500, 0, Duration::from_millis(2000));
+        let t0 = Instant::now();
+        p.push(vec![task(1), task(2), task(3)], t0, t0);
+        assert_eq!(p.next_aging_at(), Some(t0 + Duration::from_millis(500)));
+        assert!(p.aging(t0 + Duration::from_millis(499)).is_empty());
+        let at = t0 + Duration::from_millis(600);
+        let asked = p.aging(at);
+        assert_eq!(asked.len(), 3);
+        assert!(p.aging(at).is_empty(), "asked once");
+        assert_eq!(p.next_aging_at(), None, "all being renewed");
+        // s2 was cancelled meanwhile: the renewal does not return it.
+        let current: Vec<AttemptRef> = [&asked[0], &asked[2]].into_iter().cloned().collect();
+        let back = at + Duration::from_millis(50);
+        assert_eq!(p.renewed(&asked, Some(&current), at, back), 1);
+        // 1.2 s after the claim, past the drop point of an unrenewed task:
+        // both start, with the renewal's send time as their lease's start.
+        let later = t0 + Duration::from_millis(1200);
+        let got = p.next(later, |t| panic!("{} expired", t.step_id)).unwrap();
+        assert_eq!((got.0.step_id.as_str(), got.1), ("s1", at));
+        let got = p.next(later, |t| panic!("{} expired", t.step_id)).unwrap();
+        assert_eq!(got.0.step_id, "s3");
+        // A failed renewal leaves the task as it was: it may be asked again.
+        p.push(vec![task(4)], t0, t0);
+        let asked = p.aging(at);
+        assert_eq!(p.renewed(&asked, None, at, back), 0);
+        assert_eq!(p.aging(at).len(), 1);
     }
 }

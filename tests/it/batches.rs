@@ -536,3 +536,44 @@ async fn a_submit_whose_claim_took_all_it_stored_wakes_no_poller() {
         "a task only other nodes can run woke nobody"
     );
 }
+
+#[tokio::test]
+async fn a_pool_of_slow_handlers_starts_every_buffered_task_without_abandoning_any() {
+    // 48 tasks of 400 ms for 10 slots: they end in waves, so what a claim
+    // brought beyond the free slots waits ~400 ms, past the drop point of
+    // an unrenewed buffered task (half the 500 ms margin). Renewed, each
+    // starts; dropped, each would sit out its 15 s lease and be abandoned.
+    let db = fresh_db().await;
+    let mut edge_cfg = node_config("slow-edge", &db);
+    edge_cfg.enable_executor = false;
+    edge_cfg.worker_pools.clear();
+    edge_cfg.limits.allow_unadvertised_handlers = true;
+    let edge = start_node(edge_cfg, Registry::with_builtins()).await;
+    let api = Api::new(&edge.url());
+    let mut runs = Vec::new();
+    for i in 0..48 {
+        runs.push(
+            api.submit(&json!({"goal": format!("slow-{i}"), "steps": [
+                {"id": "a", "handler": "sleep", "input": {"ms": 400}}]}))
+                .await,
+        );
+    }
+    let worker = start_node(node_config("slow-worker", &db), Registry::with_builtins()).await;
+    for run in &runs {
+        assert_eq!(api.wait_terminal(run, 60).await["status"], "completed");
+    }
+    let pool = sql(&db).await;
+    let attempts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT outcome, count(*) FROM swf.attempts GROUP BY outcome")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        [("completed".to_string(), 48)],
+        "one attempt each"
+    );
+    pool.close().await;
+    worker.kill().await;
+    edge.kill().await;
+}
