@@ -10,6 +10,7 @@ mod browser;
 mod cancel;
 mod cli;
 mod control;
+mod crashes;
 mod delays;
 mod deploy;
 mod drills;
