@@ -189,6 +189,16 @@
 //!   (`keys::a_slot_held_by_a_dead_executor_frees_with_its_lease`).
 //! - A map step's output is its items' outputs in order, one task each
 //!   (`maps::a_map_runs_one_task_per_item_and_keeps_their_order`).
+//! - No acknowledged write is lost when a process dies by SIGKILL, and
+//!   what it left behind finishes: a client node mid-submit, an executor
+//!   with tasks in flight (each runs exactly once more), the primary's
+//!   PostgreSQL (crash recovery); a replica's death serves no stale read
+//!   (`crashes::a_client_node_killed_mid_submit_loses_no_acknowledged_run`,
+//!   `crashes::an_executor_killed_with_tasks_in_flight_runs_each_exactly_once_more`,
+//!   `crashes::the_primary_killed_and_restarted_loses_no_acknowledged_run`,
+//!   `crashes::a_replica_killed_and_restarted_while_reads_flow_serves_no_stale_read`).
+//! - A buffered task waiting for a slot is renewed, never left to sit out
+//!   its lease (`batches::a_pool_of_slow_handlers_starts_every_buffered_task_without_abandoning_any`).
 //! - The dashboard loads only files embedded in the binary and writes what
 //!   the API returns as text, never markup
 //!   (`api::routes::ui::tests::every_file_of_ui_is_embedded_and_the_page_loads_only_embedded_files`,
