@@ -19,7 +19,12 @@ let generation = 0;
 
 function route(path) {
   const p = path.replace(/^\/ui\/?/, "").replace(/\/$/, "");
-  const parts = p ? p.split("/").map(decodeURIComponent) : [];
+  let parts;
+  try {
+    parts = p ? p.split("/").map(decodeURIComponent) : [];
+  } catch {
+    return null; // a malformed escape: no such page
+  }
   if (parts.length === 0) return { page: overview, name: "overview", args: [] };
   if (parts[0] === "runs" && parts.length === 2) return { page: run, name: "runs", args: [parts[1]] };
   if (parts[0] === "runs" && parts.length === 1) return { page: runs, name: "runs", args: [] };
