@@ -22,6 +22,12 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one write attempt may take before the write path counts as
 /// unavailable (and the primary is looked for again).
 pub(super) const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a retried write may hang before the primary is looked for
+/// again (while it keeps waiting).
+const STALL: Duration = Duration::from_millis(100);
+
+/// A rediscovery run next to a hanging write attempt.
+type Probe<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// One region's database as this node reaches it.
 #[derive(Clone)]
@@ -199,29 +205,49 @@ impl Router {
     {
         let until = Instant::now() + deadline;
         let mut delay = Duration::from_millis(20);
+        // Once an attempt failed, a retry that hangs looks for the primary.
+        let mut failed = false;
         loop {
             let mut moved = self.primary_gen.subscribe();
-            let attempt = tokio::select! {
-                r = tokio::time::timeout(attempt_timeout, f(self.write_store(), self.epoch())) => {
-                    r.unwrap_or_else(|_| {
-                        Err(StoreError::Unavailable(format!(
-                            "no answer from the primary within {attempt_timeout:?}"
-                        )))
-                    })
-                }
-                // A write stuck on a primary that was just replaced (e.g.
-                // waiting to connect to a stopped server) retries on the new
-                // one at once: it is already re-routed.
-                _ = moved.changed() => {
-                    if Instant::now() < until {
-                        continue;
+            let attempt =
+                tokio::time::timeout(attempt_timeout, f(self.write_store(), self.epoch()));
+            tokio::pin!(attempt);
+            // A rediscovery started while the attempt hangs, polled next to it.
+            let mut probe: Option<Probe<'_>> = None;
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt => {
+                        break Some(r.unwrap_or_else(|_| {
+                            Err(StoreError::Unavailable(format!(
+                                "no answer from the primary within {attempt_timeout:?}"
+                            )))
+                        }));
                     }
-                    Err(StoreError::Unavailable("the primary moved".into()))
+                    // A write stuck on a primary that was just replaced (e.g.
+                    // waiting to connect to a stopped server) retries on the
+                    // new one at once: it is already re-routed.
+                    _ = moved.changed() => break None,
+                    // A retry that hangs (the pool retries a refused
+                    // connection until its acquire timeout) looks for the
+                    // primary every STALL while it waits, so it moves as
+                    // soon as a new primary shows, not when the pool gives up.
+                    _ = tokio::time::sleep(STALL), if failed && probe.is_none() => {
+                        probe = Some(Box::pin(self.rediscover()));
+                    }
+                    _ = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                        probe = None;
+                    }
                 }
+            };
+            let attempt = match result {
+                Some(r) => r,
+                None if Instant::now() < until => continue,
+                None => Err(StoreError::Unavailable("the primary moved".into())),
             };
             match attempt {
                 Err(e) if e.is_transient() && Instant::now() + delay < until => {
                     debug!(error = %e, "write path unavailable; rediscovering the primary");
+                    failed = true;
                     self.write_failed().await;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));

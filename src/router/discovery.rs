@@ -29,7 +29,7 @@ impl Router {
             .regions
             .iter()
             .map(|r| async move {
-                let res = tokio::time::timeout(PROBE_TIMEOUT, r.store.role()).await;
+                let res = tokio::time::timeout(PROBE_TIMEOUT, r.store.probe_role()).await;
                 (r, res)
             })
             .collect();
@@ -119,7 +119,7 @@ impl Router {
     /// Looks for the primary again. Callers that queued behind a discovery
     /// that started after they asked take its result instead of running
     /// another.
-    async fn rediscover(&self) {
+    pub(super) async fn rediscover(&self) {
         let asked_at = Instant::now();
         let mut last = self.discovering.lock().await;
         if last.is_some_and(|t| t >= asked_at) {

@@ -63,6 +63,32 @@ impl Store {
         Ok((row.get::<i64, _>(0) as u64, row.get(1)))
     }
 
+    /// [`Store::role`] for finding the primary: a server that refuses the
+    /// connection (stopped) is an error at once, where the pool would keep
+    /// retrying a refused connection until its acquire timeout and hold up
+    /// the search for the new primary.
+    pub async fn probe_role(&self) -> Result<(u64, bool)> {
+        let opts = self.pool.connect_options();
+        let (host, port) = (opts.get_host().to_string(), opts.get_port());
+        let refused = async move {
+            // A Unix socket: the pool's own error is as quick.
+            if !host.starts_with('/') {
+                if let Err(e) = tokio::net::TcpStream::connect((host.as_str(), port)).await {
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        return StoreError::Unavailable(format!(
+                            "{host}:{port} refused the connection"
+                        ));
+                    }
+                }
+            }
+            std::future::pending().await
+        };
+        tokio::select! {
+            r = self.role() => r,
+            e = refused => Err(e),
+        }
+    }
+
     /// Fences a primary: new sessions are read-only and every other client
     /// session is terminated, so no write lands here after this returns.
     /// Returns the WAL position at which writes stopped.
@@ -249,4 +275,23 @@ async fn read_only_reloaded(c: PgConnection, want: bool) -> Result<PgConnection>
     })?;
     reloaded?;
     Ok(conn.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_of_a_server_that_refuses_connections_says_so_instead_of_waiting_for_the_pool()
+    {
+        // Nothing listens on a port just freed: the pool would retry the refused
+        // connection until its acquire timeout and answer with that.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let store = Store::connect_lazy(&format!("postgres://127.0.0.1:{port}/none"), 1).unwrap();
+        let e = store.probe_role().await.unwrap_err();
+        assert!(e.to_string().contains("refused the connection"), "{e}");
+    }
 }
