@@ -34,23 +34,26 @@ function route(path) {
   return null;
 }
 
-/** Shows an error above the page (or hides the banner with null). */
-export function showError(e) {
+/** Shows an error above the page (or hides the banner with null). A
+ * refresh's error (`fromRefresh`) goes when a later refresh succeeds; an
+ * action's stays until the page changes. */
+export function showError(e, fromRefresh = false) {
   if (!e) {
     banner.hidden = true;
     return;
   }
   banner.hidden = false;
+  banner.dataset.fromRefresh = fromRefresh ? "1" : "";
   banner.textContent = e instanceof ApiError ? `${e.code}: ${e.message}` : String(e.message || e);
 }
 
 /** Where an ApiError goes: 401 to the token prompt, anything else to the banner. */
-export function handle(e) {
+export function handle(e, fromRefresh = false) {
   if (e instanceof ApiError && e.status === 401) {
     askToken(token() ? "the node refused this token" : "");
     return;
   }
-  showError(e);
+  showError(e, fromRefresh);
 }
 
 function askToken(why) {
@@ -75,7 +78,12 @@ function context(args) {
     live: () => mine === generation,
     every(msInterval, fn) {
       timers.push(setInterval(() => {
-        if (mine === generation) fn().catch(handle);
+        if (mine !== generation) return;
+        fn()
+          .then(() => {
+            if (!banner.hidden && banner.dataset.fromRefresh) showError(null);
+          })
+          .catch((e) => handle(e, true));
       }, msInterval));
     },
     go: navigate,
