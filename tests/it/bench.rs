@@ -115,6 +115,17 @@ fn burn_down_refuses_what_it_cannot_measure() {
             "cannot be used with",
         ),
         (&["--rate", "5"][..], "--soak"),
+        (
+            &[
+                "--soak",
+                "5",
+                "--cache-mib",
+                "0",
+                "--api",
+                "http://127.0.0.1:9",
+            ][..],
+            "cannot be used with",
+        ),
     ] {
         let (code, out, err, dir) = bench(args);
         assert_ne!(code, 0, "{args:?} was accepted: {out}");

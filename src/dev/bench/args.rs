@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// With `--soak`: workflows started per second.
     #[arg(long, value_name = "PER_S", default_value_t = 50.0, requires = "soak")]
     pub rate: f64,
+    /// The embedded node's lineage cache bound in MiB
+    /// (`routing.cache_max_bytes`; 0: no cache). Default: the config's.
+    #[arg(long, value_name = "MIB", conflicts_with = "api")]
+    pub cache_mib: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

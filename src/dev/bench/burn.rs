@@ -48,7 +48,7 @@ const QUEUE: &str = "default";
 /// returns the report.
 pub(super) async fn burn_down(args: &BenchArgs, n: usize) -> anyhow::Result<Value> {
     let machine = machine();
-    let cluster = Embedded::start().await?;
+    let cluster = Embedded::start().await?.with_cache_mib(args.cache_mib);
     let history = fill_history(&cluster, args.history).await;
     let runs = match history {
         Ok(()) => repeat(&cluster, args, n).await,

@@ -31,6 +31,8 @@ pub(super) struct Embedded {
     pg: PgServer,
     dir: PathBuf,
     db: String,
+    /// `routing.cache_max_bytes` of its nodes (None: the default).
+    cache_max_bytes: Option<u64>,
 }
 
 impl Embedded {
@@ -43,7 +45,18 @@ impl Embedded {
         let pg = crate::dev::start_primary(&dir.join("pg"), "bench", None).await?;
         let db = pg.url(crate::dev::DEV_DATABASE);
         crate::dev::prepare_database(&pg.url("postgres"), &db, crate::dev::DEV_DATABASE).await?;
-        Ok(Embedded { pg, dir, db })
+        Ok(Embedded {
+            pg,
+            dir,
+            db,
+            cache_max_bytes: None,
+        })
+    }
+
+    /// Its nodes' lineage cache holds at most `mib` MiB of documents (0: none).
+    pub(super) fn with_cache_mib(mut self, mib: Option<u64>) -> Embedded {
+        self.cache_max_bytes = mib.map(|m| m * 1024 * 1024);
+        self
     }
 
     /// A node named `name` with `roles`; its one pool (queue `default`) has
@@ -67,6 +80,9 @@ impl Embedded {
             p.size = pool_size;
         }
         cfg.database.max_connections = NODE_CONNECTIONS;
+        if let Some(b) = self.cache_max_bytes {
+            cfg.routing.cache_max_bytes = b;
+        }
         Node::start(cfg, Registry::with_builtins()).await
     }
 

@@ -52,7 +52,7 @@ fn print_soak(r: &Value) {
 /// an embedded cluster with one hybrid node.
 async fn phases(args: &BenchArgs) -> anyhow::Result<Value> {
     let Some(base) = &args.api else {
-        let cluster = Embedded::start().await?;
+        let cluster = Embedded::start().await?.with_cache_mib(args.cache_mib);
         let report = match cluster.node("bench-1", Roles::Hybrid, args.pool_size).await {
             Ok(mut node) => {
                 let r = match api_client(&node.url(), args) {

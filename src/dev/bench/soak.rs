@@ -119,7 +119,7 @@ impl Tally {
 pub(super) async fn soak(args: &BenchArgs, secs: u64) -> anyhow::Result<(Value, bool)> {
     let machine = machine();
     let Some(base) = &args.api else {
-        let cluster = Embedded::start().await?;
+        let cluster = Embedded::start().await?.with_cache_mib(args.cache_mib);
         let out = match cluster.node("soak-1", Roles::Hybrid, args.pool_size).await {
             Ok(mut node) => {
                 let r = match api_client(&node.url(), args) {
