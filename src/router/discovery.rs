@@ -125,11 +125,15 @@ impl Router {
         if last.is_some_and(|t| t >= asked_at) {
             return;
         }
-        *last = Some(Instant::now());
+        let started = Instant::now();
         match self.discover_primary().await {
             Ok(()) => {}
             Err(e) => debug!(error = %e, "rediscover the primary"),
         }
+        // Recorded once it finished: a discovery dropped part way (a hanging
+        // write's probe, cancelled when its attempt ends) gives no one a
+        // result, so it must not let the callers queued behind it skip theirs.
+        *last = Some(started);
     }
 
     /// When this node last noticed its write path failing (cleared by
