@@ -1,19 +1,9 @@
 //! Authentication and request limits over real HTTP.
 
 use serde_json::json;
-use singularity_workflow::api::auth::hash_token;
-use singularity_workflow::config::TokenSpec;
 use singularity_workflow::executor::handlers::Registry;
 
 use crate::harness::*;
-
-fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenSpec {
-    TokenSpec {
-        name: name.into(),
-        sha256: hash_token(secret),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-    }
-}
 
 #[tokio::test]
 async fn tokens_scopes_and_limits() {

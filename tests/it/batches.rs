@@ -546,11 +546,11 @@ async fn a_pool_of_slow_handlers_starts_every_buffered_task_without_abandoning_a
     // an unrenewed buffered task (half the 500 ms margin). Renewed, each
     // starts; dropped, each would sit out its 15 s lease and be abandoned.
     let db = fresh_db().await;
-    let mut edge_cfg = node_config("slow-edge", &db);
-    edge_cfg.enable_executor = false;
-    edge_cfg.worker_pools.clear();
-    edge_cfg.limits.allow_unadvertised_handlers = true;
-    let edge = start_node(edge_cfg, Registry::with_builtins()).await;
+    let edge = start_node(
+        edge_config_of(&node_config("slow-edge", &db)),
+        Registry::with_builtins(),
+    )
+    .await;
     let api = Api::new(&edge.url());
     let mut runs = Vec::new();
     for i in 0..48 {

@@ -259,11 +259,11 @@ async fn a_client_node_killed_mid_submit_loses_no_acknowledged_run() {
 #[tokio::test]
 async fn an_executor_killed_with_tasks_in_flight_runs_each_exactly_once_more() {
     let db = fresh_db().await;
-    let mut edge_cfg = node_config("crash-edge", &db);
-    edge_cfg.enable_executor = false;
-    edge_cfg.worker_pools.clear();
-    edge_cfg.limits.allow_unadvertised_handlers = true;
-    let edge = start_node(edge_cfg, Registry::with_builtins()).await;
+    let edge = start_node(
+        edge_config_of(&node_config("crash-edge", &db)),
+        Registry::with_builtins(),
+    )
+    .await;
     let (mut worker, _, dir) = serve(
         &db,
         "crash-worker",

@@ -220,6 +220,25 @@ pub fn node_config(id: &str, db: &str) -> Config {
     c
 }
 
+/// A test token of the tokens file: `name`, the hash of `secret`, `scopes`.
+pub fn token(name: &str, secret: &str, scopes: &[&str]) -> singularity_workflow::config::TokenSpec {
+    singularity_workflow::config::TokenSpec {
+        name: name.into(),
+        sha256: singularity_workflow::api::auth::hash_token(secret),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// `base` as an edge node: client only, no pools; it accepts any handler
+/// name (the executors that run them start later or elsewhere).
+pub fn edge_config_of(base: &Config) -> Config {
+    let mut c = base.clone();
+    c.enable_executor = false;
+    c.worker_pools.clear();
+    c.limits.allow_unadvertised_handlers = true;
+    c
+}
+
 pub async fn start_node(config: Config, registry: Registry) -> Node {
     Node::start(config, registry).await.expect("start node")
 }

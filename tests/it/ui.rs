@@ -8,8 +8,6 @@
 //! (the README's pictures come from this).
 
 use serde_json::{json, Value};
-use singularity_workflow::api::auth::hash_token;
-use singularity_workflow::config::TokenSpec;
 use singularity_workflow::dev::{DevCluster, DevOptions};
 use singularity_workflow::executor::handlers::Registry;
 
@@ -314,14 +312,6 @@ async fn the_dashboard_shows_regions_runs_dags_queues_schedules_and_drills() {
     drop(b);
     c.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn token(name: &str, secret: &str, scopes: &[&str]) -> TokenSpec {
-    TokenSpec {
-        name: name.into(),
-        sha256: hash_token(secret),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-    }
 }
 
 #[tokio::test]
