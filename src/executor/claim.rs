@@ -231,7 +231,7 @@ impl Executor {
                     if let Err(e) = &result {
                         warn!(pool = %pool.spec.name, error = %e, "renew buffered tasks");
                     }
-                    let gone = buffer.renewed(&asked, result.as_deref().ok(), sent, Instant::now());
+                    let gone = buffer.renewed(result.as_deref().ok(), sent, Instant::now());
                     metrics::counter!("swf_tasks_renewed_in_buffer_total", "pool" => pool.spec.name.clone())
                         .increment((asked.len() - gone) as u64);
                 }

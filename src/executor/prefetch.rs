@@ -127,24 +127,25 @@ impl Prefetch {
             .collect()
     }
 
-    /// A renewal of `asked`, sent at `sent`, came back at `now` with the
-    /// attempts still `current` (None: it failed). Current ones wait
-    /// afresh; the others are no longer this node's to run and leave the
-    /// buffer (answered).
+    /// The renewal of the tasks [`Prefetch::aging`] marked (one at a time),
+    /// sent at `sent`, came back at `now` with the attempts still `current`
+    /// (None: it failed). Current ones wait afresh; the others are no longer
+    /// this node's to run and leave the buffer (answered).
     pub(super) fn renewed(
         &mut self,
-        asked: &[AttemptRef],
         current: Option<&[AttemptRef]>,
         sent: Instant,
         now: Instant,
     ) -> usize {
+        let current: Option<std::collections::HashSet<&AttemptRef>> =
+            current.map(|c| c.iter().collect());
         let before = self.tasks.len();
         self.tasks.retain_mut(|h| {
-            if !h.renewing || !asked.contains(&h.task.attempt_ref()) {
+            if !h.renewing {
                 return true;
             }
             h.renewing = false;
-            match current {
+            match &current {
                 None => true,
                 Some(c) if c.contains(&h.task.attempt_ref()) => {
                     h.sent = sent;
@@ -273,7 +274,7 @@ mod tests {
         // s2 was cancelled meanwhile: the renewal does not return it.
         let current: Vec<AttemptRef> = [&asked[0], &asked[2]].into_iter().cloned().collect();
         let back = at + Duration::from_millis(50);
-        assert_eq!(p.renewed(&asked, Some(&current), at, back), 1);
+        assert_eq!(p.renewed(Some(&current), at, back), 1);
         // 1.2 s after the claim, past the drop point of an unrenewed task:
         // both start, with the renewal's send time as their lease's start.
         let later = t0 + Duration::from_millis(1200);
@@ -283,8 +284,8 @@ mod tests {
         assert_eq!(got.0.step_id, "s3");
         // A failed renewal leaves the task as it was: it may be asked again.
         p.push(vec![task(4)], t0, t0);
-        let asked = p.aging(at);
-        assert_eq!(p.renewed(&asked, None, at, back), 0);
+        assert_eq!(p.aging(at).len(), 1);
+        assert_eq!(p.renewed(None, at, back), 0);
         assert_eq!(p.aging(at).len(), 1);
     }
 }
