@@ -420,3 +420,51 @@ async fn long_tasks_extend_their_lease_instead_of_being_reclaimed() {
     a.kill().await;
     b.kill().await;
 }
+
+/// A new cluster's first submits find their steps by key. Planned while
+/// swf.steps was still empty, two statements of the submit path used to
+/// scan the whole table on every submit, until the first autoanalyze of
+/// the table (a minute or more) replaced the pooled connections' plans.
+#[tokio::test]
+async fn submits_on_a_fresh_database_do_not_scan_the_steps_table() {
+    let db = fresh_db().await;
+    let node = start_node(node_config("r1", &db), Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    // Concurrent submits, so that the node's pooled connections plan them.
+    let ids = futures::future::join_all((0..40).map(|i| {
+        let api = api.clone();
+        async move {
+            api.submit(&json!({"goal": format!("fresh {i}"),
+                               "steps": [{"id": "a", "handler": "noop"},
+                                         {"id": "b", "handler": "noop", "depends_on": ["a"]}]}))
+                .await
+        }
+    }))
+    .await;
+    for id in &ids {
+        assert_eq!(api.wait_terminal(id, 30).await["status"], "completed");
+    }
+    // Backends report their table statistics about a second after they go
+    // idle: wait until every submit's inserted steps are counted; the same
+    // transactions' scans are reported with them.
+    let pool = sql(&db).await;
+    let stats = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables
+              WHERE relid = 'swf.steps'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    wait_for("the submits' statistics", 30, || async {
+        (stats().await.1 >= 80).then_some(())
+    })
+    .await;
+    let (seq_scans, inserted) = stats().await;
+    assert_eq!(
+        seq_scans, 0,
+        "sequential scans of swf.steps after {inserted} steps stored"
+    );
+    node.kill().await;
+}
