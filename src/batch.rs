@@ -11,6 +11,7 @@
 //! so one bad item cannot fail the others it was batched with.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -40,6 +41,33 @@ impl<I, O, E> Clone for Batcher<I, O, E> {
 #[error("batcher stopped")]
 pub struct Stopped;
 
+/// How many batches may be in flight at once: fixed, or shared with the
+/// flush so it can follow what it measures (e.g. the round trip). Read
+/// before each batch is started.
+#[derive(Clone, Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn new(n: usize) -> InFlight {
+        InFlight(Arc::new(AtomicUsize::new(n.max(1))))
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets the limit (at least 1); batches already in flight go on.
+    pub fn set(&self, n: usize) {
+        self.0.store(n.max(1), Ordering::Relaxed);
+    }
+}
+
+impl From<usize> for InFlight {
+    fn from(n: usize) -> InFlight {
+        InFlight::new(n)
+    }
+}
+
 /// What a batch flush does, and when a failed batch is split.
 struct Flusher<F, E> {
     flush: F,
@@ -63,7 +91,7 @@ where
     /// is flushed alone and gets its own answer.
     pub fn start<F, Fut>(
         max_batch: usize,
-        max_in_flight: usize,
+        max_in_flight: impl Into<InFlight>,
         split_on: fn(&E) -> bool,
         flush: F,
         tasks: &mut JoinSet<()>,
@@ -72,7 +100,9 @@ where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel::<(I, Reply<O, E>)>(max_batch * max_in_flight * 4);
+        let max_in_flight = max_in_flight.into();
+        let (tx, rx) =
+            mpsc::channel::<(I, Reply<O, E>)>(max_batch * max_in_flight.get().max(8) * 4);
         let closing = CancellationToken::new();
         let flusher = Arc::new(Flusher { flush, split_on });
         tasks.spawn(dispatch(
@@ -105,7 +135,7 @@ async fn dispatch<I, O, E, F, Fut>(
     mut rx: mpsc::Receiver<(I, Reply<O, E>)>,
     flusher: Arc<Flusher<F, E>>,
     max_batch: usize,
-    max_in_flight: usize,
+    max_in_flight: InFlight,
     closing: CancellationToken,
 ) where
     I: Clone + Send + 'static,
@@ -119,7 +149,7 @@ async fn dispatch<I, O, E, F, Fut>(
     loop {
         // Wait for a free slot first, so items pile up into bigger batches
         // while all slots are busy.
-        while running.len() >= max_in_flight {
+        while running.len() >= max_in_flight.get() {
             reaped(running.join_next().await);
         }
         let first = tokio::select! {

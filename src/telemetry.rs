@@ -43,6 +43,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
                     10.0,
                 ],
             )
+            .expect("static buckets are valid")
+            .set_buckets_for_metric(
+                Matcher::Suffix("_batch_size".to_string()),
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 500.0, 1000.0,
+                ],
+            )
             .expect("static buckets are valid");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

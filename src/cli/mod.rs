@@ -63,6 +63,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 wan_latency_ms: a.wan_latency_ms,
                 fresh: a.fresh,
                 tls: a.tls,
+                pool_size: None,
             })
             .await?;
             Ok(0)

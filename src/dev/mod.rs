@@ -44,6 +44,8 @@ pub struct DevOptions {
     /// replication, auth on with an admin token; all from a throwaway CA
     /// under `data_dir/tls`.
     pub tls: bool,
+    /// Slots of every node's pools (None: the config's default).
+    pub pool_size: Option<usize>,
 }
 
 /// `cluster.json`: what scripts need to reach the dev cluster.
@@ -578,6 +580,11 @@ impl DevCluster {
             );
             if let Some(t) = &control.tls {
                 t.apply(&mut config);
+            }
+            if let Some(n) = opts.pool_size {
+                for p in config.worker_pools.values_mut() {
+                    p.size = n;
+                }
             }
             if regions.len() > 1 {
                 config.regions = specs;

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::wire::TaskErrorCode;
 use crate::executor::core::Executor;
 use crate::executor::pool::{Handoff, Pool};
-use crate::executor::prefetch::Prefetch;
+use crate::executor::prefetch::{Prefetch, CLAIMS_IN_FLIGHT};
 use crate::store::{AttemptRef, ClaimedTask, Claimer, ErrorClass, StoreError};
 
 /// How long outcomes already being reported get after the grace deadline.
@@ -140,7 +140,17 @@ impl Executor {
         let mut handoffs = pool.take_handoffs();
         // The queues may hold more than the last claim got.
         let mut more = true;
+        // Tasks asked for by the claims on their way.
+        let mut asked = 0usize;
+        // Per pool: claim round trips and sizes, the buffer's depth and
+        // how long tasks wait there.
+        let name = pool.spec.name.clone();
+        let claim_rtt = metrics::histogram!("swf_claim_round_trip_seconds", "pool" => name.clone());
+        let claim_size = metrics::histogram!("swf_claim_batch_size", "pool" => name.clone());
+        let buffer_wait = metrics::histogram!("swf_buffer_wait_seconds", "pool" => name.clone());
+        let buffer_depth = metrics::gauge!("swf_buffer_depth", "pool" => name);
         loop {
+            buffer_depth.set(buffer.len() as f64);
             while let Some(r) = running.try_join_next() {
                 reaped(r);
             }
@@ -154,7 +164,10 @@ impl Executor {
                 };
                 let now = Instant::now();
                 match buffer.next(now, |t| self.expired_in_buffer(&pool, t)) {
-                    Some((t, sent)) => self.spawn_task(&pool, &mut running, t, sent, permit),
+                    Some(s) => {
+                        buffer_wait.record(s.waited);
+                        self.spawn_task(&pool, &mut running, s.task, s.sent, permit)
+                    }
                     None => break,
                 }
             }
@@ -175,11 +188,17 @@ impl Executor {
                 }
             }
             let aging_at = buffer.next_aging_at();
-            // Claim ahead, one claim at a time, while reports keep up.
+            // Claim ahead, up to CLAIMS_IN_FLIGHT claims at a time, while
+            // reports keep up.
             let free = pool.slots.available_permits();
-            let keeping_up = pool.in_flight() < pool.spec.size + 2 * self.settings.claim_batch;
-            let want = buffer.want(free);
-            if more && claiming.is_empty() && want > 0 && keeping_up {
+            // Outcomes waiting for their report count too: a pool far from
+            // the primary has a round trip's worth of them at any time, so
+            // the bound grows with the claims that may be on their way.
+            let keeping_up = pool.in_flight()
+                < pool.spec.size + (CLAIMS_IN_FLIGHT + 2) * self.settings.claim_batch;
+            let want = buffer.want(free, asked);
+            if more && claiming.len() < CLAIMS_IN_FLIGHT && want > 0 && keeping_up {
+                asked += want;
                 let (me, p) = (self.clone(), pool.clone());
                 claiming.spawn(async move {
                     let sent = Instant::now();
@@ -203,9 +222,12 @@ impl Executor {
             tokio::select! {
                 Some(done) = claiming.join_next(), if !claiming.is_empty() => {
                     let Ok((result, want, sent)) = done else { continue };
+                    asked -= want;
                     match result {
                         Ok(tasks) => {
                             let got = tasks.len();
+                            claim_rtt.record(sent.elapsed());
+                            claim_size.record(got as f64);
                             metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                                 .increment(got as u64);
                             more = got == want;

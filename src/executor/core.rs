@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::executor::finish::{self, Finisher};
+use crate::executor::finish::{self, Extender, Finisher};
 use crate::executor::handlers::Registry;
 use crate::executor::pool::Pool;
 use crate::executor::settings::{ExecutorSettings, PoolStatus};
@@ -22,6 +22,8 @@ pub struct Executor {
     pub(super) registry: Registry,
     pub(super) pools: Vec<Arc<Pool>>,
     pub(super) finisher: Finisher,
+    /// Lease extensions of running tasks, batched per node.
+    pub(super) extender: Extender,
     /// The handlers this node runs beyond the built-ins, as claims take
     /// them (`,` then the names): claims leave other handlers' tasks.
     pub(super) claim_handlers: String,
@@ -63,6 +65,7 @@ impl Executor {
             .map(|p| Arc::new(Pool::new(p, &settings.region)))
             .collect::<Vec<_>>();
         let finisher = finish::start(router.clone(), settings.leases, tasks);
+        let extender = finish::start_extender(router.clone(), settings.leases, tasks);
         let claim_handlers = format!(",{}", advertised(&registry).join(","));
         let ex = Arc::new(Executor {
             settings,
@@ -70,6 +73,7 @@ impl Executor {
             registry,
             pools,
             finisher,
+            extender,
             claim_handlers,
             claiming: watch::Sender::new(0),
         });
@@ -123,6 +127,7 @@ impl Executor {
         // The sender lives in `self`: the wait cannot fail.
         let _ = left.wait_for(|n| *n == 0).await;
         self.finisher.close();
+        self.extender.close();
     }
 
     /// Drops every in-flight task without telling the database (a crash).

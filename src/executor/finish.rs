@@ -1,22 +1,36 @@
-//! Completion batching: outcomes from every pool go through one
+//! Completion and lease batching: outcomes from every pool go through one
 //! micro-batcher into one `finish_tasks` round trip per batch, through the
 //! router's write path. Outcomes are shared (`Arc`), so a batch split or a
-//! report tried again copies no output.
+//! report tried again copies no output. Lease extensions of running tasks
+//! share round trips the same way ([`Extender`]): a node far from the
+//! primary pays one round trip per batch, not one per task.
+//!
+//! Each round trip is measured per node: `swf_finish_round_trip_seconds`,
+//! `swf_finish_batch_size`, `swf_extend_round_trip_seconds`,
+//! `swf_extend_batch_size`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, InFlight};
 use crate::router::Router;
 use crate::store::{AttemptRef, Finish, FinishResult, Leases};
 
 pub(super) type Finisher = Batcher<(AttemptRef, Arc<Finish>), FinishResult, ReportError>;
+/// Lease extensions: each attempt answers whether it is still current.
+pub(super) type Extender = Batcher<AttemptRef, bool, ReportError>;
 
 /// Batches of up to this many outcomes, this many batches at once.
 const MAX_BATCH: usize = 500;
 const BATCHES_IN_FLIGHT: usize = 2;
+/// A node far from the primary keeps more reports in flight: one per this
+/// much of the last report's round trip (at 120 ms, 6), up to
+/// [`MAX_BATCHES_IN_FLIGHT`]; otherwise two reports per round trip would
+/// bound how fast its pools can finish tasks.
+const ROUND_TRIP_PER_BATCH_IN_FLIGHT: Duration = Duration::from_millis(20);
+const MAX_BATCHES_IN_FLIGHT: usize = 8;
 
 /// Why a report failed; `transient` errors belong to the write path, the
 /// others to an item (the batcher then reports each item alone).
@@ -28,13 +42,60 @@ pub(super) struct ReportError {
 
 /// Starts the finisher; its task joins `tasks`.
 pub(super) fn start(router: Arc<Router>, leases: Leases, tasks: &mut JoinSet<()>) -> Finisher {
+    let in_flight = InFlight::new(BATCHES_IN_FLIGHT);
+    let limit = in_flight.clone();
+    Batcher::start(
+        MAX_BATCH,
+        in_flight,
+        |e: &ReportError| !e.transient,
+        move |items: Vec<(AttemptRef, Arc<Finish>)>| {
+            let (r, limit) = (router.clone(), limit.clone());
+            async move {
+                let sent = std::time::Instant::now();
+                let out = finish_batch(&r, &items, leases).await;
+                if out.is_ok() {
+                    limit.set(in_flight_for(sent.elapsed()));
+                }
+                out
+            }
+        },
+        tasks,
+    )
+}
+
+/// Reports to keep in flight after one took `round_trip`.
+fn in_flight_for(round_trip: Duration) -> usize {
+    let n = round_trip.as_micros() / ROUND_TRIP_PER_BATCH_IN_FLIGHT.as_micros().max(1);
+    (n as usize).clamp(BATCHES_IN_FLIGHT, MAX_BATCHES_IN_FLIGHT)
+}
+
+/// Starts the extender; its task joins `tasks`.
+pub(super) fn start_extender(
+    router: Arc<Router>,
+    leases: Leases,
+    tasks: &mut JoinSet<()>,
+) -> Extender {
     Batcher::start(
         MAX_BATCH,
         BATCHES_IN_FLIGHT,
         |e: &ReportError| !e.transient,
-        move |items: Vec<(AttemptRef, Arc<Finish>)>| {
+        move |items: Vec<AttemptRef>| {
             let r = router.clone();
-            async move { finish_batch(&r, &items, leases).await }
+            async move {
+                let sent = std::time::Instant::now();
+                let current = r
+                    .write_store()
+                    .extend_tasks(&items, leases, r.epoch())
+                    .await
+                    .map_err(|e| ReportError {
+                        message: e.to_string(),
+                        transient: e.is_transient(),
+                    })?;
+                metrics::histogram!("swf_extend_round_trip_seconds").record(sent.elapsed());
+                metrics::histogram!("swf_extend_batch_size").record(items.len() as f64);
+                let current: std::collections::HashSet<&AttemptRef> = current.iter().collect();
+                Ok(items.iter().map(|a| current.contains(a)).collect())
+            }
         },
         tasks,
     )
@@ -48,6 +109,7 @@ async fn finish_batch(
     items: &[(AttemptRef, Arc<Finish>)],
     leases: Leases,
 ) -> Result<Vec<FinishResult>, ReportError> {
+    let sent = std::time::Instant::now();
     let results = router
         .write(Duration::from_secs(10), |store, epoch| async move {
             store.finish_tasks(items, leases, epoch).await
@@ -57,6 +119,8 @@ async fn finish_batch(
             message: e.to_string(),
             transient: e.is_transient(),
         })?;
+    metrics::histogram!("swf_finish_round_trip_seconds").record(sent.elapsed());
+    metrics::histogram!("swf_finish_batch_size").record(items.len() as f64);
     // This node saw these runs change: its cached reads of them are old.
     // Once per run of the batch.
     let mut changed: Vec<uuid::Uuid> = items

@@ -99,24 +99,21 @@ impl Executor {
             if now < due {
                 continue;
             }
-            let extended = self
-                .router
-                .write_store()
-                .extend_tasks(
-                    std::slice::from_ref(a),
-                    self.settings.leases,
-                    self.router.epoch(),
-                )
-                .await;
+            // Batched with the node's other extensions (one round trip).
+            let extended = self.extender.call(a.clone()).await;
             match extended {
-                Ok(current) if current.is_empty() => {
+                Ok(Ok(false)) => {
                     info!(run_id = %a.run_id, step_id = %a.step_id,
                           "attempt no longer current (cancelled or re-claimed); stopping it");
                     return LeaseLost::NotCurrent;
                 }
-                Ok(_) => {
+                Ok(Ok(true)) => {
                     lease.renewed(now);
                     retry_at = None;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e.message, "extend task lease");
+                    retry_at = Some(Instant::now() + every.min(EXTEND_RETRY));
                 }
                 Err(e) => {
                     warn!(error = %e, "extend task lease");

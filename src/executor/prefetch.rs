@@ -2,10 +2,13 @@
 //! whose handlers are quick never waits for a claim round trip, and claims
 //! come in large batches.
 //!
-//! How far ahead it claims follows the pool's own pace: the buffer aims at
-//! the tasks the pool starts in a quarter of the visibility margin
-//! (measured; at least `executor.prefetch_min`), capped by
-//! `executor.claim_batch`. A pool of slow handlers
+//! How far ahead it claims follows the pool's own pace and its distance to
+//! the primary: the buffer aims at the tasks the pool starts in a quarter
+//! of the visibility margin or in two claim round trips, whichever is
+//! longer (both measured; at least `executor.prefetch_min`), capped by
+//! [`CLAIMS_IN_FLIGHT`] claims of `executor.claim_batch` (as many may be
+//! on their way at once). So a pool far from the primary always has a
+//! round trip's worth of work queued locally while its next claim travels. A pool of slow handlers
 //! starts few tasks per second, so it claims about only what its free slots
 //! take, as before; a pool of quick ones claims hundreds per statement.
 //!
@@ -27,6 +30,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::store::{AttemptRef, ClaimedTask};
+
+/// Claims of one pool on their way at once: another one goes out whenever
+/// the buffer, counting what those on their way will bring, is half empty
+/// again. One claim of `executor.claim_batch` tasks per round trip would
+/// otherwise cap a pool far from the primary at a batch per round trip.
+pub(super) const CLAIMS_IN_FLIGHT: usize = 4;
 
 /// How often the start rate is sampled.
 const RATE_WINDOW: Duration = Duration::from_millis(250);
@@ -55,6 +64,17 @@ pub(super) struct Prefetch {
     rate: f64,
     window_start: Instant,
     window_starts: u64,
+    /// A claim's round trip (smoothed).
+    rtt: Duration,
+}
+
+/// A task taken from the buffer to start.
+pub(super) struct Start {
+    pub(super) task: ClaimedTask,
+    /// When its claim (or last renewal) was sent: its lease runs from here.
+    pub(super) sent: Instant,
+    /// How long it waited in the buffer.
+    pub(super) waited: Duration,
 }
 
 impl Prefetch {
@@ -67,6 +87,7 @@ impl Prefetch {
             rate: 0.0,
             window_start: Instant::now(),
             window_starts: 0,
+            rtt: Duration::ZERO,
         }
     }
 
@@ -76,17 +97,19 @@ impl Prefetch {
 
     /// How many tasks beyond the free slots the buffer aims to hold.
     pub(super) fn target(&self) -> usize {
-        ((self.rate * self.horizon.as_secs_f64()) as usize)
+        let ahead = self.horizon.max(self.rtt * 2);
+        ((self.rate * ahead.as_secs_f64()) as usize)
             .max(self.min)
-            .min(self.max_batch)
+            .min(self.max_batch * CLAIMS_IN_FLIGHT)
     }
 
-    /// How many tasks to claim now with `free` slots: nothing while the
-    /// buffer is more than half full; otherwise enough to fill the free
-    /// slots and the buffer's target, up to one batch.
-    pub(super) fn want(&self, free: usize) -> usize {
+    /// How many tasks to claim now with `free` slots and `asked` tasks
+    /// asked for by claims on their way: nothing while the buffer with them
+    /// is more than half full; otherwise enough to fill the free slots and
+    /// the buffer's target, up to one batch.
+    pub(super) fn want(&self, free: usize, asked: usize) -> usize {
         let target = self.target();
-        let have = self.tasks.len();
+        let have = self.tasks.len() + asked;
         if have > 0 && have * 2 > target {
             return 0;
         }
@@ -95,6 +118,12 @@ impl Prefetch {
 
     /// Buffers tasks of a claim sent at `sent`, arrived `now`.
     pub(super) fn push(&mut self, tasks: Vec<ClaimedTask>, sent: Instant, now: Instant) {
+        let rtt = now.saturating_duration_since(sent);
+        self.rtt = if self.rtt.is_zero() {
+            rtt
+        } else {
+            (self.rtt * 3 + rtt) / 4
+        };
         self.tasks.extend(tasks.into_iter().map(|task| Held {
             task,
             sent,
@@ -158,13 +187,13 @@ impl Prefetch {
         before - self.tasks.len()
     }
 
-    /// The next task to start, with its claim's send time; tasks that
-    /// waited too long are handed to `expired` instead.
+    /// The next task to start; tasks that waited too long are handed to
+    /// `expired` instead.
     pub(super) fn next(
         &mut self,
         now: Instant,
         mut expired: impl FnMut(ClaimedTask),
-    ) -> Option<(ClaimedTask, Instant)> {
+    ) -> Option<Start> {
         while let Some(h) = self.tasks.pop_front() {
             // Counted from arrival: a task started as soon as its claim
             // returns is never dropped (as before there was a buffer).
@@ -173,7 +202,11 @@ impl Prefetch {
                 continue;
             }
             self.started(now);
-            return Some((h.task, h.sent));
+            return Some(Start {
+                task: h.task,
+                sent: h.sent,
+                waited: now.saturating_duration_since(h.arrived),
+            });
         }
         None
     }
@@ -224,23 +257,36 @@ mod tests {
     #[test]
     fn a_slow_pool_claims_only_its_free_slots_and_a_quick_one_claims_ahead() {
         let mut p = Prefetch::new(500, 0, Duration::from_millis(2000));
-        assert_eq!(p.want(4), 4, "no pace measured yet: the free slots");
-        assert_eq!(p.want(0), 0);
-        // A pool starting ~2000 tasks/s aims at 2000 * 0.5 s, capped at 500.
+        assert_eq!(p.want(4, 0), 4, "no pace measured yet: the free slots");
+        assert_eq!(p.want(0, 0), 0);
+        // A pool starting ~4000 tasks/s aims at 4000 * 0.5 s (under the cap
+        // of four batches of 500).
         let t0 = Instant::now();
-        for i in 0..2000 {
+        for i in 0..4000 {
             p.push(vec![task(i)], t0, t0);
         }
         let mut now = t0;
-        for _ in 0..2000 {
-            now += Duration::from_micros(500);
+        for _ in 0..4000 {
+            now += Duration::from_micros(250);
             assert!(p.next(now, |_| panic!("none expires")).is_some());
         }
-        assert_eq!(p.target(), 500, "rate {}", p.rate);
-        assert_eq!(p.want(10), 500, "one batch at most");
+        let target = p.target();
+        assert!(
+            (1800..=2000).contains(&target),
+            "target {target}, rate {}",
+            p.rate
+        );
+        assert_eq!(p.want(10, 0), 500, "one batch at most");
+        // With three claims of 500 on their way, over half: no fourth yet.
+        assert_eq!(p.want(10, 1500), 0);
         // Over half full: no claim yet.
-        p.push((0..300).map(task).collect(), now, now);
-        assert_eq!(p.want(10), 0);
+        p.push((0..1100).map(task).collect(), now, now);
+        assert_eq!(p.want(10, 0), 0);
+        // Below half with what is on its way: the rest of the target, one
+        // batch at most.
+        p.take_all();
+        p.push((0..100).map(task).collect(), now, now);
+        assert_eq!(p.want(10, 800), 500);
     }
 
     #[test]
@@ -253,7 +299,7 @@ mod tests {
         let got = p.next(t0 + Duration::from_millis(1001), |t| {
             dropped.push(t.step_id)
         });
-        assert_eq!(got.map(|(t, _)| t.step_id).as_deref(), Some("s3"));
+        assert_eq!(got.map(|s| s.task.step_id).as_deref(), Some("s3"));
         assert_eq!(dropped, ["s1", "s2"]);
         assert!(p.take_all().is_empty());
     }
@@ -279,13 +325,42 @@ mod tests {
         // both start, with the renewal's send time as their lease's start.
         let later = t0 + Duration::from_millis(1200);
         let got = p.next(later, |t| panic!("{} expired", t.step_id)).unwrap();
-        assert_eq!((got.0.step_id.as_str(), got.1), ("s1", at));
+        assert_eq!((got.task.step_id.as_str(), got.sent), ("s1", at));
+        assert_eq!(
+            got.waited,
+            later - back,
+            "waited since the renewal came back"
+        );
         let got = p.next(later, |t| panic!("{} expired", t.step_id)).unwrap();
-        assert_eq!(got.0.step_id, "s3");
+        assert_eq!(got.task.step_id, "s3");
         // A failed renewal leaves the task as it was: it may be asked again.
         p.push(vec![task(4)], t0, t0);
         assert_eq!(p.aging(at).len(), 1);
         assert_eq!(p.renewed(None, at, back), 0);
         assert_eq!(p.aging(at).len(), 1);
+    }
+
+    #[test]
+    fn a_pool_far_from_the_primary_buffers_two_round_trips_of_work() {
+        // Margin 2 s: a quarter is 500 ms. Claims take 400 ms there and
+        // back: the buffer aims at 800 ms of starts instead.
+        let mut p = Prefetch::new(5000, 0, Duration::from_millis(2000));
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(400);
+        for i in 0..1000 {
+            p.push(vec![task(i)], t0, t0 + rtt);
+        }
+        let mut now = t0 + rtt;
+        for _ in 0..1000 {
+            now += Duration::from_millis(1);
+            assert!(p.next(now, |_| panic!("none expires")).is_some());
+        }
+        // ~1000 starts/s: 800 tasks ahead (the rate is smoothed).
+        let t = p.target();
+        assert!((700..=900).contains(&t), "target {t}, rate {}", p.rate);
+        let mut near = Prefetch::new(5000, 0, Duration::from_millis(2000));
+        near.rate = p.rate;
+        near.push(vec![task(0)], t0, t0 + Duration::from_millis(2));
+        assert!(near.target() * 3 / 2 < t, "near {} far {t}", near.target());
     }
 }

@@ -579,3 +579,80 @@ async fn a_pool_of_slow_handlers_starts_every_buffered_task_without_abandoning_a
     worker.kill().await;
     edge.kill().await;
 }
+
+/// Issue 15: an executor 40 ms (one way) from its primary claims many
+/// tasks per round trip and reports their outcomes many per round trip,
+/// so its pace does not follow the distance. Each claim is one transaction
+/// (its steps' `started_at` is that transaction's start), each report one
+/// too (the attempts it finished carry its `xmin`).
+#[tokio::test]
+async fn an_executor_far_from_its_primary_claims_and_reports_many_tasks_per_round_trip() {
+    let db = fresh_db().await;
+    let proxy = singularity_workflow::dev::proxy::DelayProxy::start(
+        ([127, 0, 0, 1], 0).into(),
+        ([127, 0, 0, 1], port_of(&db)).into(),
+        std::time::Duration::from_millis(40),
+        "wan",
+    )
+    .await
+    .unwrap();
+    let edge = start_node(
+        edge_config_of(&node_config("wan-edge", &db)),
+        Registry::with_builtins(),
+    )
+    .await;
+    let api = Api::new(&edge.url());
+    // The backlog waits on the paused queue, so the worker finds all of it.
+    assert_eq!(
+        api.post("/v1/queues/default/pause", &json!({}))
+            .await
+            .status,
+        200
+    );
+    let n = 300;
+    let workflows: Vec<Value> = (0..n)
+        .map(|i| json!({"goal": format!("far {i}"), "steps": [{"id": "s", "handler": "noop"}]}))
+        .collect();
+    let a = api
+        .post("/v1/workflows/batch", &json!({"workflows": workflows}))
+        .await;
+    assert!(a.status < 300, "{}", a.body);
+    let mut cfg = node_config("wan-worker", &through(&db, &proxy));
+    cfg.enable_client = false;
+    let worker = start_node(cfg, Registry::with_builtins()).await;
+    assert_eq!(
+        api.post("/v1/queues/default/resume", &json!({}))
+            .await
+            .status,
+        200
+    );
+    let pool = sql(&db).await;
+    wait_for("every run to complete", 60, || {
+        let pool = &pool;
+        async move {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM swf.runs WHERE status = 'completed'")
+                    .fetch_one(pool)
+                    .await
+                    .ok()?;
+            (done == n).then_some(())
+        }
+    })
+    .await;
+    let (attempts, claims, reports): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT st.started_at), count(DISTINCT a.xmin::text)
+           FROM swf.attempts a JOIN swf.steps st USING (run_id, step_id)
+          WHERE a.node_id = 'wan-worker' AND a.outcome = 'completed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, n, "every task ran once, on the far worker");
+    assert!(
+        claims * 5 <= n && reports * 5 <= n,
+        "{n} tasks took {claims} claims and {reports} reports"
+    );
+    pool.close().await;
+    worker.kill().await;
+    edge.kill().await;
+}

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use singularity_workflow::dev::pgserver::{free_port, PgBinaries, PgServer};
+use singularity_workflow::dev::proxy::DelayProxy;
 use singularity_workflow::executor::handlers::Registry;
 use uuid::Uuid;
 
@@ -187,6 +188,16 @@ fn slow_step(key: &str) -> Value {
 
 /// `swf serve` with `extra` config lines on `db`; its API URL.
 fn serve(db: &str, id: &str, extra: &str) -> (std::process::Child, String, std::path::PathBuf) {
+    serve_with(db, id, extra, "")
+}
+
+/// [`serve`], with `executor` lines in its `[executor]` table.
+fn serve_with(
+    db: &str,
+    id: &str,
+    extra: &str,
+    executor: &str,
+) -> (std::process::Child, String, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("swf-crash-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port().unwrap();
@@ -195,7 +206,7 @@ fn serve(db: &str, id: &str, extra: &str) -> (std::process::Child, String, std::
         &cfg,
         format!(
             "node_id = \"{id}\"\nregion = \"us-east\"\n{extra}\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [database]\nurl = \"{db}\"\n[auth]\nenabled = false\n[executor]\nlease_ms = 1500\nheartbeat_interval_ms = 500\n"
+             [database]\nurl = \"{db}\"\n[auth]\nenabled = false\n[executor]\nlease_ms = 1500\nheartbeat_interval_ms = 500\n{executor}\n"
         ),
     )
     .unwrap();
@@ -256,6 +267,78 @@ async fn a_client_node_killed_mid_submit_loses_no_acknowledged_run() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// After executor `dead` was killed holding the attempts `cut`: another
+/// node finishes the work; every acknowledged run of `prefix` completes,
+/// each task exactly once, those cut with their dead attempt recorded
+/// (abandoned or timed out) and exactly one more after it.
+async fn each_cut_task_runs_exactly_once_more(
+    db: &str,
+    prefix: &str,
+    seen: &Seen,
+    dead: &str,
+    cut: &[(Uuid, String)],
+) {
+    let pool = sql(db).await;
+    let stored = verdict(db, prefix, seen).await;
+    let other = start_node(node_config("crash-worker-2", db), Registry::with_builtins()).await;
+    let by = all_finished(db, prefix, 90).await;
+    assert_eq!(
+        by.get("completed").copied(),
+        Some(stored.len() as i64),
+        "{by:?}"
+    );
+    // Every task completed exactly once; each one cut short has its dead
+    // attempt recorded (not completed) and exactly one more after it.
+    let per_step: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+        "SELECT a.run_id, a.step_id, count(*) FILTER (WHERE a.outcome = 'completed'),
+                count(*)
+           FROM swf.attempts a JOIN swf.runs r USING (run_id)
+          WHERE r.idempotency_key LIKE $1 || '-%' GROUP BY 1, 2",
+    )
+    .bind(prefix)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_step.len(), stored.len());
+    for (run, step, completed, attempts) in &per_step {
+        let history: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT attempt, node_id, outcome, error::text || ' ' || started_at::text || ' ' || coalesce(finished_at::text, '') FROM swf.attempts
+              WHERE run_id = $1 AND step_id = $2 ORDER BY attempt",
+        )
+        .bind(run)
+        .bind(step)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            *completed, 1,
+            "{run}/{step} completed {completed} times: {history:?}"
+        );
+        let was_cut = cut.iter().any(|(r, s)| r == run && s == step);
+        assert_eq!(
+            *attempts,
+            if was_cut { 2 } else { 1 },
+            "{run}/{step}: {attempts} attempts: {history:?}"
+        );
+    }
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM swf.attempts WHERE node_id = $1 AND outcome <> 'completed'",
+    )
+    .bind(dead)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes.len(), cut.len());
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o == "abandoned" || o == "timed_out"),
+        "{outcomes:?}"
+    );
+    pool.close().await;
+    other.kill().await;
+}
+
 #[tokio::test]
 async fn an_executor_killed_with_tasks_in_flight_runs_each_exactly_once_more() {
     let db = fresh_db().await;
@@ -296,64 +379,66 @@ async fn an_executor_killed_with_tasks_in_flight_runs_each_exactly_once_more() {
     .await
     .unwrap();
     assert!(!cut.is_empty());
-    let stored = verdict(&db, "kx", &seen).await;
-    let other = start_node(
-        node_config("crash-worker-2", &db),
+    each_cut_task_runs_exactly_once_more(&db, "kx", &seen, "crash-worker", &cut).await;
+    edge.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 15: an executor 40 ms (one way) from its primary, its prefetch
+/// buffer full of claimed tasks waiting for its two slots, is SIGKILLed.
+/// Every task it held, buffered or running, runs exactly once more
+/// elsewhere, its dead attempt recorded.
+#[tokio::test]
+async fn a_remote_executor_killed_with_a_full_buffer_runs_each_held_task_exactly_once_more() {
+    let db = fresh_db().await;
+    let proxy = DelayProxy::start(
+        ([127, 0, 0, 1], 0).into(),
+        ([127, 0, 0, 1], port_of(&db)).into(),
+        Duration::from_millis(40),
+        "wan",
+    )
+    .await
+    .unwrap();
+    let far = through(&db, &proxy);
+    let edge = start_node(
+        edge_config_of(&node_config("crash-edge", &db)),
         Registry::with_builtins(),
     )
     .await;
-    let by = all_finished(&db, "kx", 90).await;
-    assert_eq!(
-        by.get("completed").copied(),
-        Some(stored.len() as i64),
-        "{by:?}"
+    // Two slots, and a buffer of at least 16 claimed tasks ahead of them.
+    let (mut worker, _, dir) = serve_with(
+        &far,
+        "remote-worker",
+        "enable_client = false\n[worker_pools.default]\nsize = 2",
+        "prefetch_min = 16",
     );
-    // Every task completed exactly once; each one cut short has its dead
-    // attempt recorded (not completed) and exactly one more after it.
-    let per_step: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
-        "SELECT a.run_id, a.step_id, count(*) FILTER (WHERE a.outcome = 'completed'),
-                count(*)
-           FROM swf.attempts a JOIN swf.runs r USING (run_id)
-          WHERE r.idempotency_key LIKE 'kx-%' GROUP BY 1, 2",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(per_step.len(), stored.len());
-    for (run, step, completed, attempts) in &per_step {
-        let history: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT attempt, node_id, outcome, error::text || ' ' || started_at::text || ' ' || coalesce(finished_at::text, '') FROM swf.attempts
-              WHERE run_id = $1 AND step_id = $2 ORDER BY attempt",
-        )
-        .bind(run)
-        .bind(step)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            *completed, 1,
-            "{run}/{step} completed {completed} times: {history:?}"
-        );
-        let was_cut = cut.iter().any(|(r, s)| r == run && s == step);
-        assert_eq!(
-            *attempts,
-            if was_cut { 2 } else { 1 },
-            "{run}/{step}: {attempts} attempts: {history:?}"
-        );
-    }
-    let dead: Vec<String> = sqlx::query_scalar(
-        "SELECT outcome FROM swf.attempts WHERE node_id = 'crash-worker' AND outcome <> 'completed'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(dead.len(), cut.len());
-    assert!(
-        dead.iter().all(|o| o == "abandoned" || o == "timed_out"),
-        "{dead:?}"
-    );
+    let load = Load::start(&edge.url(), 4, "kb", slow_step);
+    load.wait_acked(40, "40 acknowledged submits").await;
+    let seen = load.finish().await;
+    let pool = sql(&db).await;
+    let held = || {
+        let pool = &pool;
+        async move {
+            sqlx::query_as::<_, (Uuid, String)>(
+                "SELECT run_id, step_id FROM swf.attempts
+                  WHERE node_id = 'remote-worker' AND finished_at IS NULL",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Its claims hold more than its slots run: the rest wait in its buffer.
+    wait_for("the remote worker to hold a full buffer", 60, || async {
+        (held().await.len() >= 12).then_some(())
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let cut = held().await;
+    assert!(cut.len() >= 12, "held {} tasks", cut.len());
     pool.close().await;
-    other.kill().await;
+    each_cut_task_runs_exactly_once_more(&db, "kb", &seen, "remote-worker", &cut).await;
     edge.kill().await;
     let _ = std::fs::remove_dir_all(dir);
 }

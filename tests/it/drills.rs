@@ -19,6 +19,7 @@ fn options() -> DevOptions {
         wan_latency_ms: 2,
         fresh: true,
         tls: false,
+        pool_size: None,
     }
 }
 

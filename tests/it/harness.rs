@@ -185,6 +185,24 @@ pub async fn fresh_db() -> String {
     pg_url(&name)
 }
 
+/// The port of a database URL on the test server.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|s| s.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port in the database URL")
+}
+
+/// `url` (on the test server) through `proxy`.
+pub fn through(url: &str, proxy: &singularity_workflow::dev::proxy::DelayProxy) -> String {
+    let db = url.rsplit('/').next().unwrap();
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{db}",
+        proxy.local_addr().port()
+    )
+}
+
 /// How much is stored: runs x 1,000,000 + steps, to check that refused
 /// input stored nothing.
 pub async fn stored(db: &str) -> i64 {

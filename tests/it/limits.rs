@@ -317,24 +317,10 @@ async fn the_257th_queue_is_refused_with_too_many_queues_and_nothing_is_stored()
     node.kill().await;
 }
 
-/// `url` (on the test server) through `proxy`.
-fn through(url: &str, proxy: &DelayProxy) -> String {
-    let db = url.rsplit('/').next().unwrap();
-    format!(
-        "postgres://postgres@127.0.0.1:{}/{db}",
-        proxy.local_addr().port()
-    )
-}
-
 #[tokio::test]
 async fn a_completion_report_outlasting_a_primary_outage_lands_and_the_task_runs_once() {
     let db = fresh_db().await;
-    let port: u16 = db
-        .rsplit(':')
-        .next()
-        .and_then(|s| s.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("port in the database URL");
+    let port = port_of(&db);
     let proxy = Arc::new(
         DelayProxy::start(
             ([127, 0, 0, 1], 0).into(),

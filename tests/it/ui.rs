@@ -62,6 +62,7 @@ async fn the_dashboard_shows_regions_runs_dags_queues_schedules_and_drills() {
             wan_latency_ms: 0,
             fresh: true,
             tls: false,
+            pool_size: None,
         },
         Registry::with_builtins(),
     )

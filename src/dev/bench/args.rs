@@ -67,6 +67,31 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MIB", conflicts_with = "api")]
     pub cache_mib: Option<u64>,
     /// Print JSON.
+    /// Remote-region mode, on an embedded two-region cluster (us-east holds
+    /// the primary, eu-west a streaming replica, `--wan-latency-ms` apart):
+    /// the burn-down of `--workflows` 1-step workflows pinned to us-east,
+    /// then pinned to eu-west (each executed by its region's node, pool
+    /// `--pool-size`), and submits of as many workflows by `--callers`
+    /// concurrent callers through each region's node; reports each pair
+    /// and its ratio, with the round trips and batch sizes behind them
+    #[arg(long, conflicts_with_all = ["api", "burn_down", "soak", "primary_region"])]
+    pub remote_region: bool,
+    /// With `--remote-region`: one-way delay added to every cross-region link
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 40,
+        requires = "remote_region"
+    )]
+    pub wan_latency_ms: u64,
+    /// With `--remote-region`: concurrent callers of the submit phase
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        requires = "remote_region"
+    )]
+    pub callers: usize,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -81,6 +106,8 @@ impl BenchArgs {
             ("--pool-size", self.pool_size),
             ("--repeat", self.repeat),
             ("--keys", self.keys),
+            ("--callers", self.callers),
+            ("--workflows", self.workflows),
             ("--key-limit", self.key_limit.map_or(1, |l| l as usize)),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {

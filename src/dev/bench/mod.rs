@@ -15,19 +15,21 @@
 //! The latency phase runs first, on a quiet cluster. `--burn-down N`
 //! ([`burn`]) instead times one executor-only node draining N pre-submitted
 //! 1-step workflows; `--soak SECS` ([`soak`]) runs a steady mixed load and
-//! checks every run's end. Embedded, the JSON also carries the peak RSS of this
+//! checks every run's end; `--remote-region` ([`remote`]) compares a region
+//! far from the primary with the primary's own, executing and submitting. Embedded, the JSON also carries the peak RSS of this
 //! process, which the node runs in ([`rss`]). Prints JSON (`--json`) or a
 //! table.
 //!
 //! Files: `args.rs` the flags; `run.rs` the dispatch and printing;
 //! `phases.rs` the default phases and region reads; `burn.rs` the
-//! burn-down; `soak.rs` the soak; `embedded.rs` the embedded cluster; `report.rs` shared
+//! burn-down; `remote.rs` the remote-region mode; `soak.rs` the soak; `embedded.rs` the embedded cluster; `report.rs` shared
 //! helpers (client, shapes, percentiles); `rss.rs` `/proc` readings.
 
 mod args;
 mod burn;
 mod embedded;
 mod phases;
+mod remote;
 mod report;
 mod rss;
 mod run;

@@ -6,6 +6,7 @@ use super::args::BenchArgs;
 use super::burn::burn_down;
 use super::embedded::{Embedded, Roles};
 use super::phases::{print_human, read_phase, region_reads, start_latency_phase, throughput_phase};
+use super::remote::remote_region;
 use super::report::{api_client, machine};
 use super::rss::Rss;
 use super::soak::soak;
@@ -15,6 +16,7 @@ use crate::api::client::ApiClient;
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     args.check()?;
     let (report, ok) = match (args.burn_down, args.soak) {
+        _ if args.remote_region => (remote_region(&args).await?, true),
         (Some(n), _) => (burn_down(&args, n).await?, true),
         (None, Some(secs)) => soak(&args, secs).await?,
         (None, None) => (phases(&args).await?, true),
@@ -25,10 +27,48 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         print_burn_down(&report);
     } else if report.get("soak").is_some() {
         print_soak(&report);
+    } else if report.get("remote_region").is_some() {
+        print_remote(&report);
     } else {
         print_human(&report);
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+fn print_remote(r: &Value) {
+    let m = &r["remote_region"];
+    println!(
+        "swf bench --remote-region: {} primary, {} {} ms one-way away; {} workflows, pool {}",
+        m["primary_region"], m["remote_region"], m["wan_latency_ms"], m["workflows"], m["pool"]
+    );
+    for (what, key, ratio) in [
+        (
+            "execution (burn-down of steps pinned to the region)",
+            "execution",
+            "execution_ratio",
+        ),
+        (
+            "submits through the region's node",
+            "submit",
+            "submit_ratio",
+        ),
+        (
+            "batch submits through the region's node",
+            "batch_submit",
+            "batch_submit_ratio",
+        ),
+    ] {
+        println!("{what}:");
+        for (region, v) in m[key].as_object().into_iter().flatten() {
+            println!(
+                "  {region:<8} {:>9.1} workflows/s in {:>7.3} s; round trips {}",
+                v["workflows_per_s"].as_f64().unwrap_or(0.0),
+                v["seconds"].as_f64().unwrap_or(0.0),
+                v["round_trips"]
+            );
+        }
+        println!("  remote / primary: {}", m[ratio]);
+    }
 }
 
 fn print_soak(r: &Value) {
