@@ -155,6 +155,13 @@
 //!   while it has work (a slot, a task's end, the poll): buffered tasks
 //!   never wait for a notification
 //!   (`executor::claim::tests::the_claim_loop_always_waits_for_something_that_comes`).
+//! - A fresh database's first submits reach steps by key, never by scanning
+//!   `swf.steps` (`engine::submits_on_a_fresh_database_do_not_scan_the_steps_table`).
+//! - An executor far from its primary claims and reports many tasks per
+//!   round trip (`batches::an_executor_far_from_its_primary_claims_and_reports_many_tasks_per_round_trip`),
+//!   and a task it held, buffered or running, when it died runs exactly
+//!   once more elsewhere with the dead attempt recorded
+//!   (`crashes::a_remote_executor_killed_with_a_full_buffer_runs_each_held_task_exactly_once_more`).
 //! - A hybrid node's submit claims only its pool's free slots, in the
 //!   submit's transaction, with the same claim as the executor's own
 //!   (`batches::a_hybrid_node_starts_what_it_submits_in_the_same_transaction`).
