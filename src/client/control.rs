@@ -2,8 +2,10 @@
 //! waits whose timeout passed (the node's scheduler task calls
 //! [`Client::expire_waits`] about once a second).
 //!
-//! Each is one write to the primary (from any region) that returns a
+//! Each is a write to the primary (from any region) that returns a
 //! consistency token; the node drops the run from its lineage cache.
+//! Pauses, resumes and signals of concurrent callers (and cancels) share
+//! one transaction per batch (`swf.run_controls`).
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -11,6 +13,7 @@ use uuid::Uuid;
 use super::{Client, ClientError, WRITE_RETRY};
 use crate::model::token::Token;
 use crate::model::workflow::valid_signal;
+use crate::store::RunControl;
 
 /// Waits failed per pass at most (the rest wait for the next pass).
 const EXPIRE_BATCH: i32 = 100;
@@ -21,9 +24,13 @@ impl Client {
     /// `invalid_state`.
     pub async fn set_paused(&self, run_id: Uuid, paused: bool) -> Result<Token, ClientError> {
         let want = if paused { "paused" } else { "running" };
-        self.run_write(
-            run_id,
-            |store, epoch| async move { store.set_run_paused(run_id, paused, epoch).await },
+        let op = if paused {
+            RunControl::Pause { run_id }
+        } else {
+            RunControl::Resume { run_id }
+        };
+        self.run_control(
+            op,
             |s| s == want,
             |other| {
                 format!("run {run_id} is {other}; only a running run can be paused and only a paused one resumed")
@@ -52,9 +59,13 @@ impl Client {
             ));
         }
         // The status before the signal: a running or paused run took it.
-        self.run_write(
+        let op = RunControl::Signal {
             run_id,
-            |store, epoch| async move { store.send_signal(run_id, name, payload, epoch).await },
+            name: name.to_string(),
+            payload: payload.cloned(),
+        };
+        self.run_control(
+            op,
             |s| matches!(s, "running" | "paused"),
             |other| {
                 format!("run {run_id} is {other}; a signal goes only to a running or paused run")

@@ -32,7 +32,7 @@ use crate::model::token::Token;
 use crate::model::workflow::{self, Limits, ValidationError, WorkflowSpec};
 use crate::router::cache::CachedDoc;
 use crate::router::{LocalState, ReadPlan, ReadSource, Router};
-use crate::store::{ErrorClass, NewRun, RunDoc, RunSummary, StoreError, Submitted};
+use crate::store::{ErrorClass, NewRun, RunControl, RunDoc, RunSummary, StoreError, Submitted};
 
 /// Client-side failures, each with a stable API code.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -99,6 +99,9 @@ pub struct RunPage {
 }
 
 type SubmitBatcher = Batcher<NewRun, (Submitted, Token), ClientError>;
+/// Cancels, pauses, resumes and signals of concurrent callers, one
+/// transaction per batch (`swf.run_controls`).
+type ControlBatcher = Batcher<RunControl, (Option<String>, Token), ClientError>;
 
 /// The client role of one node.
 #[derive(Clone)]
@@ -108,6 +111,7 @@ pub struct Client {
     limits: Limits,
     node_id: String,
     submitter: SubmitBatcher,
+    controls: ControlBatcher,
     advertised: AdvertisedCache,
 }
 
@@ -204,12 +208,14 @@ impl Client {
             },
             tasks,
         );
+        let controls = Self::start_controls(router.clone(), tasks);
         Client {
             router,
             registry,
             limits,
             node_id: node_id.to_string(),
             submitter,
+            controls,
             advertised: AdvertisedCache::default(),
         }
     }
@@ -455,6 +461,53 @@ impl Client {
         .await
     }
 
+    /// The run-control batcher's task joins `tasks`. A batch the database
+    /// refuses for one control's sake (a payload it cannot store) is sent
+    /// again control by control.
+    fn start_controls(router: Arc<Router>, tasks: &mut tokio::task::JoinSet<()>) -> ControlBatcher {
+        let in_flight = crate::batch::InFlight::new(SUBMIT_BATCHES_IN_FLIGHT);
+        let limit = in_flight.clone();
+        Batcher::start(
+            MAX_SUBMIT_BATCH,
+            in_flight,
+            |e: &ClientError| matches!(e, ClientError::Internal(_)),
+            move |ops: Vec<RunControl>| {
+                let (r, limit) = (router.clone(), limit.clone());
+                async move {
+                    let ops = &ops;
+                    let sent = tokio::time::Instant::now();
+                    let (statuses, token) = r
+                        .write(WRITE_RETRY, |store, epoch| async move {
+                            store.run_controls(ops, epoch).await
+                        })
+                        .await
+                        .map_err(ClientError::from_write)?;
+                    limit.set(in_flight_for(sent.elapsed()));
+                    Ok(statuses.into_iter().map(|s| (s, token)).collect())
+                }
+            },
+            tasks,
+        )
+    }
+
+    /// A control of a run (cancel, pause, resume, signal), batched with
+    /// other callers' into one transaction on the primary; then as
+    /// [`Client::run_write`].
+    pub(crate) async fn run_control(
+        &self,
+        op: RunControl,
+        done: impl FnOnce(&str) -> bool,
+        refused: impl FnOnce(&str) -> String,
+    ) -> Result<Token, ClientError> {
+        let run_id = op.run_id();
+        let (status, token) = self
+            .controls
+            .call(op)
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))??;
+        self.settle(run_id, status, token, done, refused).await
+    }
+
     /// A write that moves run `run_id`: `write` runs on the primary and
     /// answers the run's status (None: unknown run, 404) and a token. The
     /// node then knows the token's epoch and drops its cached documents of
@@ -476,6 +529,20 @@ impl Client {
             .write(WRITE_RETRY, write)
             .await
             .map_err(ClientError::from_write)?;
+        self.settle(run_id, status, token, done, refused).await
+    }
+
+    /// After a write moved run `run_id` to `status` (None: unknown run):
+    /// the node knows the token's epoch and drops its cached documents of
+    /// the run; the answer is the token, 404, or `invalid_state`.
+    async fn settle(
+        &self,
+        run_id: Uuid,
+        status: Option<String>,
+        token: Token,
+        done: impl FnOnce(&str) -> bool,
+        refused: impl FnOnce(&str) -> String,
+    ) -> Result<Token, ClientError> {
         self.router.observe_epoch(token.epoch);
         self.router.cache().invalidate(run_id).await;
         match status.as_deref() {
@@ -522,9 +589,8 @@ impl Client {
     /// Cancels a running run. Cancelling a cancelled run is a no-op; a run
     /// that completed or failed cannot be cancelled.
     pub async fn cancel(&self, run_id: Uuid) -> Result<Token, ClientError> {
-        self.run_write(
-            run_id,
-            |store, epoch| async move { store.cancel_run(run_id, epoch).await },
+        self.run_control(
+            RunControl::Cancel { run_id },
             |s| s == "cancelled",
             |other| format!("run {run_id} is already {other} and cannot be cancelled"),
         )

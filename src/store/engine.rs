@@ -13,6 +13,37 @@ use super::conn::{parse_lsn, Result, Store, StoreError};
 use crate::model::token::Token;
 use crate::model::workflow::PlannedStep;
 
+/// One control of a run ([`Store::run_controls`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RunControl {
+    Cancel {
+        run_id: Uuid,
+    },
+    Pause {
+        run_id: Uuid,
+    },
+    Resume {
+        run_id: Uuid,
+    },
+    Signal {
+        run_id: Uuid,
+        name: String,
+        payload: Option<Value>,
+    },
+}
+
+impl RunControl {
+    pub fn run_id(&self) -> Uuid {
+        match self {
+            RunControl::Cancel { run_id }
+            | RunControl::Pause { run_id }
+            | RunControl::Resume { run_id }
+            | RunControl::Signal { run_id, .. } => *run_id,
+        }
+    }
+}
+
 /// A run to store, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct NewRun {
@@ -312,6 +343,32 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok((row.try_get("p_status")?, token_from_row(&row)?))
+    }
+
+    /// Applies many run controls in one transaction, each as its single
+    /// call does ([`Store::cancel_run`], [`Store::set_run_paused`],
+    /// [`Store::send_signal`]). Returns each one's status, in order, and the
+    /// token of the one commit.
+    pub async fn run_controls(
+        &self,
+        ops: &[RunControl],
+        epoch: u64,
+    ) -> Result<(Vec<Option<String>>, Token)> {
+        let row = sqlx::query("CALL swf.run_controls($1, $2)")
+            .bind(sqlx::types::Json(ops))
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        let sqlx::types::Json(statuses): sqlx::types::Json<Vec<Option<String>>> =
+            row.try_get("p_ops")?;
+        if statuses.len() != ops.len() {
+            return Err(StoreError::Database(format!(
+                "run_controls answered {} statuses for {} controls",
+                statuses.len(),
+                ops.len()
+            )));
+        }
+        Ok((statuses, token_from_row(&row)?))
     }
 
     /// Fails up to `limit` waiting steps whose timeout passed (`timed_out`);

@@ -43,7 +43,8 @@ mod schedules;
 pub use cluster::{DbState, WriteProbe};
 pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};
 pub use engine::{
-    strip_nul, AttemptRef, ClaimedTask, EagerClaim, Finish, FinishResult, Leases, NewRun, Submitted,
+    strip_nul, AttemptRef, ClaimedTask, EagerClaim, Finish, FinishResult, Leases, NewRun,
+    RunControl, Submitted,
 };
 pub use isolation::{Claimer, Rejected};
 pub use journal::DrillRow;

@@ -1,7 +1,7 @@
 //! `swf bench` as a user runs it: the burn-down on its own embedded cluster
 //! (JSON shape and that every pre-submitted run completed; never its speed),
-//! a short soak (every run ends as it must, and errors make it fail), and
-//! the flags it refuses.
+//! a short soak (every run ends as it must, and errors make it fail), the
+//! remote-region mode, and the flags it refuses.
 
 use std::process::{Command, Stdio};
 
@@ -197,4 +197,55 @@ async fn a_short_soak_checks_every_run_and_fails_when_calls_fail() {
         Value::Null,
         "not this process's node: {s}"
     );
+}
+
+/// `--remote-region` on its own two-region cluster: every phase reports a
+/// rate for each region, and the ratios are the remote region's over the
+/// primary's; the cluster's directory is gone afterwards.
+#[tokio::test]
+async fn remote_region_reports_each_region_and_their_ratios() {
+    let args = [
+        "--remote-region",
+        "--wan-latency-ms",
+        "5",
+        "--workflows",
+        "200",
+        "--callers",
+        "4",
+        "--json",
+    ];
+    let (code, out, err, dir) = tokio::task::spawn_blocking(move || bench(&args))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let r = &v["remote_region"];
+    assert_eq!(r["primary_region"], "us-east");
+    assert_eq!(r["remote_region"], "eu-west");
+    assert_eq!(r["wan_latency_ms"], 5);
+    for (phase, ratio) in [
+        ("execution", "execution_ratio"),
+        ("submit", "submit_ratio"),
+        ("batch_submit", "batch_submit_ratio"),
+    ] {
+        let rate = |region: &str| number(&r[phase][region]["workflows_per_s"], phase);
+        let (near, far) = (rate("us-east"), rate("eu-west"));
+        assert!(near > 0.0 && far > 0.0, "{phase}: {}", r[phase]);
+        let expected = far / near;
+        assert!(
+            (number(&r[ratio], ratio) - expected).abs() < 0.01,
+            "{ratio} {} vs {expected}",
+            r[ratio]
+        );
+    }
+    // The remote region's tasks were claimed by its own node, in claims.
+    let claims = &r["execution"]["eu-west"]["round_trips"]["claims"];
+    assert!(number(&claims["round_trips"], "claims") >= 1.0, "{claims}");
+    let pid = dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace("swf-bench-", "");
+    let cluster = dir.with_file_name(format!("swf-bench-remote-{pid}"));
+    assert!(!cluster.exists(), "{} left behind", cluster.display());
 }

@@ -270,3 +270,99 @@ fn the_example_workflows_are_valid() {
     }
     assert!(seen >= 4, "{seen} example workflows in {}", dir.display());
 }
+
+/// Issue 15: cancels, pauses and signals of many callers to a node 20 ms
+/// (one way) from its primary share transactions, and each caller still
+/// gets its own answer: 200 with a token, 404 for an unknown run, 409 for
+/// a finished one. Each control's transaction shows as the `xmin` of the
+/// run row it changed.
+#[tokio::test]
+async fn controls_of_concurrent_callers_share_transactions_and_keep_their_own_answers() {
+    let db = fresh_db().await;
+    let proxy = singularity_workflow::dev::proxy::DelayProxy::start(
+        ([127, 0, 0, 1], 0).into(),
+        ([127, 0, 0, 1], port_of(&db)).into(),
+        std::time::Duration::from_millis(20),
+        "wan",
+    )
+    .await
+    .unwrap();
+    let mut cfg = node_config("far-edge", &through(&db, &proxy));
+    cfg.enable_executor = false;
+    let node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+    let wait = |i: usize| {
+        json!({"goal": format!("held {i}"),
+               "steps": [{"id": "w", "wait_for": {"signal": "go"}}]})
+    };
+    let batch: Vec<serde_json::Value> = (0..60).map(wait).collect();
+    let stored = api
+        .post("/v1/workflows/batch", &json!({"workflows": batch}))
+        .await;
+    assert!(stored.status < 300, "{}", stored.body);
+    let ids: Vec<String> = stored.body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect();
+    // A run that is already cancelled, for the 409.
+    let done = &ids[59];
+    assert_eq!(
+        api.post(&format!("/v1/workflows/{done}/cancel"), &json!({}))
+            .await
+            .status,
+        200
+    );
+    // 20 cancels, 20 pauses, 19 signals and two odd ones, all at once.
+    let calls = ids[..59].iter().enumerate().map(|(i, id)| {
+        let path = match i % 3 {
+            0 => format!("/v1/workflows/{id}/cancel"),
+            1 => format!("/v1/workflows/{id}/pause"),
+            _ => format!("/v1/workflows/{id}/signals/go"),
+        };
+        let api = api.clone();
+        async move { (i, api.post(&path, &json!({"payload": {"n": i}})).await) }
+    });
+    let unknown = format!("/v1/workflows/{}/cancel", uuid::Uuid::now_v7());
+    let finished = format!("/v1/workflows/{done}/signals/go");
+    let empty = json!({});
+    let (answers, odd) = tokio::join!(futures::future::join_all(calls), async {
+        tokio::join!(api.post(&unknown, &empty), api.post(&finished, &empty))
+    });
+    for (i, a) in &answers {
+        assert_eq!(a.status, 200, "call {i}: {}", a.body);
+        assert!(
+            a.body["consistency_token"].is_string(),
+            "call {i}: {}",
+            a.body
+        );
+    }
+    assert_eq!(odd.0.status, 404, "{}", odd.0.body);
+    assert_eq!(odd.1.status, 409, "{}", odd.1.body);
+    assert_eq!(odd.1.code(), "invalid_state", "{}", odd.1.body);
+    // Each did what it says.
+    for (i, id) in ids[..59].iter().enumerate() {
+        let doc = api.status(id).await;
+        match i % 3 {
+            0 => assert_eq!(doc["status"], "cancelled", "{doc}"),
+            1 => assert_eq!(doc["status"], "paused", "{doc}"),
+            _ => {
+                assert_eq!(doc["status"], "completed", "{doc}");
+                assert_eq!(step(&doc, "w")["output"], json!({"n": i}), "{doc}");
+            }
+        }
+    }
+    let pool = sql(&db).await;
+    let ids: Vec<uuid::Uuid> = ids[..59].iter().map(|i| i.parse().unwrap()).collect();
+    let writers: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM swf.runs WHERE run_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(writers * 3 <= 59, "59 controls took {writers} transactions");
+    pool.close().await;
+    node.kill().await;
+}
