@@ -162,6 +162,9 @@
 //!   and a task it held, buffered or running, when it died runs exactly
 //!   once more elsewhere with the dead attempt recorded
 //!   (`crashes::a_remote_executor_killed_with_a_full_buffer_runs_each_held_task_exactly_once_more`).
+//! - Run controls (cancels, pauses, resumes, signals) of concurrent callers
+//!   share transactions, and each caller gets its own answer
+//!   (`control::controls_of_concurrent_callers_share_transactions_and_keep_their_own_answers`).
 //! - A hybrid node's submit claims only its pool's free slots, in the
 //!   submit's transaction, with the same claim as the executor's own
 //!   (`batches::a_hybrid_node_starts_what_it_submits_in_the_same_transaction`).

@@ -221,14 +221,7 @@ impl Prefetch {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= RATE_WINDOW {
             let sample = self.window_starts as f64 / elapsed.as_secs_f64();
-            // Up at once, down smoothly: a pool far from the primary starts
-            // short of work, its pace bounded by what its claims bring, and
-            // a smoothed rise would grow its claims only a little per sample.
-            self.rate = if sample > self.rate {
-                sample
-            } else {
-                0.5 * self.rate + 0.5 * sample
-            };
+            self.rate = 0.5 * self.rate + 0.5 * sample;
             self.window_start = now;
             self.window_starts = 0;
         }

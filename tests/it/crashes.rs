@@ -280,7 +280,15 @@ async fn each_cut_task_runs_exactly_once_more(
 ) {
     let pool = sql(db).await;
     let stored = verdict(db, prefix, seen).await;
-    let other = start_node(node_config("crash-worker-2", db), Registry::with_builtins()).await;
+    // The node that finishes the work keeps what it buffers for its slots
+    // longer before it lets a task go (a margin of 10 s: renewal from
+    // 2.5 s, let go unrenewed at 5 s). With the default 2 s, a renewal slower
+    // than half a second, as on a CI machine running every test at once,
+    // let a task go and recorded it abandoned although it never ran; that
+    // is this node's buffer, not the kill under test.
+    let mut cfg = node_config("crash-worker-2", db);
+    cfg.executor.visibility_margin_ms = 10_000;
+    let other = start_node(cfg, Registry::with_builtins()).await;
     let by = all_finished(db, prefix, 90).await;
     assert_eq!(
         by.get("completed").copied(),
