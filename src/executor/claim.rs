@@ -231,6 +231,15 @@ impl Executor {
                             metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                                 .increment(got as u64);
                             more = got == want;
+                            // Nothing buffered and every slot free: the
+                            // pool waited for this claim (a slow pool's
+                            // slots rarely all free at once).
+                            let waiting = buffer.len() == 0
+                                && pool.slots.available_permits() == pool.spec.size;
+                            buffer.claimed(got, want, waiting);
+                            debug!(pool = %pool.spec.name, want, got, rtt_ms = sent.elapsed().as_millis() as u64,
+                                   buffered = buffer.len(), free = pool.slots.available_permits(),
+                                   in_flight = claiming.len(), target = buffer.target(), "claim back");
                             buffer.push(tasks, sent, Instant::now());
                         }
                         Err(e) => {

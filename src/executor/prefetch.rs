@@ -35,7 +35,7 @@ use crate::store::{AttemptRef, ClaimedTask};
 /// the buffer, counting what those on their way will bring, is half empty
 /// again. One claim of `executor.claim_batch` tasks per round trip would
 /// otherwise cap a pool far from the primary at a batch per round trip.
-pub(super) const CLAIMS_IN_FLIGHT: usize = 4;
+pub(super) const CLAIMS_IN_FLIGHT: usize = 6;
 
 /// How often the start rate is sampled.
 const RATE_WINDOW: Duration = Duration::from_millis(250);
@@ -64,6 +64,9 @@ pub(super) struct Prefetch {
     rate: f64,
     window_start: Instant,
     window_starts: u64,
+    /// The target's floor while claims come back to a pool waiting for
+    /// them (a slow start: see [`Prefetch::claimed`]).
+    boost: usize,
     /// A claim's round trip (smoothed).
     rtt: Duration,
 }
@@ -87,6 +90,7 @@ impl Prefetch {
             rate: 0.0,
             window_start: Instant::now(),
             window_starts: 0,
+            boost: 0,
             rtt: Duration::ZERO,
         }
     }
@@ -100,17 +104,21 @@ impl Prefetch {
         let ahead = self.horizon.max(self.rtt * 2);
         ((self.rate * ahead.as_secs_f64()) as usize)
             .max(self.min)
+            .max(self.boost)
             .min(self.max_batch * CLAIMS_IN_FLIGHT)
     }
 
     /// How many tasks to claim now with `free` slots and `asked` tasks
     /// asked for by claims on their way: nothing while the buffer with them
-    /// is more than half full; otherwise enough to fill the free slots and
-    /// the buffer's target, up to one batch.
+    /// is more than half full and a whole batch would overfill it;
+    /// otherwise enough to fill the free slots and the buffer's target, up
+    /// to one batch. (A target of several batches keeps all but the last
+    /// on their way: half a target would leave a pool far from the primary
+    /// with two claims per round trip.)
     pub(super) fn want(&self, free: usize, asked: usize) -> usize {
         let target = self.target();
         let have = self.tasks.len() + asked;
-        if have > 0 && have * 2 > target {
+        if have > 0 && have * 2 > target && have + self.max_batch > target {
             return 0;
         }
         (free + target).saturating_sub(have).min(self.max_batch)
@@ -216,6 +224,25 @@ impl Prefetch {
         self.tasks.drain(..).map(|h| h.task).collect()
     }
 
+    /// A claim asked for `asked` tasks and got `got`; it came back to a
+    /// pool `waiting` for it (nothing buffered, every slot free). Its pace
+    /// measured in windows of starts, a pool far from the primary would
+    /// take seconds to claim far enough ahead (it starts only what its
+    /// claims bring), so claims start slowly, as TCP does: each claim that
+    /// comes back full to a waiting pool doubles the target (at least twice
+    /// what it brought); one that finds work still buffered or running
+    /// halves that floor, and the measured pace takes over.
+    pub(super) fn claimed(&mut self, got: usize, asked: usize, waiting: bool) {
+        let cap = self.max_batch * CLAIMS_IN_FLIGHT;
+        self.boost = if waiting && got == asked {
+            (self.boost * 2).max(got * 2).min(cap)
+        } else if waiting {
+            self.boost
+        } else {
+            self.boost / 2
+        };
+    }
+
     fn started(&mut self, now: Instant) {
         self.window_starts += 1;
         let elapsed = now.saturating_duration_since(self.window_start);
@@ -234,6 +261,7 @@ impl Prefetch {
             self.rate *= 0.5;
             self.window_start = now;
             self.window_starts = 0;
+            self.boost = 0;
         }
     }
 }
@@ -260,7 +288,7 @@ mod tests {
         assert_eq!(p.want(4, 0), 4, "no pace measured yet: the free slots");
         assert_eq!(p.want(0, 0), 0);
         // A pool starting ~4000 tasks/s aims at 4000 * 0.5 s (under the cap
-        // of four batches of 500).
+        // of six batches of 500).
         let t0 = Instant::now();
         for i in 0..4000 {
             p.push(vec![task(i)], t0, t0);
@@ -277,10 +305,13 @@ mod tests {
             p.rate
         );
         assert_eq!(p.want(10, 0), 500, "one batch at most");
-        // With three claims of 500 on their way, over half: no fourth yet.
-        assert_eq!(p.want(10, 1500), 0);
-        // Over half full: no claim yet.
-        p.push((0..1100).map(task).collect(), now, now);
+        // Over half the target on its way, but a whole batch still fits
+        // in it: another claim (a target of six batches keeps up to six
+        // on their way). One that would overfill it waits.
+        assert_eq!(p.want(10, 1000), 500);
+        assert_eq!(p.want(10, 1600), 0);
+        // Over half full, no room for a batch: no claim yet.
+        p.push((0..1600).map(task).collect(), now, now);
         assert_eq!(p.want(10, 0), 0);
         // Below half with what is on its way: the rest of the target, one
         // batch at most.
@@ -362,5 +393,31 @@ mod tests {
         near.rate = p.rate;
         near.push(vec![task(0)], t0, t0 + Duration::from_millis(2));
         assert!(near.target() * 3 / 2 < t, "near {} far {t}", near.target());
+    }
+
+    #[test]
+    fn claims_coming_back_to_a_waiting_pool_double_its_target_and_others_halve_it() {
+        let mut p = Prefetch::new(500, 0, Duration::from_millis(2000));
+        assert_eq!(p.want(32, 0), 32, "no pace yet: the free slots");
+        // Each claim comes back full to a pool with every slot free.
+        let mut asked = 32;
+        for expected in [64, 192, 448, 960, 1920, 3000] {
+            p.claimed(asked, asked, true);
+            assert_eq!(p.target(), expected);
+            asked = p.want(32, 0);
+            assert_eq!(asked, (32 + expected).min(500));
+        }
+        // A short claim (the queues are nearly empty) keeps the floor.
+        p.claimed(10, 500, true);
+        assert_eq!(p.target(), 3000, "the cap: six batches");
+        // Claims finding work still buffered halve it.
+        p.claimed(500, 500, false);
+        assert_eq!(p.target(), 1500);
+        p.claimed(500, 500, false);
+        assert_eq!(p.target(), 750);
+        // An idle pool forgets it.
+        let later = Instant::now() + RATE_WINDOW * 8;
+        p.idle(later);
+        assert_eq!(p.target(), 0);
     }
 }

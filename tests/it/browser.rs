@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 const MISSING: &str =
     "headless Chromium missing: install Debian's chromium and chromium-driver (.ci/run does)";
@@ -52,36 +52,17 @@ impl Browser {
 
         // --port=0 lets chromedriver bind a free port itself (no window for
         // another process to take it between probing and binding); it
-        // prints the port it got on stdout.
-        let mut driver = Command::new(&driver_bin)
-            .arg("--port=0")
-            .arg(format!("--log-path={}", log_path.display()))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", driver_bin.display()));
-        let stdout = driver.stdout.take().expect("chromedriver stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut seen = String::new();
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match tokio::time::timeout(left, lines.next_line()).await {
-                Ok(Ok(Some(line))) => line,
-                Ok(Ok(None)) | Ok(Err(_)) => panic!(
-                    "chromedriver {} exited before reporting its port; stdout:\n{seen}\nlog:\n{}",
-                    driver_bin.display(),
-                    log_tail(&log_path)
-                ),
-                Err(_) => panic!(
-                    "chromedriver did not report its port within {STARTUP:?}; stdout:\n{seen}"
-                ),
-            };
-            seen.push_str(&line);
-            seen.push('\n');
-            if let Some(port) = parse_port(&line) {
-                break port;
+        // prints the port it got on stdout. It binds IPv6 first, then IPv4
+        // on the same port, which another test's listener may hold: then
+        // it exits ("IPv4 port not available") and a fresh start picks
+        // another port.
+        let mut attempt = 0;
+        let (driver, port, mut lines) = loop {
+            attempt += 1;
+            match spawn_driver(&driver_bin, &log_path, deadline).await {
+                Ok(started) => break started,
+                Err(why) if why.contains("port not available") && attempt < 5 => continue,
+                Err(why) => panic!("{why}"),
             }
         };
         // Keep draining stdout so chromedriver can never block on a full pipe.
@@ -647,4 +628,48 @@ async fn headless_chromium_runs_scripts_and_reports_console_errors() {
         "profile {} left behind",
         profile.display()
     );
+}
+
+/// Starts chromedriver on a port of its choosing; answers it with the port
+/// and its stdout, or why it exited first.
+async fn spawn_driver(
+    driver_bin: &Path,
+    log_path: &Path,
+    deadline: Instant,
+) -> Result<(Child, u16, Lines<BufReader<ChildStdout>>), String> {
+    let mut driver = Command::new(driver_bin)
+        .arg("--port=0")
+        .arg(format!("--log-path={}", log_path.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", driver_bin.display()));
+    let stdout = driver.stdout.take().expect("chromedriver stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match tokio::time::timeout(left, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                return Err(format!(
+                    "chromedriver {} exited before reporting its port; stdout:\n{seen}\nlog:\n{}",
+                    driver_bin.display(),
+                    log_tail(log_path)
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "chromedriver did not report its port within {STARTUP:?}; stdout:\n{seen}"
+                ))
+            }
+        };
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(port) = parse_port(&line) {
+            return Ok((driver, port, lines));
+        }
+    }
 }
