@@ -8,9 +8,13 @@
 //! longer (both measured; at least `executor.prefetch_min`), capped by
 //! [`CLAIMS_IN_FLIGHT`] claims of `executor.claim_batch` (as many may be
 //! on their way at once). So a pool far from the primary always has a
-//! round trip's worth of work queued locally while its next claim travels. A pool of slow handlers
-//! starts few tasks per second, so it claims about only what its free slots
-//! take, as before; a pool of quick ones claims hundreds per statement.
+//! round trip's worth of work queued locally while its next claim travels.
+//! A pool of slow handlers starts few tasks per second, so it claims about
+//! only what its free slots take, as before; a pool of quick ones claims
+//! hundreds per statement. Claims start slowly, as TCP does: a claim that
+//! comes back full to a pool waiting for it doubles the target
+//! ([`Prefetch::claimed`]), so a distant pool reaches full batches in a few
+//! round trips rather than the seconds its measured pace would take.
 //!
 //! A buffered task's visibility timeout runs from its claim. One that has
 //! waited a quarter of the margin (the horizon) is renewed: the claim loop
@@ -33,7 +37,7 @@ use crate::store::{AttemptRef, ClaimedTask};
 
 /// Claims of one pool on their way at once: another one goes out whenever
 /// the buffer, counting what those on their way will bring, is half empty
-/// again. One claim of `executor.claim_batch` tasks per round trip would
+/// again or has room for a whole batch. One claim of `executor.claim_batch` tasks per round trip would
 /// otherwise cap a pool far from the primary at a batch per round trip.
 pub(super) const CLAIMS_IN_FLIGHT: usize = 6;
 
