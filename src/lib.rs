@@ -73,8 +73,9 @@
 //!   and a cached document's version is the database's own position
 //!   (`client::tests::cache_versions_come_from_the_database_never_the_caller`,
 //!   `tokens::a_forged_high_token_cannot_make_the_cache_serve_stale_reads`).
-//! - The lineage cache is bounded in bytes of documents
-//!   (`router::cache::tests::large_documents_are_evicted_by_their_bytes`) and
+//! - The lineage cache is bounded in bytes of the memory its documents hold
+//!   (`router::cache::tests::large_documents_are_evicted_by_their_bytes`,
+//!   `router::cache::tests::an_entry_weighs_what_its_parsed_document_holds_in_memory`) and
 //!   cleared by a new epoch
 //!   (`router::discovery::tests::a_new_epoch_clears_the_lineage_cache`).
 //! - The router never waits on a replica without a deadline: a replica that

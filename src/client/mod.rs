@@ -340,11 +340,11 @@ impl Client {
         let epoch_before = self.router.epoch();
         let (source, (epoch, lsn), doc) = self
             .read_planned(plan, token, |store| async move {
-                store.run_document_sized(run_id, kind).await
+                store.run_document(run_id, kind).await
             })
             .await?;
-        let (doc, bytes) =
-            doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?;
+        let doc = doc.ok_or_else(|| ClientError::NotFound(format!("run {run_id} not found")))?;
+        let bytes = crate::router::cache::held_bytes(&doc);
         let doc = Arc::new(doc);
         let terminal = doc["status"].as_str().is_some_and(|s| s != "running");
         // A read that straddled an epoch change is not kept: the change may

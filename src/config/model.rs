@@ -97,7 +97,7 @@ pub struct RoutingConfig {
     pub token_wait_ms: u64,
     /// Most documents the lineage cache keeps (0: none).
     pub cache_entries: u64,
-    /// Most bytes of documents (their JSON text) the lineage cache keeps (0: none).
+    /// Most bytes of memory the lineage cache's documents hold (0: none).
     pub cache_max_bytes: u64,
     /// How long a running run's status or lineage may be served from the cache.
     pub cache_running_ttl_ms: u64,

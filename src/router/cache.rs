@@ -21,9 +21,9 @@
 //! read from the database), not from the insert, so re-putting an old read
 //! does not extend its life. Reads do not extend it either.
 //!
-//! **Bounded in bytes.** Each entry weighs the length of its document's JSON
-//! text as the database sent it ([`CachedDoc::bytes`], no re-serialising),
-//! but at least [`CacheSettings::max_bytes`] / [`CacheSettings::max_entries`];
+//! **Bounded in bytes.** Each entry weighs what its parsed document holds
+//! in memory ([`CachedDoc::bytes`], from [`held_bytes`]: every string,
+//! array and map node with the allocator's overhead), but at least [`CacheSettings::max_bytes`] / [`CacheSettings::max_entries`];
 //! the weights of all entries stay within `max_bytes` (moka's weigher,
 //! evicting by its TinyLFU policy), so both bounds hold: at most `max_bytes`
 //! of documents and at most `max_entries` entries. A lineage of many
@@ -69,7 +69,8 @@ pub struct CacheSettings {
     pub name: String,
     /// Most entries kept (each document of a run is one entry); 0 keeps none.
     pub max_entries: u64,
-    /// Most bytes of documents kept (their JSON text); 0 keeps none.
+    /// Most bytes of documents kept (as held in memory, [`held_bytes`]);
+    /// 0 keeps none.
     pub max_bytes: u64,
     /// Lifetime of a document of a run that has not ended.
     pub running_ttl: Duration,
@@ -100,7 +101,7 @@ pub struct CachedDoc {
     pub lsn: Lsn,
     /// The run had ended (completed, failed or cancelled) in this document.
     pub terminal: bool,
-    /// Length of the document's JSON text as the database sent it (its
+    /// What the parsed document holds in memory ([`held_bytes`]; its
     /// weight in the cache).
     pub bytes: usize,
     /// When the document was read; its TTL counts from here.
@@ -165,6 +166,55 @@ impl Expiry<(Uuid, RunDoc), CachedDoc> for DocExpiry {
 pub struct LineageCache {
     inner: Cache<(Uuid, RunDoc), CachedDoc>,
     name: String,
+}
+
+/// Bytes a `serde_json::Value` takes inline (in its parent, or its `Arc`).
+const VALUE: usize = std::mem::size_of::<serde_json::Value>();
+/// A map node of `serde_json`'s `BTreeMap<String, Value>`: 11 keys and
+/// values, its length and parent link; an inner node adds 12 edges.
+const MAP_LEAF: usize = 16 + 11 * (std::mem::size_of::<String>() + VALUE);
+const MAP_INNER: usize = MAP_LEAF + 12 * std::mem::size_of::<usize>();
+/// What the allocator adds to each allocation (its header and rounding).
+const PER_ALLOCATION: usize = 16;
+
+/// What a parsed document held in an `Arc` takes in memory: the JSON text
+/// it came from is a poor measure (a 3-key object of short strings is ~30
+/// bytes of text and ~700 of map node, keys and values), and weighing by
+/// the text let a 64 MiB cache hold ~160 MiB.
+pub fn held_bytes(doc: &serde_json::Value) -> usize {
+    fn heap(v: &serde_json::Value) -> usize {
+        use serde_json::Value;
+        let alloc = |bytes: usize| {
+            if bytes == 0 {
+                0
+            } else {
+                bytes + PER_ALLOCATION
+            }
+        };
+        match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+            Value::String(s) => alloc(s.capacity()),
+            Value::Array(a) => alloc(a.capacity() * VALUE) + a.iter().map(heap).sum::<usize>(),
+            Value::Object(m) => {
+                // Nodes hold 6 to 11 entries once split; one node until 11.
+                let n = m.len();
+                let nodes = match n {
+                    0 => 0,
+                    1..=11 => alloc(MAP_LEAF),
+                    _ => {
+                        let leaves = n.div_ceil(8);
+                        leaves * alloc(MAP_LEAF) + leaves.div_ceil(8) * alloc(MAP_INNER)
+                    }
+                };
+                nodes
+                    + m.iter()
+                        .map(|(k, v)| alloc(k.capacity()) + heap(v))
+                        .sum::<usize>()
+            }
+        }
+    }
+    // The Arc's counts and the root value.
+    16 + VALUE + PER_ALLOCATION + heap(doc)
 }
 
 /// What one entry weighs against [`CacheSettings::max_bytes`]: its bytes,
@@ -279,7 +329,7 @@ impl LineageCache {
         self.inner.entry_count()
     }
 
-    /// Approximate weight of the entries, in bytes of documents (moka counts
+    /// Approximate weight of the entries, in bytes of memory (moka counts
     /// lazily, like [`LineageCache::entry_count`]).
     pub fn weighted_bytes(&self) -> u64 {
         self.inner.weighted_size()
@@ -302,7 +352,7 @@ mod tests {
 
     fn sized(v: serde_json::Value, epoch: u64, lsn: u64, terminal: bool) -> CachedDoc {
         CachedDoc {
-            bytes: v.to_string().len(),
+            bytes: held_bytes(&v),
             doc: Arc::new(v),
             epoch,
             lsn: Lsn(lsn),
@@ -641,5 +691,103 @@ mod tests {
         });
         assert_eq!(gauge, count as f64);
         assert!(rec.get("swf_cache_evictions_total{cache=test,cause=size}") >= 90);
+    }
+
+    /// Counts this thread's live heap bytes and allocations (on top of the
+    /// system allocator), so a test can see what a parsed document holds.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+
+        thread_local! {
+            static LIVE: Cell<(isize, isize)> = const { Cell::new((0, 0)) };
+        }
+
+        fn add(bytes: isize, allocations: isize) {
+            let _ = LIVE.try_with(|c| {
+                let (b, n) = c.get();
+                c.set((b + bytes, n + allocations));
+            });
+        }
+
+        /// This thread's live (bytes, allocations).
+        pub fn live() -> (isize, isize) {
+            LIVE.try_with(|c| c.get()).unwrap_or((0, 0))
+        }
+
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                add(layout.size() as isize, 1);
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                add(-(layout.size() as isize), -1);
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+                add(new as isize - layout.size() as isize, 0);
+                unsafe { System.realloc(ptr, layout, new) }
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+    }
+
+    #[test]
+    fn an_entry_weighs_what_its_parsed_document_holds_in_memory() {
+        let attempt = |i: usize| {
+            json!({"attempt": i, "node_id": "eu-west-1", "region": "eu-west", "pool": "default",
+                   "started_at": "2026-12-05T05:11:11.81014+00:00",
+                   "finished_at": "2026-12-05T05:11:11.839613+00:00",
+                   "outcome": "failed", "error": {"message": format!("boom {i}")}})
+        };
+        let step = |i: usize, attempts: usize| {
+            json!({"id": format!("step-{i}"), "status": "completed", "handler": "echo",
+                   "depends_on": [format!("step-{}", i.saturating_sub(1))],
+                   "attempts": (0..attempts).map(attempt).collect::<Vec<_>>(),
+                   "input": {"n": i}, "output": {"deps": {"a": null}, "n": i}})
+        };
+        let run = |steps: usize, attempts: usize| {
+            json!({"run_id": "01a2449d-08c1-77c8-9f5f-6eece4247b31", "status": "completed",
+                   "goal": "demo", "created_at": "2026-12-05T05:11:11.81014+00:00",
+                   "steps": (0..steps).map(|i| step(i, attempts)).collect::<Vec<_>>()})
+        };
+        let docs = [
+            ("a 1-step status", run(1, 0)),
+            ("a 20-step lineage", run(20, 3)),
+            (
+                "a map's 2,000 outputs",
+                json!({"output": (0..2000).map(|i| json!({"item": i, "ok": true})).collect::<Vec<_>>()}),
+            ),
+            (
+                "a wide object",
+                json!((0..300)
+                    .map(|i| (format!("key-{i}"), json!(i)))
+                    .collect::<serde_json::Map<_, _>>()),
+            ),
+        ];
+        for (what, v) in docs {
+            let text = v.to_string();
+            let (bytes0, n0) = counting::live();
+            let parsed = Arc::new(serde_json::from_str::<serde_json::Value>(&text).unwrap());
+            let (bytes1, n1) = counting::live();
+            let held = (bytes1 - bytes0 + PER_ALLOCATION as isize * (n1 - n0)) as f64;
+            let weighed = held_bytes(&parsed) as f64;
+            assert!(
+                (0.8..1.25).contains(&(weighed / held)),
+                "{what}: weighed {weighed} bytes, holds {held} ({} bytes of text)",
+                text.len()
+            );
+            // The text is far lighter than what the parsed document holds.
+            assert!(
+                held > 1.5 * text.len() as f64,
+                "{what}: {held} vs text {}",
+                text.len()
+            );
+            drop(parsed);
+        }
     }
 }

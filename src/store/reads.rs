@@ -25,21 +25,8 @@ pub struct RunSummary {
 
 impl Store {
     /// A run's status or lineage document (DESIGN section 6), or None.
+    /// Sent as text: it costs the server what the binary jsonb form does.
     pub async fn run_document(&self, run_id: Uuid, kind: RunDoc) -> Result<Option<Value>> {
-        Ok(self
-            .run_document_sized(run_id, kind)
-            .await?
-            .map(|(doc, _)| doc))
-    }
-
-    /// A run's document and the length of its JSON text as the database
-    /// sent it (what the cache weighs it by, without serialising it again).
-    /// The text costs the server what the binary jsonb form does.
-    pub async fn run_document_sized(
-        &self,
-        run_id: Uuid,
-        kind: RunDoc,
-    ) -> Result<Option<(Value, usize)>> {
         let sql = match kind {
             RunDoc::Status => "SELECT swf.run_status($1)::text",
             RunDoc::Lineage => "SELECT swf.run_lineage($1)::text",
@@ -49,9 +36,8 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         text.map(|t| {
-            let doc = serde_json::from_str(&t)
-                .map_err(|e| StoreError::Database(format!("run document of {run_id}: {e}")))?;
-            Ok((doc, t.len()))
+            serde_json::from_str(&t)
+                .map_err(|e| StoreError::Database(format!("run document of {run_id}: {e}")))
         })
         .transpose()
     }
