@@ -276,23 +276,10 @@ async fn submit_all(
     callers: usize,
     wf: impl Fn(usize) -> Value,
 ) -> anyhow::Result<Vec<Duration>> {
-    let sem = Arc::new(Semaphore::new(callers));
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let permit = sem.clone().acquire_owned().await?;
-        let (api, body) = (api.clone(), wf(i));
-        handles.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let r = submit(&api, &body).await;
-            drop(permit);
-            r.map(|_| t.elapsed())
-        }));
-    }
-    let mut out = Vec::with_capacity(n);
-    for h in handles {
-        out.push(h.await?.context("submit")?);
-    }
-    Ok(out)
+    timed_calls(api, callers, (0..n).map(wf), |api, body| async move {
+        submit(&api, &body).await.map(|_| ()).context("submit")
+    })
+    .await
 }
 
 /// Submits `n` workflows `wf(i)` through `api` in batches of `batch` from
@@ -305,25 +292,45 @@ async fn submit_batches(
     batch: usize,
     wf: impl Fn(usize) -> Value,
 ) -> anyhow::Result<Vec<Duration>> {
+    let bodies = (0..n).step_by(batch).map(
+        |first| json!({"workflows": (first..(first + batch).min(n)).map(&wf).collect::<Vec<_>>()}),
+    );
+    timed_calls(api, callers, bodies, |api, body| async move {
+        api.submit_batch(&body, crate::api::client::RetryPolicy::ONCE, |_, _| {})
+            .await
+            .map(|_| ())
+            .context("batch submit")
+    })
+    .await
+}
+
+/// Makes `call(api, body)` for each body, at most `callers` at once; each
+/// must succeed. Answers each call's latency.
+async fn timed_calls<F, Fut>(
+    api: &ApiClient,
+    callers: usize,
+    bodies: impl Iterator<Item = Value>,
+    call: F,
+) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(ApiClient, Value) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let sem = Arc::new(Semaphore::new(callers));
-    let mut handles = Vec::with_capacity(n / batch + 1);
-    for first in (0..n).step_by(batch) {
+    let mut handles = Vec::new();
+    for body in bodies {
         let permit = sem.clone().acquire_owned().await?;
-        let body =
-            json!({"workflows": (first..(first + batch).min(n)).map(&wf).collect::<Vec<_>>()});
         let api = api.clone();
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = api
-                .submit_batch(&body, crate::api::client::RetryPolicy::ONCE, |_, _| {})
-                .await;
+            let r = call(api, body).await;
             drop(permit);
             r.map(|_| t.elapsed())
         }));
     }
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
-        out.push(h.await?.context("batch submit")?);
+        out.push(h.await??);
     }
     Ok(out)
 }
