@@ -130,12 +130,14 @@ const MAX_SUBMIT_BATCH: usize = 64;
 const WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long one attempt of a bulk write (a bulk cancel) may take.
 const BULK_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(300);
-/// Submit batches in flight at once. Few, so that concurrent submits
-/// gather into larger batches: each call has a fixed cost in PostgreSQL that
-/// dominates a one-run batch. Measured with `swf bench --shapes one` (1-step
-/// submit + completion): 2 in flight gave 738 workflows/s with 8 submitters
-/// and 2,183/s with 64, against 586/s and 1,683/s with 8 in flight.
-const SUBMIT_BATCHES_IN_FLIGHT: usize = 2;
+/// Submit batches in flight at once near the primary. One, so that
+/// concurrent submits gather into larger batches: each call has a fixed
+/// cost in PostgreSQL that dominates a one-run batch. Measured with `swf
+/// bench --shapes one` (1-step submit + completion): 2 in flight gave 738
+/// workflows/s with 8 submitters and 2,183/s with 64, against 586/s and
+/// 1,683/s with 8 in flight; on 2026-12-05 one in flight gave 715-768/s with
+/// 8 and 2,236-2,480/s with 64, against 604-701/s and 1,940-2,161/s with 2.
+const SUBMIT_BATCHES_IN_FLIGHT: usize = 1;
 /// A node far from the primary keeps more submit batches in flight: one
 /// per this much of the last batch's round trip (at 80 ms, 4), up to
 /// [`MAX_SUBMIT_BATCHES_IN_FLIGHT`]. Its callers wait a round trip each,
