@@ -22,7 +22,7 @@ function report(d) {
   const r = d.report || {};
   const parts = [
     h("div", { class: "toolbar" },
-      h("h2", {}, `${d.kind} ${d.from_region} → ${d.to_region}`),
+      h("h2", {}, d.kind === "partition" ? `partition of ${d.to_region} (primary ${d.from_region})` : `${d.kind} ${d.from_region} → ${d.to_region}`),
       badge(d.state),
       h("span", { class: "muted" }, `started ${time(d.started_at)}, finished ${time(d.finished_at)}, by ${d.node_id || "?"}`)),
   ];
@@ -37,8 +37,12 @@ function report(d) {
       figure("acknowledged", r.acknowledged_writes),
       figure("failed / indeterminate", `${r.failed_writes} / ${r.indeterminate_writes}`),
       figure("epoch", `${r.epoch_before} → ${r.epoch_after}`),
-      figure("old primary", r.old_primary || (r.old_primary_fenced ? "fenced" : "not fenced")),
-      figure("nodes rerouted", `${r.nodes_rerouted}/${r.nodes_total}`)));
+      ...(r.partition
+        ? [figure("links cut", `${r.partition.links_cut} for ${r.partition.secs} s`),
+           figure("converged after healing", ms(r.partition.converge_ms)),
+           figure("nodes agreeing", `${r.nodes_rerouted}/${r.nodes_total}`)]
+        : [figure("old primary", r.old_primary || (r.old_primary_fenced ? "fenced" : "not fenced")),
+           figure("nodes rerouted", `${r.nodes_rerouted}/${r.nodes_total}`)])));
   }
   if (Array.isArray(r.phases) && r.phases.length) {
     parts.push(h("section", { class: "card" }, h("h3", {}, "Timeline"), timeline(r.phases)));

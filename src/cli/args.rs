@@ -210,6 +210,10 @@ pub enum DrillCommand {
     Switchover(DrillArgs),
     /// Simulated loss of the write region's primary: stop it hard, promote.
     Failover(DrillArgs),
+    /// Cut every link between a region and the others for a while under
+    /// load, then heal (`swf dev`): writes refused, acknowledged writes
+    /// present or lost, stale token reads, time to converge.
+    Partition(PartitionArgs),
     /// The drill journal, newest first.
     List {
         #[command(flatten)]
@@ -236,6 +240,21 @@ pub struct DrillArgs {
     /// Refuse when the target replica lags more than this.
     #[arg(long, default_value_t = crate::api::wire::DEFAULT_MAX_LAG_MS)]
     pub max_lag_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PartitionArgs {
+    /// The region to cut off from the others.
+    #[arg(long)]
+    pub region: String,
+    /// How long its links stay cut, in seconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub secs: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Workflows submitted per second through every region's node during the drill.
+    #[arg(long, default_value_t = 0.0)]
+    pub load: f64,
 }
 
 #[cfg(feature = "dev")]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::args::{ApiArgs, DrillArgs};
+use super::args::{ApiArgs, DrillArgs, PartitionArgs};
 use super::render::{
     render_drill, render_drill_list, render_lineage, render_queues, render_recover, render_regions,
     render_runs, render_schedules, render_status, to_json,
@@ -320,26 +320,42 @@ pub async fn drill(kind: DrillKind, a: DrillArgs) -> anyhow::Result<i32> {
     let body = DrillRequest {
         kind,
         to: a.to.clone(),
+        region: None,
+        secs: None,
         load: a.load,
         max_lag_ms: a.max_lag_ms,
     };
-    let c = client(&a.api, Duration::from_secs(300))?;
-    if !a.api.json {
-        eprintln!(
-            "drill: {} to {} (load {}/s) via {}",
-            kind.as_str(),
-            a.to,
-            a.load,
-            a.api.api
-        );
+    let what = format!("{} to {}", kind.as_str(), a.to);
+    run_drill(&a.api, &body, &what).await
+}
+
+pub async fn partition(a: PartitionArgs) -> anyhow::Result<i32> {
+    let body = DrillRequest {
+        kind: DrillKind::Partition,
+        to: String::new(),
+        region: Some(a.region.clone()),
+        secs: Some(a.secs),
+        load: a.load,
+        max_lag_ms: crate::api::wire::DEFAULT_MAX_LAG_MS,
+    };
+    let what = format!("partition of {} for {} s", a.region, a.secs);
+    run_drill(&a.api, &body, &what).await
+}
+
+/// Runs a drill through `api` (progress on stderr) and prints its report;
+/// exit code 4 when it did not pass.
+async fn run_drill(api: &ApiArgs, body: &DrillRequest, what: &str) -> anyhow::Result<i32> {
+    let c = client(api, Duration::from_secs(900))?;
+    if !api.json {
+        eprintln!("drill: {what} (load {}/s) via {}", body.load, api.api);
     }
-    let call = c.drill(&body);
+    let call = c.drill(body);
     tokio::pin!(call);
     let start = Instant::now();
     let answer = loop {
         tokio::select! {
             r = &mut call => break r,
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !a.api.json => {
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !api.json => {
                 eprint!("\r  running… {:>3} s", start.elapsed().as_secs());
             }
         }
@@ -348,11 +364,11 @@ pub async fn drill(kind: DrillKind, a: DrillArgs) -> anyhow::Result<i32> {
     if let Err(e @ CallError::Transport { .. }) = answer {
         return Err(e.into());
     }
-    if !a.api.json {
+    if !api.json {
         eprintln!();
     }
     let report = answer?.body;
-    if a.api.json {
+    if api.json {
         print_json(&report)?;
     } else {
         print!("{}", render_drill(&report));

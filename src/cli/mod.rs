@@ -196,6 +196,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             commands::drill(DrillKind::Switchover, a).await
         }
         Command::Drill(DrillCommand::Failover(a)) => commands::drill(DrillKind::Failover, a).await,
+        Command::Drill(DrillCommand::Partition(a)) => commands::partition(a).await,
         Command::Drill(DrillCommand::List { api }) => commands::drill_list(&api).await,
         Command::Drill(DrillCommand::Recover { api }) => commands::drill_recover(&api).await,
         Command::Auth(AuthCommand::HashToken) => {

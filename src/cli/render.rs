@@ -192,21 +192,27 @@ pub fn render_queues(doc: &QueueList) -> String {
 
 /// Human rendering of a drill report: the timeline, then the measurements.
 pub fn render_drill(r: &DrillReport) -> String {
-    let mut out = format!(
-        "{} {} -> {}  epoch {} -> {}\n  timeline:\n",
-        r.kind.as_str(),
-        r.from_region,
-        r.to_region,
-        r.epoch_before,
-        r.epoch_after
-    );
+    let mut out = match &r.partition {
+        Some(p) => format!(
+            "partition of {} (primary {})  epoch {} -> {}\n  timeline:\n",
+            p.region, r.from_region, r.epoch_before, r.epoch_after
+        ),
+        None => format!(
+            "{} {} -> {}  epoch {} -> {}\n  timeline:\n",
+            r.kind.as_str(),
+            r.from_region,
+            r.to_region,
+            r.epoch_before,
+            r.epoch_after
+        ),
+    };
     let mut total = 0;
     for p in &r.phases {
         total += p.ms;
         out += &format!("    {:>7} ms  {:>7} ms  {}\n", p.ms, total, p.name);
     }
     out += &format!(
-        "  detection {} ms, RTO {} ms\n  writes: {} acknowledged, {} lost, {} duplicated, {} indeterminate, {} failed\n  stale reads: {}; old primary fenced: {} ({}); nodes re-routed: {}/{}\n  {}\n",
+        "  detection {} ms, RTO {} ms\n  writes: {} acknowledged, {} lost, {} duplicated, {} indeterminate, {} failed\n",
         r.detection_ms,
         r.rto_ms,
         r.acknowledged_writes,
@@ -214,13 +220,29 @@ pub fn render_drill(r: &DrillReport) -> String {
         r.duplicate_writes,
         r.indeterminate_writes,
         r.failed_writes,
-        r.stale_reads,
-        r.old_primary_fenced,
-        to_json(&r.old_primary).as_str().unwrap_or(""),
-        r.nodes_rerouted,
-        r.nodes_total,
-        if r.ok { "OK" } else { "NOT OK" }
     );
+    out += &match &r.partition {
+        Some(p) => format!(
+            "  {} links of {} cut for {} s; writes refused: {}; stale token reads: {}\n  converged {} ms after healing; nodes agreeing on the primary: {}/{}\n",
+            p.links_cut,
+            p.region,
+            p.secs,
+            p.writes_refused,
+            p.stale_token_reads,
+            p.converge_ms,
+            r.nodes_rerouted,
+            r.nodes_total,
+        ),
+        None => format!(
+            "  stale reads: {}; old primary fenced: {} ({}); nodes re-routed: {}/{}\n",
+            r.stale_reads,
+            r.old_primary_fenced,
+            to_json(&r.old_primary).as_str().unwrap_or(""),
+            r.nodes_rerouted,
+            r.nodes_total,
+        ),
+    };
+    out += if r.ok { "  OK\n" } else { "  NOT OK\n" };
     if !r.failures.is_empty() {
         out += &format!("  failed writes by answer: {}\n", to_json(&r.failures));
     }

@@ -184,9 +184,10 @@ struct DevDb {
 /// [`ClusterControl`] of `swf dev` and of the drill tests.
 pub struct DevControl {
     dbs: tokio::sync::Mutex<std::collections::BTreeMap<String, DevDb>>,
-    /// WAN links by name; a link made again (a replica re-pointed or
-    /// re-cloned) replaces and stops the old one.
-    proxies: tokio::sync::Mutex<std::collections::BTreeMap<String, DelayProxy>>,
+    /// Cross-region links by name (`db A->B`, `api A->B`, `replication
+    /// A->B`); a link made again (a replica re-pointed or re-cloned)
+    /// replaces and stops the old one.
+    proxies: std::sync::Mutex<std::collections::BTreeMap<String, DelayProxy>>,
     wan: Duration,
     cluster_path: PathBuf,
     tls: Option<DevTls>,
@@ -268,10 +269,10 @@ impl DevControl {
         self.tls.as_ref().map(|t| &t.pg)
     }
 
+    /// A cross-region link to `target`: always through a proxy (without
+    /// `--wan-latency-ms`, one that adds no delay), so that a partition
+    /// drill can cut it.
     async fn link(&self, target: u16, name: String) -> anyhow::Result<u16> {
-        if self.wan.is_zero() {
-            return Ok(target);
-        }
         let p = DelayProxy::start(
             ([127, 0, 0, 1], 0).into(),
             ([127, 0, 0, 1], target).into(),
@@ -280,7 +281,7 @@ impl DevControl {
         )
         .await?;
         let port = p.local_addr().port();
-        let old = self.proxies.lock().await.insert(name, p);
+        let old = self.proxies.lock().expect("proxies lock").insert(name, p);
         if let Some(old) = old {
             old.shutdown().await;
         }
@@ -326,7 +327,7 @@ impl DevControl {
                 let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
             }
         }
-        let proxies = std::mem::take(&mut *self.proxies.lock().await);
+        let proxies = std::mem::take(&mut *self.proxies.lock().expect("proxies lock"));
         for p in proxies.into_values() {
             p.shutdown().await;
         }
@@ -390,6 +391,22 @@ impl ClusterControl for DevControl {
         })
     }
 
+    fn can_partition(&self) -> bool {
+        true
+    }
+
+    fn partition(&self, region: &str, cut: bool) -> Option<usize> {
+        let proxies = self.proxies.lock().expect("proxies lock");
+        let mut n = 0;
+        for (name, p) in proxies.iter() {
+            if link_touches(name, region) {
+                p.set_blocked(cut);
+                n += 1;
+            }
+        }
+        Some(n)
+    }
+
     fn promoted(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
         let region = region.to_string();
         Box::pin(async move {
@@ -399,6 +416,13 @@ impl ClusterControl for DevControl {
             c.write(&self.cluster_path)
         })
     }
+}
+
+/// Whether link `name` (`<kind> <from>-><to>`) has `region` at either end.
+fn link_touches(name: &str, region: &str) -> bool {
+    name.split_once(' ')
+        .and_then(|(_, ends)| ends.split_once("->"))
+        .is_some_and(|(a, b)| a == region || b == region)
 }
 
 /// A running dev cluster: databases, proxies and one node per region.
@@ -441,7 +465,7 @@ impl DevCluster {
         let primary = layout.primary.clone();
         let control = Arc::new(DevControl {
             dbs: tokio::sync::Mutex::new(Default::default()),
-            proxies: tokio::sync::Mutex::new(Default::default()),
+            proxies: std::sync::Mutex::new(Default::default()),
             wan,
             cluster_path,
             tls: if opts.tls {
@@ -723,4 +747,25 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     stop.await;
     cluster.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_touches;
+
+    #[test]
+    fn a_partition_cuts_the_links_with_its_region_at_either_end() {
+        for (name, region, cut) in [
+            ("db eu-west->us-east", "eu-west", true),
+            ("db us-east->eu-west", "eu-west", true),
+            ("api us-east->eu-west", "eu-west", true),
+            ("replication us-east->eu-west", "us-east", true),
+            ("replication us-east->ap-south", "eu-west", false),
+            ("db us-east->eu-west-2", "eu-west", false),
+            ("db eu->us", "", false),
+            ("garbage", "eu-west", false),
+        ] {
+            assert_eq!(link_touches(name, region), cut, "{name} / {region}");
+        }
+    }
 }

@@ -29,6 +29,16 @@ pub trait ClusterControl: Send + Sync {
     fn promote(&self, _from: &str, _to: &str) -> BoxFuture<'_, anyhow::Result<bool>> {
         Box::pin(async { Ok(false) })
     }
+    /// Cuts (`cut`) or heals every link between `region` and the other
+    /// regions: node to database, replication, node to node. Answers how
+    /// many links it changed; None: it cannot (no partition drill).
+    fn partition(&self, _region: &str, _cut: bool) -> Option<usize> {
+        None
+    }
+    /// Whether [`ClusterControl::partition`] can cut links.
+    fn can_partition(&self) -> bool {
+        false
+    }
     /// Whether [`ClusterControl::rejoin`] really rebuilds a database as a
     /// replica (recovery otherwise leaves it to the operator).
     fn can_rejoin(&self) -> bool {

@@ -150,6 +150,7 @@ pub(super) fn record(r: DrillRow) -> Option<DrillRecord> {
     let kind = match r.kind.as_str() {
         "switchover" => DrillKind::Switchover,
         "failover" => DrillKind::Failover,
+        "partition" => DrillKind::Partition,
         _ => return None,
     };
     let state = match r.state.as_str() {

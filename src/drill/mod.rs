@@ -30,6 +30,7 @@ mod control;
 mod error;
 mod exclusive;
 mod journal;
+mod partition;
 mod phases;
 mod recover;
 mod reroute;
@@ -38,7 +39,7 @@ mod verdict;
 
 use std::time::Instant;
 
-use crate::api::wire::{DrillReport, DrillRequest, DrillState};
+use crate::api::wire::{DrillKind, DrillReport, DrillRequest, DrillState};
 use crate::router::Router;
 
 pub use control::{ClusterControl, HookControl};
@@ -65,6 +66,9 @@ pub async fn run(
     heartbeat_ms: u64,
     me: &Runner,
 ) -> Result<DrillReport, DrillError> {
+    if req.kind == DrillKind::Partition {
+        return partition::run(router, control, req, authorization, tls, heartbeat_ms, me).await;
+    }
     let mut d = Drill::new(router, control, authorization, tls);
     let id = uuid::Uuid::now_v7();
     let _live = exclusive::LiveDrill::enter(id);
@@ -115,6 +119,7 @@ pub async fn run(
             noticed_ms,
             rerouted_ms: ms(rerouted_at - fault),
             phases: std::mem::take(&mut d.tl).into_phases(),
+            partition: None,
         };
         Ok::<_, DrillError>(verdict(
             req,

@@ -146,36 +146,20 @@ impl<'a> Drill<'a> {
         }
         let claimed = async {
             let plan = self.preflight(req).await?;
-            let now = chrono::Utc::now();
-            let j = Journal::new(DrillRow {
+            let j = claim_journal(
+                req.kind,
+                &plan.from,
+                &plan.to,
+                plan.epoch_before,
+                &plan.old,
+                me,
                 id,
-                kind: req.kind.as_str().to_string(),
-                from_region: plan.from.clone(),
-                to_region: plan.to.clone(),
-                state: DrillState::Running.as_str().to_string(),
-                node_id: me.node_id.clone(),
-                node_url: Some(me.node_url.clone()),
-                phase: "preflight".into(),
-                epoch_before: plan.epoch_before as i64,
-                started_at: now,
-                updated_at: now,
-                finished_at: None,
-                report: None,
-            });
-            j.claim(&plan.old, plan.epoch_before).await?;
+            )
+            .await?;
             Ok((plan, j))
         }
         .await;
-        match claimed {
-            Err(e @ (DrillError::Refused(_) | DrillError::Failed(_))) => {
-                // A concurrent drill explains it better than its symptom.
-                match journal::unresolved(self.router).await.first() {
-                    Some(d) => Err(journal::in_progress(d)),
-                    None => Err(e),
-                }
-            }
-            other => other,
-        }
+        explained(self.router, claimed).await
     }
 
     /// Starts submitting `rate_per_s` workflows a second to `targets` (none
@@ -225,6 +209,11 @@ impl<'a> Drill<'a> {
                     }
                 }
                 DrillKind::Failover => self.lose_old(plan).await?,
+                DrillKind::Partition => {
+                    return Err(DrillError::Refused(
+                        "a partition drill does not move the write region".into(),
+                    ))
+                }
             }
             hold_point("fenced").await;
             self.promote(plan).await?;
@@ -462,6 +451,23 @@ impl<'a> Drill<'a> {
         label: &str,
         epoch_after: u64,
     ) -> Result<Found, DrillError> {
+        let (present, duplicates) = self.found(attempts, label).await?;
+        let old_primary = old_primary(&plan.old, epoch_after).await;
+        self.tl.mark("verify");
+        Ok(Found {
+            present,
+            duplicates,
+            old_primary,
+        })
+    }
+
+    /// The load's acknowledged runs the (new) primary holds, and how many
+    /// runs of one attempt it holds twice.
+    pub(super) async fn found(
+        &self,
+        attempts: &[Attempted],
+        label: &str,
+    ) -> Result<(HashSet<String>, u64), DrillError> {
         let new_primary = self.router.write_store();
         let acked: Vec<Uuid> = attempts
             .iter()
@@ -481,13 +487,56 @@ impl<'a> Drill<'a> {
             .duplicate_goals(&load::goal_prefix(label))
             .await
             .map_err(failed)? as u64;
-        let old_primary = old_primary(&plan.old, epoch_after).await;
-        self.tl.mark("verify");
-        Ok(Found {
-            present,
-            duplicates,
-            old_primary,
-        })
+        Ok((present, duplicates))
+    }
+}
+
+/// Claims the journal's one running slot on the primary `db` for drill `id`.
+pub(super) async fn claim_journal(
+    kind: DrillKind,
+    from: &str,
+    to: &str,
+    epoch: u64,
+    db: &Store,
+    me: &Runner,
+    id: Uuid,
+) -> Result<Journal, DrillError> {
+    let now = chrono::Utc::now();
+    let j = Journal::new(DrillRow {
+        id,
+        kind: kind.as_str().to_string(),
+        from_region: from.to_string(),
+        to_region: to.to_string(),
+        state: DrillState::Running.as_str().to_string(),
+        node_id: me.node_id.clone(),
+        node_url: Some(me.node_url.clone()),
+        phase: "preflight".into(),
+        epoch_before: epoch as i64,
+        started_at: now,
+        updated_at: now,
+        finished_at: None,
+        report: None,
+    });
+    j.claim(db, epoch).await?;
+    Ok(j)
+}
+
+/// A refusal or failure of a drill's start that a concurrent drill explains
+/// (it fenced the primary, ended our sessions, took the slot) is answered as
+/// [`DrillError::InProgress`].
+pub(super) async fn explained<T>(
+    router: &Router,
+    claimed: Result<T, DrillError>,
+) -> Result<T, DrillError> {
+    match claimed {
+        Err(e @ (DrillError::Refused(_) | DrillError::Failed(_))) => {
+            // A concurrent drill explains it better than its symptom.
+            match journal::unresolved(router).await.first() {
+                Some(d) => Err(journal::in_progress(d)),
+                None => Err(e),
+            }
+        }
+        other => other,
     }
 }
 

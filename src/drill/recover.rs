@@ -30,7 +30,7 @@ use super::exclusive;
 use super::journal::{self, in_progress};
 use crate::api::client::ApiClient;
 use crate::api::tls::ClientTls;
-use crate::api::wire::{DbFound, DrillRecord, RecoverReport, RegionFound};
+use crate::api::wire::{DbFound, DrillKind, DrillRecord, RecoverReport, RegionFound};
 use crate::router::Router;
 use crate::store::{DbState, DrillRow, Store};
 
@@ -132,9 +132,20 @@ pub async fn recover(
     control: Option<&dyn ClusterControl>,
     peers: &Peers,
 ) -> Result<RecoverReport, DrillError> {
-    let regions = inspect(router).await;
     let drills = journal::unresolved(router).await;
     refuse_live(&drills, peers).await?;
+    // A partition drill cut short may have left its region's links cut:
+    // healed before anything is inspected through them.
+    let mut healed = Vec::new();
+    for d in drills
+        .iter()
+        .filter(|d| d.kind == DrillKind::Partition.as_str())
+    {
+        if let Some(n) = control.and_then(|c| c.partition(&d.to_region, false)) {
+            healed.push(format!("healed the {n} links of region `{}`", d.to_region));
+        }
+    }
+    let regions = inspect(router).await;
     // The drill to finish: the newest unresolved one.
     let drill = drills.first();
     let keep = choose(&regions, drill)?;
@@ -148,7 +159,7 @@ pub async fn recover(
     {
         return Err(in_progress(d));
     }
-    let mut actions = Vec::new();
+    let mut actions = healed;
     let mut operator = Vec::new();
 
     // 1. Every other primary stops taking writes first.

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::load::{self, Attempted, Outcome};
-use crate::api::wire::{DrillKind, DrillReport, DrillRequest, OldPrimary, Phase, SlowWrite};
+use crate::api::wire::{
+    DrillKind, DrillReport, DrillRequest, OldPrimary, PartitionReport, Phase, SlowWrite,
+};
 
 /// What the drill observed besides the load's attempts.
 pub(super) struct Observed {
@@ -25,12 +27,17 @@ pub(super) struct Observed {
     /// From the fault to every node re-routed.
     pub rerouted_ms: u64,
     pub phases: Vec<Phase>,
+    /// A partition drill's measures; `writes_refused` and
+    /// `stale_token_reads` are filled in from the attempts.
+    pub partition: Option<PartitionReport>,
 }
 
 /// The report of a drill. It passes when every node was re-routed, the old
 /// primary is fenced, no run is stored twice, no read missed a write that
 /// exists, the load recovered, and (a switchover) no acknowledged write was
-/// lost. A failover may lose writes: it names them.
+/// lost. A failover may lose writes: it names them. A partition moves no
+/// primary (nothing is fenced) and may lose nothing; its nodes must all
+/// agree on the primary again after healing.
 pub(super) fn verdict(
     req: &DrillRequest,
     attempts: &[Attempted],
@@ -59,8 +66,14 @@ pub(super) fn verdict(
     } else {
         summary.rto_ms.max(slowest_write)
     };
+    let moved = req.kind != DrillKind::Partition;
+    let partition = seen.partition.map(|p| PartitionReport {
+        writes_refused: summary.failed,
+        stale_token_reads: stale_reads,
+        ..p
+    });
     let ok = seen.nodes_rerouted == seen.nodes_total
-        && seen.old_primary.is_fenced()
+        && (!moved || seen.old_primary.is_fenced())
         && duplicates == 0
         && stale_reads == 0
         && (req.kind == DrillKind::Failover || lost.is_empty())
@@ -87,6 +100,7 @@ pub(super) fn verdict(
         nodes_rerouted: seen.nodes_rerouted,
         nodes_total: seen.nodes_total,
         phases: seen.phases,
+        partition,
         ok,
     }
 }
@@ -324,6 +338,42 @@ mod tests {
                 ..clean("a node left on the old primary fails")
             },
             Case {
+                // Nothing is fenced in a partition: the primary never moved.
+                old_primary: OldPrimary::Unreachable,
+                ..under_load(
+                    "a partition that loses nothing passes",
+                    DrillKind::Partition,
+                    &[A, B],
+                )
+            },
+            Case {
+                old_primary: OldPrimary::Unreachable,
+                ok: false,
+                lost: &[B],
+                ..under_load(
+                    "a partition that loses an acknowledged write fails",
+                    DrillKind::Partition,
+                    &[A],
+                )
+            },
+            Case {
+                attempts: vec![stale(acked(0, A, 0, 10))],
+                present: &[A],
+                old_primary: OldPrimary::Unreachable,
+                ok: false,
+                stale_reads: 1,
+                rto_ms: 10,
+                kind: DrillKind::Partition,
+                ..clean("a partition that serves a stale token read fails")
+            },
+            Case {
+                old_primary: OldPrimary::Unreachable,
+                rerouted: (1, 2),
+                ok: false,
+                kind: DrillKind::Partition,
+                ..clean("a partition after which a node disagrees on the primary fails")
+            },
+            Case {
                 // No acknowledged write after the failure at 1000: the
                 // outage lasts until the load's last answer (1500).
                 attempts: vec![acked(0, A, 0, 10), refused(1, 1000, 1500)],
@@ -344,9 +394,19 @@ mod tests {
             let req = DrillRequest {
                 kind: c.kind,
                 to: "eu".into(),
+                region: None,
+                secs: None,
                 load: 0.0,
                 max_lag_ms: 5_000,
             };
+            let partition = (c.kind == DrillKind::Partition).then(|| PartitionReport {
+                region: "eu".into(),
+                secs: 5,
+                links_cut: 6,
+                writes_refused: 0,
+                stale_token_reads: 0,
+                converge_ms: 700,
+            });
             let present = c.present.iter().map(|s| s.to_string()).collect();
             let seen = Observed {
                 from: "us".into(),
@@ -363,6 +423,7 @@ mod tests {
                     name: "preflight".into(),
                     ms: 3,
                 }],
+                partition,
             };
             let r = verdict(&req, &c.attempts, &present, c.duplicates, seen);
             let name = c.name;
@@ -378,6 +439,15 @@ mod tests {
             assert_eq!(r.phases.len(), 1, "{name}");
             assert_eq!(r.old_primary, c.old_primary, "{name}");
             assert_eq!(r.old_primary_fenced, c.old_primary.is_fenced(), "{name}");
+            if let Some(p) = &r.partition {
+                assert_eq!(p.stale_token_reads, c.stale_reads, "{name}");
+                assert_eq!(p.writes_refused, r.failed_writes, "{name}");
+            }
+            assert_eq!(
+                r.partition.is_some(),
+                c.kind == DrillKind::Partition,
+                "{name}"
+            );
         }
     }
 

@@ -747,3 +747,108 @@ async fn a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_repl
     after.kill().await;
     finish(c).await;
 }
+
+async fn partition(api: &Api, body: Value) -> Answer {
+    api.send(
+        api.http
+            .post(format!("{}/v1/admin/drills", api.base))
+            .timeout(std::time::Duration::from_secs(120))
+            .json(&body),
+    )
+    .await
+}
+
+/// A partition report that passed: nothing lost, duplicated or read stale,
+/// every node agrees on the primary, and the load felt the cut.
+fn check_partition(r: &Value, region: &str) {
+    assert_eq!(r["kind"], "partition", "{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["from_region"], "us-east", "{r}");
+    assert_eq!(r["to_region"], region, "{r}");
+    assert_eq!(r["epoch_after"], r["epoch_before"], "{r}");
+    assert_eq!(r["lost_writes"], 0, "{r}");
+    assert_eq!(r["duplicate_writes"], 0, "{r}");
+    assert_eq!(r["stale_reads"], 0, "{r}");
+    assert_eq!(r["nodes_rerouted"], r["nodes_total"], "{r}");
+    let p = &r["partition"];
+    assert_eq!(p["region"], region, "{r}");
+    assert_eq!(p["secs"], 3, "{r}");
+    assert_eq!(p["stale_token_reads"], 0, "{r}");
+    assert_eq!(p["writes_refused"], r["failed_writes"], "{r}");
+    // Both databases, both APIs and replication cross the cut.
+    assert!(p["links_cut"].as_u64().unwrap() >= 5, "{r}");
+    assert!(r["acknowledged_writes"].as_u64().unwrap() > 20, "{r}");
+    // The load felt it: the node across the cut refused writes, or held
+    // them (retrying) until the links healed.
+    let slowest = r["slowest_writes"][0]["ms"].as_u64().unwrap_or(0);
+    assert!(
+        r["failed_writes"].as_u64().unwrap() > 0 || slowest >= 1_000,
+        "no write noticed the partition: {r}"
+    );
+    let names: Vec<&str> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for phase in [
+        "cut links",
+        "partitioned",
+        "heal links",
+        "converge",
+        "verify",
+    ] {
+        assert!(names.contains(&phase), "no phase `{phase}`: {r}");
+    }
+}
+
+#[tokio::test]
+async fn a_partition_of_either_region_loses_nothing_and_serves_no_stale_token_read() {
+    let (c, us, eu) = cluster().await;
+    for (body, code) in [
+        (
+            json!({"kind": "partition", "region": "mars", "secs": 3}),
+            "unknown_region",
+        ),
+        (
+            json!({"kind": "partition", "region": "eu-west", "secs": 0}),
+            "invalid_state",
+        ),
+        (json!({"kind": "partition", "secs": 3}), "invalid_state"),
+    ] {
+        let r = partition(&us, body.clone()).await;
+        assert_eq!(r.code(), code, "{body}: {}", r.body);
+    }
+    // The replica's region, then the primary's, each cut for 3 s under
+    // load; driven from either side.
+    for (api, region) in [(&us, "eu-west"), (&eu, "us-east")] {
+        let r = partition(
+            api,
+            json!({"kind": "partition", "region": region, "secs": 3, "load": 30}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        check_partition(&r.body, region);
+    }
+    // Healed: a write through each node is read back there with its token.
+    for api in [&us, &eu] {
+        let a = api
+            .post(
+                "/v1/workflows",
+                &json!({"goal": "healed", "steps": [{"id": "a", "handler": "noop"}]}),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let id = a.body["run_id"].as_str().unwrap();
+        assert_eq!(api.wait_terminal(id, 30).await["status"], "completed");
+    }
+    let journal = us.get("/v1/admin/drills").await.body;
+    let kinds: Vec<&str> = journal["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["partition", "partition"], "{journal}");
+    finish(c).await;
+}

@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub enum DrillKind {
     Switchover,
     Failover,
+    /// Every link of one region cut for a while, then healed (`swf dev`).
+    Partition,
 }
 
 impl DrillKind {
@@ -20,6 +22,7 @@ impl DrillKind {
         match self {
             DrillKind::Switchover => "switchover",
             DrillKind::Failover => "failover",
+            DrillKind::Partition => "partition",
         }
     }
 }
@@ -29,7 +32,15 @@ impl DrillKind {
 #[serde(deny_unknown_fields)]
 pub struct DrillRequest {
     pub kind: DrillKind,
+    /// Switchover and failover: the region to move the write region to.
+    #[serde(default)]
     pub to: String,
+    /// Partition: the region whose links are cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Partition: how long the links stay cut, in seconds (1-600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<u64>,
     /// Workflows submitted per second during the drill (0: no load).
     #[serde(default)]
     pub load: f64,
@@ -86,7 +97,30 @@ pub struct DrillReport {
     pub nodes_rerouted: usize,
     pub nodes_total: usize,
     pub phases: Vec<Phase>,
+    /// A partition drill's own measures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionReport>,
     pub ok: bool,
+}
+
+/// What a partition drill measured besides the writes (`report.partition`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PartitionReport {
+    /// The region cut off.
+    pub region: String,
+    /// How long its links were cut.
+    pub secs: u64,
+    /// Links cut (node to database, replication, node to node).
+    pub links_cut: usize,
+    /// Writes the nodes refused while the links were cut, by answer (also
+    /// in `failures`).
+    pub writes_refused: u64,
+    /// Reads with a write's token that came back without the write, at the
+    /// node that acknowledged it: none may.
+    pub stale_token_reads: u64,
+    /// From healing until every replica replayed the primary's position
+    /// at the heal and (with load) a write through the region was acknowledged.
+    pub converge_ms: u64,
 }
 
 /// What a write attempted on a drill's old primary met (the report's
