@@ -8,7 +8,7 @@
 //! - [`cli`]: the `swf` command line: parsing, calls, printing (`main.rs` only calls it).
 //! - [`dev`] (cargo feature `dev`, on by default): `swf dev` (the embedded local
 //!   cluster), `swf bench`, PostgreSQL server processes (`pgserver/`), the WAN
-//!   delay proxy and the dev PKI. `cargo build --no-default-features` leaves it out.
+//!   delay proxy, the dev PKI, and `--ha patroni` (`dev::patroni`). `cargo build --no-default-features` leaves it out.
 //! - [`api`]: the HTTP API (axum on hyper): routes, middleware, forwarding of
 //!   pinned calls; `api::wire` (every body, error code and header name, shared
 //!   by the server and its clients), `api::client` (the one typed API client:
@@ -29,7 +29,7 @@
 //!   wake-ups, running handlers, completion batching, lease extension, drain;
 //!   `executor::handlers` the handler and decomposer registry, with the
 //!   config's `http:<name>` and `command:<name>` handlers.
-//! - [`drill`]: switchover and failover drills: phases, timeline, the load
+//! - [`drill`]: switchover, failover and partition drills: phases, timeline, the load
 //!   they generate (`drill::load`), the verdict (a pure function), the
 //!   journal and `swf drill recover`.
 //! - [`router`]: where each read and write goes: the read plan (pure), the
@@ -113,6 +113,12 @@
 //!   `recover::a_switchover_killed_during_rejoin_is_recovered`,
 //!   `drills::a_drill_while_another_holds_the_primary_fenced_is_refused_and_recover_unfences`,
 //!   `drills::a_failed_drill_unfences_the_old_primary_only_while_the_target_is_a_replica`).
+//! - A partition loses no acknowledged write and serves no stale token read,
+//!   whichever region is cut off
+//!   (`drills::a_partition_of_either_region_loses_nothing_and_serves_no_stale_token_read`).
+//! - Every promotion moves the epoch, an HA manager's own included: Patroni's
+//!   callback starts one naming the promoted region
+//!   (`drills::drills_go_through_patroni_and_its_own_promotions_move_the_epoch`).
 //! - Drills are exclusive cluster-wide: a second one answers 409
 //!   `drill_in_progress`, never 500
 //!   (`drills::two_drills_at_once_one_runs_and_the_other_is_refused_and_the_journal_lists_them`,

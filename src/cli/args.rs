@@ -35,6 +35,20 @@ pub enum Command {
         #[arg(long, env = "SWF_DATABASE__URL")]
         database_url: String,
     },
+    /// Patroni's `on_role_change` callback (`swf dev --ha patroni` sets it):
+    /// on a promotion, a new epoch naming REGION as the write region,
+    /// unless the epoch already names it. Patroni appends ACTION ROLE SCOPE.
+    #[command(hide = true)]
+    PatroniCallback {
+        #[arg(long)]
+        database_url: String,
+        /// The region of the member Patroni runs this for.
+        #[arg(long)]
+        region: String,
+        action: String,
+        role: String,
+        scope: Option<String>,
+    },
     /// Validate or rewrite node config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -281,6 +295,11 @@ pub struct DevArgs {
     /// admin token is printed and kept in DATA_DIR/admin.token.
     #[arg(long)]
     pub tls: bool,
+    /// Let an HA manager run each region's PostgreSQL: `patroni` (one
+    /// Patroni per region over one etcd; needs Debian's `patroni` and
+    /// `etcd-server`). Drills then go through Patroni.
+    #[arg(long, value_enum)]
+    pub ha: Option<crate::dev::HaManager>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -388,3 +388,43 @@ pub async fn drill_recover(api: &ApiArgs) -> anyhow::Result<i32> {
     show(api.json, &report, render_recover)?;
     Ok(0)
 }
+
+/// Patroni's `on_role_change` callback: a member promoted to leader starts
+/// a new epoch naming its region, unless the epoch already does (the drill
+/// that asked for the promotion bumped it). The promoted server may still
+/// be finishing its promotion: tries for 30 s. A database without the
+/// product's schema yet (a new cluster's bootstrap) needs no new epoch.
+pub async fn patroni_callback(
+    database_url: &str,
+    region: &str,
+    action: &str,
+    role: &str,
+) -> anyhow::Result<i32> {
+    if action != "on_role_change" || !matches!(role, "master" | "primary") {
+        return Ok(0);
+    }
+    let store = crate::store::Store::connect_lazy(database_url, 1)?;
+    let bumped = crate::wait::until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match store.bump_epoch_for(region).await {
+                Ok(e) => Some(Ok(e)),
+                Err(e) if e.to_string().contains("does not exist") => Some(Err(e.to_string())),
+                Err(e) => {
+                    eprintln!("swf patroni-callback: {e}; trying again");
+                    None
+                }
+            }
+        },
+    )
+    .await;
+    store.close().await;
+    match bumped {
+        Ok(Ok(Some(e))) => println!("swf: epoch {e}, write region {region}"),
+        Ok(Ok(None)) => println!("swf: the epoch already names {region}"),
+        Ok(Err(e)) => println!("swf: no schema to bump an epoch in ({e})"),
+        Err(_) => bail!("no new epoch for {region} within 30 s"),
+    }
+    Ok(0)
+}

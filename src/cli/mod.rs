@@ -64,6 +64,7 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
                 fresh: a.fresh,
                 tls: a.tls,
                 pool_size: None,
+                ha: a.ha,
             })
             .await?;
             Ok(0)
@@ -110,6 +111,13 @@ async fn run(cmd: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::PatroniCallback {
+            database_url,
+            region,
+            action,
+            role,
+            ..
+        } => commands::patroni_callback(&database_url, &region, &action, &role).await,
         Command::Config(ConfigCommand::Migrate { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("read {}", file.display()))?;

@@ -8,10 +8,15 @@
 //! ([`prepare_database`]) serve the integration tests.
 
 pub mod bench;
+mod control;
+pub mod patroni;
 pub mod pgserver;
 pub mod pki;
 pub mod proxy;
 mod restart;
+
+pub use control::DevControl;
+use control::{DevDb, DevTls};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,11 +27,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use crate::config::{Config, RegionSpec};
 use crate::dev::pgserver::{PgBinaries, PgServer};
-use crate::dev::proxy::DelayProxy;
 use crate::drill::ClusterControl;
 use crate::executor::handlers::Registry;
 use crate::node::Node;
@@ -46,6 +48,17 @@ pub struct DevOptions {
     pub tls: bool,
     /// Slots of every node's pools (None: the config's default).
     pub pool_size: Option<usize>,
+    /// The HA manager of the regions' databases (None: `swf dev` runs
+    /// them itself).
+    pub ha: Option<HaManager>,
+}
+
+/// `swf dev --ha`: who manages the regions' PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HaManager {
+    /// One Patroni per region over one etcd (Debian's `patroni` and
+    /// `etcd-server`).
+    Patroni,
 }
 
 /// `cluster.json`: what scripts need to reach the dev cluster.
@@ -173,258 +186,6 @@ async fn start_server(
     .await?
 }
 
-/// One region's dev database.
-struct DevDb {
-    dir: PathBuf,
-    port: u16,
-    server: Option<PgServer>,
-}
-
-/// What drills may do to the dev cluster's databases: the
-/// [`ClusterControl`] of `swf dev` and of the drill tests.
-pub struct DevControl {
-    dbs: tokio::sync::Mutex<std::collections::BTreeMap<String, DevDb>>,
-    /// Cross-region links by name (`db A->B`, `api A->B`, `replication
-    /// A->B`); a link made again (a replica re-pointed or re-cloned)
-    /// replaces and stops the old one.
-    proxies: std::sync::Mutex<std::collections::BTreeMap<String, DelayProxy>>,
-    wan: Duration,
-    cluster_path: PathBuf,
-    tls: Option<DevTls>,
-}
-
-/// What `swf dev --tls` runs with.
-#[derive(Debug, Clone)]
-struct DevTls {
-    pki: crate::dev::pki::DevPki,
-    pg: pgserver::PgTls,
-    /// The admin token (printed; its hash is the node's only token).
-    token: String,
-    token_file: PathBuf,
-}
-
-impl DevTls {
-    /// Reuses or creates `data_dir/tls` and `data_dir/admin.token`.
-    fn ensure(data_dir: &Path) -> anyhow::Result<DevTls> {
-        let pki = crate::dev::pki::DevPki::ensure(&data_dir.join("tls"), "swf dev CA")
-            .context("create the dev CA and certificates")?;
-        let pg = pgserver::PgTls::from_pki(&pki)?;
-        let token_file = data_dir.join("admin.token");
-        let token = match std::fs::read_to_string(&token_file) {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
-                let bytes: [u8; 24] = rand::random();
-                let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                crate::dev::pki::write_private(&token_file, &format!("{t}\n"))
-                    .with_context(|| format!("write {}", token_file.display()))?;
-                t
-            }
-        };
-        Ok(DevTls {
-            pki,
-            pg,
-            token,
-            token_file,
-        })
-    }
-
-    /// Puts HTTPS, peer verification and auth with the admin token into a node's config.
-    fn apply(&self, config: &mut Config) {
-        config.api.tls_cert = Some(self.pki.cert.clone());
-        config.api.tls_key = Some(self.pki.key.clone());
-        config.api.peer_ca = Some(self.pki.ca_cert.clone());
-        config.api.public_url = format!("https://{}", config.api.listen);
-        config.auth.enabled = true;
-        config.auth.tokens = vec![crate::config::TokenSpec {
-            name: "dev-admin".into(),
-            sha256: crate::api::auth::hash_token(&self.token),
-            scopes: vec!["read".into(), "submit".into(), "admin".into()],
-        }];
-    }
-}
-
-impl DevControl {
-    /// Keeps a started server as `region`'s database.
-    async fn keep(&self, region: &str, dir: PathBuf, pg: PgServer) {
-        let db = DevDb {
-            dir,
-            port: pg.port(),
-            server: Some(pg),
-        };
-        self.dbs.lock().await.insert(region.to_string(), db);
-    }
-
-    /// URL of database `db` behind `port`: verify-full TLS with `--tls`.
-    fn url(&self, port: u16, db: &str) -> String {
-        match &self.tls {
-            Some(t) => format!(
-                "postgres://postgres@127.0.0.1:{port}/{db}?sslmode=verify-full&sslrootcert={}",
-                t.pki.ca_cert.display()
-            ),
-            None => format!("postgres://postgres@127.0.0.1:{port}/{db}"),
-        }
-    }
-
-    fn pg_tls(&self) -> Option<&pgserver::PgTls> {
-        self.tls.as_ref().map(|t| &t.pg)
-    }
-
-    /// A cross-region link to `target`: always through a proxy (without
-    /// `--wan-latency-ms`, one that adds no delay), so that a partition
-    /// drill can cut it.
-    async fn link(&self, target: u16, name: String) -> anyhow::Result<u16> {
-        let p = DelayProxy::start(
-            ([127, 0, 0, 1], 0).into(),
-            ([127, 0, 0, 1], target).into(),
-            self.wan,
-            &name,
-        )
-        .await?;
-        let port = p.local_addr().port();
-        let old = self.proxies.lock().expect("proxies lock").insert(name, p);
-        if let Some(old) = old {
-            old.shutdown().await;
-        }
-        Ok(port)
-    }
-
-    /// A replication link from `primary` to `region`'s database, and that
-    /// database's directory and port.
-    async fn upstream(&self, region: &str, primary: &str) -> anyhow::Result<(u16, PathBuf, u16)> {
-        let upstream = self
-            .link(
-                self.port_of(primary).await?,
-                format!("replication {primary}->{region}"),
-            )
-            .await?;
-        let dbs = self.dbs.lock().await;
-        let d = &dbs[region];
-        Ok((upstream, d.dir.clone(), d.port))
-    }
-
-    async fn port_of(&self, region: &str) -> anyhow::Result<u16> {
-        self.dbs
-            .lock()
-            .await
-            .get(region)
-            .map(|d| d.port)
-            .with_context(|| format!("no dev database for region {region}"))
-    }
-
-    async fn take_server(&self, region: &str) -> anyhow::Result<Option<PgServer>> {
-        let mut dbs = self.dbs.lock().await;
-        let db = dbs
-            .get_mut(region)
-            .with_context(|| format!("no dev database for region {region}"))?;
-        Ok(db.server.take())
-    }
-
-    /// Stops every database, replicas first.
-    async fn stop_all(&self, primary_first_order: &[String]) {
-        for r in primary_first_order.iter().rev() {
-            if let Ok(Some(mut pg)) = self.take_server(r).await {
-                eprintln!("stopping PostgreSQL ({r})");
-                let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
-            }
-        }
-        let proxies = std::mem::take(&mut *self.proxies.lock().expect("proxies lock"));
-        for p in proxies.into_values() {
-            p.shutdown().await;
-        }
-    }
-}
-
-impl ClusterControl for DevControl {
-    fn kill(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
-        let region = region.to_string();
-        Box::pin(async move {
-            if let Some(mut pg) = self.take_server(&region).await? {
-                tokio::task::spawn_blocking(move || pg.kill()).await?;
-            }
-            Ok(())
-        })
-    }
-
-    fn stop(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
-        let region = region.to_string();
-        Box::pin(async move {
-            if let Some(mut pg) = self.take_server(&region).await? {
-                tokio::task::spawn_blocking(move || pg.stop()).await??;
-            }
-            Ok(())
-        })
-    }
-
-    fn rejoin(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
-        let (region, primary) = (region.to_string(), primary.to_string());
-        Box::pin(async move {
-            if let Some(mut pg) = self.take_server(&region).await? {
-                tokio::task::spawn_blocking(move || pg.stop()).await??;
-            }
-            let (upstream, dir, port) = self.upstream(&region, &primary).await?;
-            // A fresh clone of the new primary: the old timeline may hold
-            // WAL the new primary never saw (always so after a failover).
-            // Renamed away first, so a crash never leaves it half deleted.
-            restart::remove_dir(&dir)?;
-            crate::drill::hold_point("rejoin").await;
-            let server = start_replica(&dir, &region, upstream, Some(port), self.pg_tls()).await?;
-            self.dbs
-                .lock()
-                .await
-                .get_mut(&region)
-                .expect("region")
-                .server = Some(server);
-            Ok(())
-        })
-    }
-
-    fn repoint(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
-        let (region, primary) = (region.to_string(), primary.to_string());
-        Box::pin(async move {
-            let (upstream, dir, port) = self.upstream(&region, &primary).await?;
-            pgserver::set_primary_conninfo(&dir, upstream, &region)?;
-            // primary_conninfo is reloadable (PostgreSQL 13 and later).
-            let store = Store::connect_lazy(&self.url(port, "postgres"), 1)?;
-            store.reload_config().await?;
-            store.close().await;
-            Ok(())
-        })
-    }
-
-    fn can_partition(&self) -> bool {
-        true
-    }
-
-    fn partition(&self, region: &str, cut: bool) -> Option<usize> {
-        let proxies = self.proxies.lock().expect("proxies lock");
-        let mut n = 0;
-        for (name, p) in proxies.iter() {
-            if link_touches(name, region) {
-                p.set_blocked(cut);
-                n += 1;
-            }
-        }
-        Some(n)
-    }
-
-    fn promoted(&self, region: &str) -> BoxFuture<'_, anyhow::Result<()>> {
-        let region = region.to_string();
-        Box::pin(async move {
-            let text = std::fs::read_to_string(&self.cluster_path)?;
-            let mut c: ClusterFile = serde_json::from_str(&text)?;
-            c.set_primary(&region);
-            c.write(&self.cluster_path)
-        })
-    }
-}
-
-/// Whether link `name` (`<kind> <from>-><to>`) has `region` at either end.
-fn link_touches(name: &str, region: &str) -> bool {
-    name.split_once(' ')
-        .and_then(|(_, ends)| ends.split_once("->"))
-        .is_some_and(|(a, b)| a == region || b == region)
-}
-
 /// A running dev cluster: databases, proxies and one node per region.
 pub struct DevCluster {
     pub nodes: Vec<Node>,
@@ -441,6 +202,9 @@ impl DevCluster {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("create data dir {}", opts.data_dir.display()))?;
         let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+        if opts.ha == Some(HaManager::Patroni) {
+            return Self::start_patroni(opts, registry, &data_dir).await;
+        }
         let wan = Duration::from_millis(opts.wan_latency_ms);
         let pg_dir = |r: &str| data_dir.join("pg").join(r);
         let cluster_path = data_dir.join("cluster.json");
@@ -473,6 +237,7 @@ impl DevCluster {
             } else {
                 None
             },
+            patroni: None,
         });
         let mut order = vec![primary.clone()];
         order.extend(regions.iter().filter(|r| **r != primary).cloned());
@@ -499,7 +264,6 @@ impl DevCluster {
         control: &Arc<DevControl>,
         order: &[String],
     ) -> anyhow::Result<(Vec<Node>, ClusterFile)> {
-        let regions = &opts.regions;
         let primary = layout.primary.as_str();
         let pg_dir = |r: &str| data_dir.join("pg").join(r);
         eprintln!(
@@ -536,6 +300,88 @@ impl DevCluster {
             let pg = start_replica(&pg_dir(r), r, upstream, None, control.pg_tls()).await?;
             control.keep(r, pg_dir(r), pg).await;
         }
+        Self::start_nodes(opts, registry, primary, &layout.fenced, control).await
+    }
+
+    /// `--ha patroni`: etcd and a Patroni per region run the databases
+    /// (under `data_dir/patroni`); the nodes start as without it.
+    async fn start_patroni(
+        opts: &DevOptions,
+        registry: Registry,
+        data_dir: &Path,
+    ) -> anyhow::Result<DevCluster> {
+        if opts.tls {
+            anyhow::bail!("--ha patroni does not run with --tls yet");
+        }
+        // Patroni's callback runs this binary (`SWF_EXE` names another, e.g.
+        // from a test binary).
+        let exe = match std::env::var_os("SWF_EXE") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                std::env::current_exe().context("locate this swf binary (Patroni's callback)")?
+            }
+        };
+        let dir = data_dir.join("patroni");
+        eprintln!(
+            "starting etcd and {} Patroni member(s) under {}",
+            opts.regions.len(),
+            dir.display()
+        );
+        let started = patroni::Patroni::start(&dir, &opts.regions, &exe).await?;
+        let primary = started.leader.clone();
+        let control = Arc::new(DevControl {
+            dbs: tokio::sync::Mutex::new(Default::default()),
+            proxies: std::sync::Mutex::new(Default::default()),
+            wan: Duration::from_millis(opts.wan_latency_ms),
+            cluster_path: data_dir.join("cluster.json"),
+            tls: None,
+            patroni: Some(started.patroni),
+        });
+        let mut order = vec![primary.clone()];
+        order.extend(opts.regions.iter().filter(|r| **r != primary).cloned());
+        let inner = async {
+            let port = started.ports[&primary];
+            prepare_database(
+                &control.url(port, "postgres"),
+                &control.url(port, DEV_DATABASE),
+                DEV_DATABASE,
+            )
+            .await?;
+            for (r, port) in &started.ports {
+                let db = DevDb {
+                    dir: dir.join("pg").join(r),
+                    port: *port,
+                    server: None,
+                };
+                control.dbs.lock().await.insert(r.clone(), db);
+            }
+            Self::start_nodes(opts, registry, &primary, &[], &control).await
+        };
+        match inner.await {
+            Ok((nodes, cluster)) => Ok(DevCluster {
+                nodes,
+                control: control.clone(),
+                cluster_path: control.cluster_path.clone(),
+                cluster,
+                order,
+            }),
+            Err(e) => {
+                control.stop_all(&order).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One node per region on the databases `control` holds, and
+    /// `cluster.json`; regions in `fenced` are marked so.
+    async fn start_nodes(
+        opts: &DevOptions,
+        registry: Registry,
+        primary: &str,
+        fenced: &[String],
+        control: &Arc<DevControl>,
+    ) -> anyhow::Result<(Vec<Node>, ClusterFile)> {
+        let regions = &opts.regions;
         let ports: std::collections::BTreeMap<String, u16> = control
             .dbs
             .lock()
@@ -636,7 +482,7 @@ impl DevCluster {
         };
         cluster.set_primary(primary);
         for r in &mut cluster.regions {
-            if layout.fenced.contains(&r.name) {
+            if fenced.contains(&r.name) {
                 r.role = "fenced".into();
             }
         }
@@ -747,25 +593,4 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     stop.await;
     cluster.stop().await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::link_touches;
-
-    #[test]
-    fn a_partition_cuts_the_links_with_its_region_at_either_end() {
-        for (name, region, cut) in [
-            ("db eu-west->us-east", "eu-west", true),
-            ("db us-east->eu-west", "eu-west", true),
-            ("api us-east->eu-west", "eu-west", true),
-            ("replication us-east->eu-west", "us-east", true),
-            ("replication us-east->ap-south", "eu-west", false),
-            ("db us-east->eu-west-2", "eu-west", false),
-            ("db eu->us", "", false),
-            ("garbage", "eu-west", false),
-        ] {
-            assert_eq!(link_touches(name, region), cut, "{name} / {region}");
-        }
-    }
 }

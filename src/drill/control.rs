@@ -35,6 +35,11 @@ pub trait ClusterControl: Send + Sync {
     fn partition(&self, _region: &str, _cut: bool) -> Option<usize> {
         None
     }
+    /// The HA manager that carries out the drill's steps, named in its
+    /// report (e.g. `patroni`); None: the drill itself.
+    fn manager(&self) -> Option<&'static str> {
+        None
+    }
     /// Whether [`ClusterControl::partition`] can cut links.
     fn can_partition(&self) -> bool {
         false

@@ -121,13 +121,9 @@ pub async fn run(
             phases: std::mem::take(&mut d.tl).into_phases(),
             partition: None,
         };
-        Ok::<_, DrillError>(verdict(
-            req,
-            &attempts,
-            &found.present,
-            found.duplicates,
-            seen,
-        ))
+        let mut report = verdict(req, &attempts, &found.present, found.duplicates, seen);
+        report.manager = control.and_then(|c| c.manager()).map(str::to_string);
+        Ok::<_, DrillError>(report)
     }
     .await;
     match finished {

@@ -356,6 +356,14 @@ impl<'a> Drill<'a> {
             .await
             .map_err(failed)?;
         let Some(epoch) = bumped else {
+            // An HA manager's promotion callback may have bumped it for this
+            // very promotion: once, to the target.
+            if let Ok((e, Some(region))) = plan.target.epoch_region().await {
+                if e == plan.epoch_before + 1 && region == plan.to {
+                    self.tl.mark("bump epoch (by the HA manager's callback)");
+                    return Ok(e);
+                }
+            }
             let now = plan.target.role().await.map(|(e, _)| e.to_string());
             return Err(DrillError::Failed(format!(
                 "the epoch moved under the drill: expected {} on the target, found {}; \
@@ -543,17 +551,33 @@ pub(super) async fn explained<T>(
 /// What a write at `epoch` (one that changes nothing) meets on the old
 /// primary: refused as fenced, replica or stale epoch; accepted; or no
 /// answer (unreachable, which is not fenced).
+///
+/// An error is tried again until [`PROBE_TIMEOUT`]: a connection pooled
+/// before the old primary was stopped or restarted fails once, and a
+/// server an HA manager has just restarted may still refuse connections.
 async fn old_primary(old: &Store, epoch: u64) -> OldPrimary {
-    match tokio::time::timeout(PROBE_TIMEOUT, old.write_probe(epoch)).await {
-        Ok(Ok(WriteProbe::ReadOnly)) => OldPrimary::Fenced,
-        Ok(Ok(WriteProbe::InRecovery)) => OldPrimary::Replica,
-        Ok(Ok(WriteProbe::StaleEpoch)) => OldPrimary::StaleEpoch,
-        Ok(Ok(WriteProbe::Writable)) => OldPrimary::Writable,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the old primary did not answer the write probe");
+    let answer = crate::wait::until(PROBE_TIMEOUT, Duration::from_millis(200), || async {
+        match tokio::time::timeout(Duration::from_secs(2), old.write_probe(epoch)).await {
+            Ok(Ok(probe)) => Some(probe),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "the old primary did not answer the write probe; trying again");
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+    match answer {
+        Ok(WriteProbe::ReadOnly) => OldPrimary::Fenced,
+        Ok(WriteProbe::InRecovery) => OldPrimary::Replica,
+        Ok(WriteProbe::StaleEpoch) => OldPrimary::StaleEpoch,
+        Ok(WriteProbe::Writable) => OldPrimary::Writable,
+        Err(_) => {
+            tracing::warn!(
+                "the old primary did not answer the write probe within {PROBE_TIMEOUT:?}"
+            );
             OldPrimary::Unreachable
         }
-        Err(_) => OldPrimary::Unreachable,
     }
 }
 

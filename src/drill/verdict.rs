@@ -101,6 +101,7 @@ pub(super) fn verdict(
         nodes_total: seen.nodes_total,
         phases: seen.phases,
         partition,
+        manager: None,
         ok,
     }
 }

@@ -171,6 +171,32 @@ impl Store {
         Ok(epoch.map(|e| e as u64))
     }
 
+    /// After a promotion this product did not perform (its HA manager's,
+    /// e.g. Patroni electing a new leader): starts a new epoch naming
+    /// `region` as the write region, unless the epoch already names it (the
+    /// drill that asked for the promotion bumped it first). Answers the new
+    /// epoch, or None when there was nothing to do.
+    pub async fn bump_epoch_for(&self, region: &str) -> Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE swf.cluster_state SET epoch = epoch + 1, write_region = $1, updated_at = now()
+              WHERE write_region IS DISTINCT FROM $1
+             RETURNING epoch",
+        )
+        .bind(region)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(epoch.map(|e| e as u64))
+    }
+
+    /// The epoch and the write region it names.
+    pub async fn epoch_region(&self) -> Result<(u64, Option<String>)> {
+        let (epoch, region): (i64, Option<String>) =
+            sqlx::query_as("SELECT epoch, write_region FROM swf.cluster_state")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((epoch as u64, region))
+    }
+
     /// What recovery needs to know of a database: whether it is in recovery
     /// (a replica), whether it is read-only by default (fenced), its epoch,
     /// and (not in recovery) the WAL timeline it writes on, which grows by

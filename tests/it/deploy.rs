@@ -98,6 +98,20 @@ fn every_yaml_manifest_parses() {
                 value.is_mapping(),
                 "{shown}: document {documents} is not a mapping"
             );
+            // A Patroni member's config: its promotions must move the epoch.
+            if value.get("scope").is_some() && value.get("postgresql").is_some() {
+                let callback = value["postgresql"]["callbacks"]["on_role_change"]
+                    .as_str()
+                    .unwrap_or_default();
+                let name = value["name"].as_str().unwrap_or_default();
+                assert!(
+                    callback.contains("swf patroni-callback")
+                        && callback.contains(&format!("--region {name}")),
+                    "{shown}: on_role_change must run `swf patroni-callback ... --region {name}`"
+                );
+                documents += 1;
+                continue;
+            }
             assert!(
                 value.get("kind").is_some()
                     || value.get("groups").is_some()

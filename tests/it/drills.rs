@@ -20,6 +20,7 @@ fn options() -> DevOptions {
         fresh: true,
         tls: false,
         pool_size: None,
+        ha: None,
     }
 }
 
@@ -850,5 +851,93 @@ async fn a_partition_of_either_region_loses_nothing_and_serves_no_stale_token_re
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["partition", "partition"], "{journal}");
+    finish(c).await;
+}
+
+/// `swf dev --ha patroni`: a real Patroni per region over a real etcd.
+/// Drills go through Patroni (a switchover through its REST API, a failover
+/// by killing the leader's Patroni and postmaster), and a promotion this
+/// product did not ask for still starts a new epoch (Patroni's callback).
+#[tokio::test]
+async fn drills_go_through_patroni_and_its_own_promotions_move_the_epoch() {
+    // Patroni's callback runs the swf binary, not this test binary.
+    std::env::set_var("SWF_EXE", env!("CARGO_BIN_EXE_swf"));
+    if std::env::var_os("TEST_LOG_PATRONI").is_some() {
+        singularity_workflow::telemetry::init_logging(
+            singularity_workflow::telemetry::LogFormat::Text,
+        );
+    }
+    // Bounded, so that a stuck step fails the test instead of the run.
+    tokio::time::timeout(std::time::Duration::from_secs(400), patroni_drills())
+        .await
+        .expect("the Patroni drills finished within 400 s");
+}
+
+async fn patroni_drills() {
+    use singularity_workflow::drill::ClusterControl;
+    let opts = DevOptions {
+        ha: Some(singularity_workflow::dev::HaManager::Patroni),
+        ..options()
+    };
+    let (c, us, eu) = start(&opts).await;
+    assert_eq!(c.cluster.write_region, "us-east");
+
+    let r = drill(&us, "switchover", "eu-west", 30.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, "switchover", "us-east", "eu-west");
+    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    assert_eq!(r.body["lost_writes"], 0, "{}", r.body);
+    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(us.get("/v1/regions").await.body["write_region"], "eu-west");
+
+    let r = drill(&eu, "failover", "us-east", 30.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, "failover", "eu-west", "us-east");
+    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+
+    // The leader lost without a drill: Patroni elects eu-west, and its
+    // callback starts epoch 4 naming it.
+    c.control
+        .kill("us-east")
+        .await
+        .expect("kill us-east's Patroni");
+    let eu_db = Store::connect_lazy(&c.cluster.regions[1].database_url, 1).unwrap();
+    let moved = singularity_workflow::wait::until(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(100),
+        || async {
+            match eu_db.epoch_region().await {
+                Ok((4, Some(r))) if r == "eu-west" => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(moved.is_ok(), "{:?}", eu_db.epoch_region().await);
+    // Writes through the surviving node land at the new epoch.
+    let token = singularity_workflow::wait::until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async {
+            let a = eu
+                .post(
+                    "/v1/workflows",
+                    &json!({"goal": "after", "steps": [{"id": "a", "handler": "noop"}]}),
+                )
+                .await;
+            (a.status == 201).then(|| a.body["consistency_token"].as_str().unwrap().to_string())
+        },
+    )
+    .await
+    .expect("a write through eu-west after Patroni's own failover");
+    assert!(token.starts_with("4-"), "{token}");
+    c.control
+        .rejoin("us-east", "eu-west")
+        .await
+        .expect("us-east rejoins");
+    eu_db.close().await;
     finish(c).await;
 }

@@ -63,6 +63,7 @@ async fn the_dashboard_shows_regions_runs_dags_queues_schedules_and_drills() {
             fresh: true,
             tls: false,
             pool_size: None,
+            ha: None,
         },
         Registry::with_builtins(),
     )

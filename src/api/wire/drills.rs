@@ -100,6 +100,10 @@ pub struct DrillReport {
     /// A partition drill's own measures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<PartitionReport>,
+    /// The HA manager that switched, failed over and rejoined the
+    /// databases (`patroni`); absent when the drill did it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
     pub ok: bool,
 }
 

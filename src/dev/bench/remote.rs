@@ -76,6 +76,7 @@ pub(super) async fn remote_region(args: &BenchArgs) -> anyhow::Result<Value> {
             fresh: true,
             tls: false,
             pool_size: Some(args.pool_size),
+            ha: None,
         },
         Registry::with_builtins(),
     )

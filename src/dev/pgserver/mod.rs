@@ -38,5 +38,5 @@ pub use init::{
     fence_data_dir, free_port, init_primary, init_replica, install_server_tls,
     set_primary_conninfo, PgTls,
 };
-pub use process::cleanup_stale_dirs;
+pub use process::{cleanup_stale_dirs, hand_dir_to_server_user, signal_pid, spawn_service};
 pub use server::{PgServer, PgSettings};

@@ -128,6 +128,63 @@ pub(super) fn run_as_server_user(mut cmd: Command, user: Option<&RunAs>) -> Resu
     Ok(())
 }
 
+/// Starts a long-running service next to the servers (etcd, Patroni) as
+/// the server user, in `cwd`, its output appended to `log`. It gets SIGTERM
+/// when this process dies.
+pub fn spawn_service(
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    log: &Path,
+) -> Result<Child, PgError> {
+    let user = super::user::run_as()?;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(format!("cannot open {}", log.display())))?;
+    if let Some(u) = &user {
+        std::os::unix::fs::chown(log, Some(u.uid), Some(u.gid)).map_err(io_err(format!(
+            "cannot hand {} to {}",
+            log.display(),
+            u.name
+        )))?;
+    }
+    let err = out
+        .try_clone()
+        .map_err(io_err(format!("cannot open {}", log.display())))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    strip_pg_env(&mut cmd);
+    child_setup(&mut cmd, user.as_ref(), libc::SIGTERM);
+    let what = describe(&cmd);
+    info!(command = %what, "starting");
+    spawn_on_spawner_thread(cmd).map_err(io_err(format!("cannot start `{what}`")))
+}
+
+/// Hands `dir` (made if missing) to the server user when we are root.
+pub fn hand_dir_to_server_user(dir: &Path) -> Result<(), PgError> {
+    fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+    if let Some(u) = super::user::run_as()? {
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(io_err(format!(
+            "cannot hand {} to {}",
+            dir.display(),
+            u.name
+        )))?;
+        super::user::check_traversable(dir, &u)?;
+    }
+    Ok(())
+}
+
+/// Sends `sig` to process `pid` (a plain kill(2); nothing for pid <= 0).
+pub fn signal_pid(pid: libc::pid_t, sig: libc::c_int) {
+    signal(pid, sig)
+}
+
 pub(super) fn signal(pid: libc::pid_t, sig: libc::c_int) {
     if pid > 0 {
         // SAFETY: plain syscall; pid > 0 targets exactly one process.
