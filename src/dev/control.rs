@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::future::BoxFuture;
 
+use super::cluster_file::ClusterFile;
 use super::pgserver::{self, PgServer};
 use super::proxy::DelayProxy;
-use super::{patroni, restart, start_replica, ClusterFile};
+use super::servers::start_replica;
+use super::{patroni, restart};
 use crate::config::Config;
 use crate::drill::ClusterControl;
 use crate::store::Store;

@@ -8,31 +8,32 @@
 //! ([`prepare_database`]) serve the integration tests.
 
 pub mod bench;
+mod cluster_file;
 mod control;
 pub mod patroni;
 pub mod pgserver;
 pub mod pki;
 pub mod proxy;
 mod restart;
+mod servers;
 
+pub use cluster_file::{ClusterFile, ClusterRegion};
 pub use control::DevControl;
 use control::{DevDb, DevTls};
+pub use servers::{prepare_database, start_primary, start_replica, DEV_DATABASE};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, RegionSpec};
-use crate::dev::pgserver::{PgBinaries, PgServer};
 use crate::drill::ClusterControl;
 use crate::executor::handlers::Registry;
 use crate::node::Node;
-use crate::store::Store;
 
 /// Options of `swf dev`.
 #[derive(Debug, Clone)]
@@ -59,131 +60,6 @@ pub enum HaManager {
     /// One Patroni per region over one etcd (Debian's `patroni` and
     /// `etcd-server`).
     Patroni,
-}
-
-/// `cluster.json`: what scripts need to reach the dev cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterFile {
-    pub write_region: String,
-    pub regions: Vec<ClusterRegion>,
-    /// With `--tls`: the CA that signed every certificate of the cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_cert: Option<PathBuf>,
-    /// With `--tls`: the file holding the admin token (mode 0600).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterRegion {
-    pub name: String,
-    pub api_url: String,
-    pub database_url: String,
-    pub role: String,
-}
-
-impl ClusterFile {
-    /// Makes `region` the write region and the only primary.
-    pub fn set_primary(&mut self, region: &str) {
-        self.write_region = region.to_string();
-        for r in &mut self.regions {
-            r.role = if r.name == region {
-                "primary"
-            } else {
-                "replica"
-            }
-            .into();
-        }
-    }
-
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("write {}", path.display()))
-    }
-}
-
-/// Name of the application database inside each dev PostgreSQL server.
-pub const DEV_DATABASE: &str = "swf";
-
-/// Creates `database` on the server at `admin_url` if missing and migrates
-/// it. A database already at this binary's schema is left untouched (a
-/// fenced primary could not be migrated, and needs not be).
-pub async fn prepare_database(
-    admin_url: &str,
-    database_url: &str,
-    database: &str,
-) -> anyhow::Result<()> {
-    let admin = Store::connect_lazy(admin_url, 2)?;
-    if !admin.database_exists(database).await? {
-        admin
-            .create_database(database)
-            .await
-            .with_context(|| format!("create database {database}"))?;
-    }
-    admin.close().await;
-    let store = Store::connect_lazy(database_url, 2)?;
-    let current = matches!(
-        store.schema_compat().await,
-        Ok(crate::store::SchemaCompat::Current(_))
-    );
-    if !current {
-        store.migrate().await.context("migrate the database")?;
-    }
-    store.close().await;
-    Ok(())
-}
-
-/// Locates the binaries, initialises (if needed) and starts a primary.
-/// With `tls`, the server accepts TLS with those files.
-pub async fn start_primary(
-    data_dir: &Path,
-    name: &str,
-    tls: Option<&pgserver::PgTls>,
-) -> anyhow::Result<PgServer> {
-    start_server(data_dir, name, None, None, tls).await
-}
-
-/// Initialises (if needed) and starts a streaming replica of the primary
-/// reachable at `upstream_port` (the primary, or a delay proxy before it).
-/// With `tls`, it accepts TLS and replicates over TLS.
-pub async fn start_replica(
-    data_dir: &Path,
-    name: &str,
-    upstream_port: u16,
-    port: Option<u16>,
-    tls: Option<&pgserver::PgTls>,
-) -> anyhow::Result<PgServer> {
-    start_server(data_dir, name, Some(upstream_port), port, tls).await
-}
-
-/// A primary (`upstream` None) or a replica of the server at `upstream`,
-/// on `port` or a free one.
-async fn start_server(
-    data_dir: &Path,
-    name: &str,
-    upstream: Option<u16>,
-    port: Option<u16>,
-    tls: Option<&pgserver::PgTls>,
-) -> anyhow::Result<PgServer> {
-    let bins = tokio::task::spawn_blocking(PgBinaries::locate).await??;
-    let dir = data_dir.to_path_buf();
-    let name = name.to_string();
-    let tls = tls.cloned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<PgServer> {
-        match upstream {
-            None => pgserver::init_primary(&bins, &dir)?,
-            Some(up) => pgserver::init_replica(&bins, up, &dir)?,
-        }
-        // TLS before primary_conninfo: a replica with TLS replicates over it.
-        if let Some(t) = &tls {
-            pgserver::install_server_tls(&dir, t)?;
-        }
-        if let Some(up) = upstream {
-            pgserver::set_primary_conninfo(&dir, up, &name)?;
-        }
-        Ok(PgServer::start_on(&bins, &dir, &name, port)?)
-    })
-    .await?
 }
 
 /// A running dev cluster: databases, proxies and one node per region.

@@ -427,7 +427,7 @@ fn member_config(r: &str, m: &Member, etcd_url: &str, bin_dir: &Path, swf_exe: &
         "{} patroni-callback --database-url postgres://postgres@127.0.0.1:{}/{} --region {r}",
         swf_exe.display(),
         m.pg_port,
-        super::DEV_DATABASE
+        super::servers::DEV_DATABASE
     );
     let etcd_host = etcd_url.trim_start_matches("http://");
     format!(

@@ -918,8 +918,9 @@ async fn patroni_drills() {
     .await;
     assert!(moved.is_ok(), "{:?}", eu_db.epoch_region().await);
     // Writes through the surviving node land at the new epoch.
+    let last = std::sync::Mutex::new(Value::Null);
     let token = singularity_workflow::wait::until(
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(60),
         std::time::Duration::from_millis(200),
         || async {
             let a = eu
@@ -928,11 +929,16 @@ async fn patroni_drills() {
                     &json!({"goal": "after", "steps": [{"id": "a", "handler": "noop"}]}),
                 )
                 .await;
+            *last.lock().unwrap() = json!({"status": a.status, "body": a.body});
             (a.status == 201).then(|| a.body["consistency_token"].as_str().unwrap().to_string())
         },
     )
-    .await
-    .expect("a write through eu-west after Patroni's own failover");
+    .await;
+    let Ok(token) = token else {
+        let regions = eu.get("/v1/regions").await.body;
+        let last = last.lock().unwrap().clone();
+        panic!("no write through eu-west within 60 s of Patroni's own failover; last answer {last}; regions {regions}");
+    };
     assert!(token.starts_with("4-"), "{token}");
     c.control
         .rejoin("us-east", "eu-west")
