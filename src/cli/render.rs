@@ -198,12 +198,16 @@ pub fn render_drill(r: &DrillReport) -> String {
             p.region, r.from_region, r.epoch_before, r.epoch_after
         ),
         None => format!(
-            "{} {} -> {}  epoch {} -> {}\n  timeline:\n",
+            "{} {} -> {}  epoch {} -> {}{}\n  timeline:\n",
             r.kind.as_str(),
             r.from_region,
             r.to_region,
             r.epoch_before,
-            r.epoch_after
+            r.epoch_after,
+            r.manager
+                .as_deref()
+                .map(|m| format!("  (through {m})"))
+                .unwrap_or_default()
         ),
     };
     let mut total = 0;
