@@ -851,6 +851,26 @@ async fn a_partition_of_either_region_loses_nothing_and_serves_no_stale_token_re
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["partition", "partition"], "{journal}");
+    // A node that does not run the links (outside `swf dev`) refuses, and
+    // cuts nothing.
+    let mut node = start_node(edge_config(&c, "edge-1"), Registry::with_builtins()).await;
+    let edge = Api::new(&node.url());
+    let r = partition(
+        &edge,
+        json!({"kind": "partition", "region": "eu-west", "secs": 3}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "invalid_state"), "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("swf dev"),
+        "{}",
+        r.body
+    );
+    assert_eq!(eu.get("/v1/regions").await.body["write_region"], "us-east");
+    node.shutdown().await;
     finish(c).await;
 }
 
