@@ -69,7 +69,7 @@ impl Patroni {
     /// and waits until one is leader and the others run as its replicas.
     pub async fn start(dir: &Path, regions: &[String], swf_exe: &Path) -> anyhow::Result<Started> {
         for tool in ["patroni", "etcd"] {
-            if which(tool).is_none() {
+            if pgserver::find_on_path(tool).is_none() {
                 bail!(
                     "`--ha patroni` needs `{tool}` on PATH (Debian: apt-get install patroni etcd-server)"
                 );
@@ -315,12 +315,12 @@ impl Patroni {
             let _ = c.kill();
             tokio::task::spawn_blocking(move || c.wait()).await??;
         }
-        if let Some(pid) = postmaster_pid(&data_dir) {
-            pgserver::signal_pid(pid, libc::SIGKILL);
+        if let Some(pid) = pgserver::postmaster_pid(&data_dir) {
+            pgserver::signal(pid, libc::SIGKILL);
             crate::wait::until(
                 Duration::from_secs(10),
                 Duration::from_millis(20),
-                || async { (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()) },
+                || async { (!pgserver::pid_alive(pid)).then_some(()) },
             )
             .await
             .map_err(|_| anyhow::anyhow!("the postmaster of region {r} outlived SIGKILL"))?;
@@ -370,7 +370,7 @@ impl Patroni {
         };
         for (r, mut c, data_dir) in children {
             eprintln!("stopping Patroni ({r})");
-            pgserver::signal_pid(c.id() as libc::pid_t, libc::SIGTERM);
+            pgserver::signal(c.id() as libc::pid_t, libc::SIGTERM);
             let gone = tokio::task::spawn_blocking(move || {
                 for _ in 0..300 {
                     if matches!(c.try_wait(), Ok(Some(_))) {
@@ -385,8 +385,8 @@ impl Patroni {
             .await
             .unwrap_or(false);
             if !gone {
-                if let Some(pid) = postmaster_pid(&data_dir) {
-                    pgserver::signal_pid(pid, libc::SIGKILL);
+                if let Some(pid) = pgserver::postmaster_pid(&data_dir) {
+                    pgserver::signal(pid, libc::SIGKILL);
                 }
             }
         }
@@ -394,29 +394,10 @@ impl Patroni {
         // drill's kill failed; their Patroni is gone either way.
         let etcd = self.etcd.lock().expect("etcd").take();
         if let Some(mut e) = etcd {
-            pgserver::signal_pid(e.id() as libc::pid_t, libc::SIGTERM);
+            pgserver::signal(e.id() as libc::pid_t, libc::SIGTERM);
             let _ = tokio::task::spawn_blocking(move || e.wait()).await;
         }
     }
-}
-
-/// The postmaster's pid from `data_dir/postmaster.pid`.
-fn postmaster_pid(data_dir: &Path) -> Option<libc::pid_t> {
-    std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
 }
 
 /// Region `r`'s Patroni configuration (YAML; JSON-quoted strings are

@@ -4,7 +4,7 @@
 //! exactly one database accepts writes, a submit through each region's
 //! node succeeds, and the journal says the drill was recovered.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 
 use serde_json::{json, Value};
@@ -135,17 +135,6 @@ impl Dev {
     }
 }
 
-/// The postmaster pid a data dir's `postmaster.pid` names, if any.
-fn postmaster(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 fn gone(pid: i32) -> bool {
     let alive = unsafe { libc::kill(pid, 0) == 0 };
     !alive
@@ -159,7 +148,9 @@ fn gone(pid: i32) -> bool {
 async fn kill_9(dev: &Dev, mut child: Child) {
     let pids: Vec<i32> = ["us-east", "eu-west"]
         .iter()
-        .filter_map(|r| postmaster(&dev.data().join("pg").join(r)))
+        .filter_map(|r| {
+            singularity_workflow::dev::pgserver::postmaster_pid(&dev.data().join("pg").join(r))
+        })
         .collect();
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     wait_for("swf dev to die", 30, || {

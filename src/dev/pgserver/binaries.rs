@@ -148,7 +148,8 @@ fn has_server_binaries(dir: &Path) -> bool {
     is_executable_file(&dir.join("postgres")) && is_executable_file(&dir.join("initdb"))
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+/// The first executable file `name` in a directory of `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))

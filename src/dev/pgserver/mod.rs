@@ -32,11 +32,13 @@ mod server;
 mod testutil;
 mod user;
 
-pub use binaries::PgBinaries;
+pub use binaries::{find_on_path, PgBinaries};
 pub use error::PgError;
 pub use init::{
     fence_data_dir, free_port, init_primary, init_replica, install_server_tls,
     set_primary_conninfo, PgTls,
 };
-pub use process::{cleanup_stale_dirs, hand_dir_to_server_user, signal_pid, spawn_service};
+pub use process::{
+    cleanup_stale_dirs, hand_dir_to_server_user, pid_alive, postmaster_pid, signal, spawn_service,
+};
 pub use server::{PgServer, PgSettings};

@@ -181,11 +181,7 @@ pub fn hand_dir_to_server_user(dir: &Path) -> Result<(), PgError> {
 }
 
 /// Sends `sig` to process `pid` (a plain kill(2); nothing for pid <= 0).
-pub fn signal_pid(pid: libc::pid_t, sig: libc::c_int) {
-    signal(pid, sig)
-}
-
-pub(super) fn signal(pid: libc::pid_t, sig: libc::c_int) {
+pub fn signal(pid: libc::pid_t, sig: libc::c_int) {
     if pid > 0 {
         // SAFETY: plain syscall; pid > 0 targets exactly one process.
         unsafe { libc::kill(pid, sig) };
@@ -204,7 +200,7 @@ fn proc_state(pid: libc::pid_t) -> Option<(char, libc::pid_t)> {
 }
 
 /// Alive and not a zombie.
-pub(super) fn pid_alive(pid: libc::pid_t) -> bool {
+pub fn pid_alive(pid: libc::pid_t) -> bool {
     matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
 }
 
@@ -215,6 +211,18 @@ pub(super) fn child_pids(parent: libc::pid_t) -> Vec<libc::pid_t> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
         .filter(|&pid| matches!(proc_state(pid), Some((_, ppid)) if ppid == parent))
         .collect()
+}
+
+/// The postmaster pid that `data_dir/postmaster.pid` names, if any.
+pub fn postmaster_pid(data_dir: &Path) -> Option<libc::pid_t> {
+    fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 0)
 }
 
 /// kill(pid, 0) says ESRCH.
