@@ -117,11 +117,22 @@ impl DevCluster {
         });
         let mut order = vec![primary.clone()];
         order.extend(regions.iter().filter(|r| **r != primary).cloned());
-        match Self::start_inner(opts, registry, &data_dir, &layout, &control, &order).await {
+        let started = Self::start_inner(opts, registry, &data_dir, &layout, &control, &order).await;
+        Self::assemble(control, order, started).await
+    }
+
+    /// The cluster its nodes `started` on; if they did not, its databases
+    /// and proxies are stopped again.
+    async fn assemble(
+        control: Arc<DevControl>,
+        order: Vec<String>,
+        started: anyhow::Result<(Vec<Node>, ClusterFile)>,
+    ) -> anyhow::Result<DevCluster> {
+        match started {
             Ok((nodes, cluster)) => Ok(DevCluster {
                 nodes,
-                control: control.clone(),
                 cluster_path: control.cluster_path.clone(),
+                control,
                 cluster,
                 order,
             }),
@@ -233,19 +244,8 @@ impl DevCluster {
             }
             Self::start_nodes(opts, registry, &primary, &[], &control).await
         };
-        match inner.await {
-            Ok((nodes, cluster)) => Ok(DevCluster {
-                nodes,
-                control: control.clone(),
-                cluster_path: control.cluster_path.clone(),
-                cluster,
-                order,
-            }),
-            Err(e) => {
-                control.stop_all(&order).await;
-                Err(e)
-            }
-        }
+        let started = inner.await;
+        Self::assemble(control, order, started).await
     }
 
     /// One node per region on the databases `control` holds, and

@@ -31,9 +31,10 @@ pub trait ClusterControl: Send + Sync {
     }
     /// Cuts (`cut`) or heals every link between `region` and the other
     /// regions: node to database, replication, node to node. Answers how
-    /// many links it changed; None: it cannot (no partition drill).
-    fn partition(&self, _region: &str, _cut: bool) -> Option<usize> {
-        None
+    /// many links it changed (none where [`ClusterControl::can_partition`]
+    /// is false).
+    fn partition(&self, _region: &str, _cut: bool) -> usize {
+        0
     }
     /// The HA manager that carries out the drill's steps, named in its
     /// report (e.g. `patroni`); None: the drill itself.

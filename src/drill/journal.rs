@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::error::DrillError;
 use super::exclusive;
-use crate::api::wire::{DrillKind, DrillRecord, DrillState};
+use crate::api::wire::{DrillKind, DrillRecord, DrillReport, DrillState};
 use crate::router::Router;
 use crate::store::{DrillRow, Store, StoreError};
 
@@ -257,6 +257,17 @@ impl Journal {
         self.row.finished_at = Some(chrono::Utc::now());
         self.row.report = Some(report);
         self.save(db, epoch).await;
+    }
+
+    /// Records a finished drill's report: `ok` or `failed` by its verdict.
+    pub(super) async fn finish_report(&mut self, db: &Store, epoch: u64, report: &DrillReport) {
+        let state = if report.ok {
+            DrillState::Ok
+        } else {
+            DrillState::Failed
+        };
+        let json = serde_json::to_value(report).unwrap_or_default();
+        self.finish(db, epoch, state, json).await;
     }
 
     /// Saves the row (best effort: a journal write never fails a drill).

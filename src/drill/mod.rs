@@ -128,13 +128,7 @@ pub async fn run(
     .await;
     match finished {
         Ok(report) => {
-            let state = if report.ok {
-                DrillState::Ok
-            } else {
-                DrillState::Failed
-            };
-            let json = serde_json::to_value(&report).unwrap_or_default();
-            j.finish(&plan.target, epoch_after, state, json).await;
+            j.finish_report(&plan.target, epoch_after, &report).await;
             Ok(report)
         }
         Err(e) => {

@@ -142,7 +142,7 @@ pub(super) async fn run(
             region: region.clone(),
             cut: true,
         };
-        let links_cut = control.partition(&region, true).unwrap_or(0);
+        let links_cut = control.partition(&region, true);
         d.tl.mark("cut links");
         tracing::info!(%region, links_cut, secs, "partition drill: links cut");
         tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -190,13 +190,7 @@ pub(super) async fn run(
     .await;
     match finished {
         Ok(report) => {
-            let state = if report.ok {
-                DrillState::Ok
-            } else {
-                DrillState::Failed
-            };
-            let json = serde_json::to_value(&report).unwrap_or_default();
-            j.finish(&db, epoch, state, json).await;
+            j.finish_report(&db, epoch, &report).await;
             Ok(report)
         }
         Err(e) => {

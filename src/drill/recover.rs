@@ -141,7 +141,8 @@ pub async fn recover(
         .iter()
         .filter(|d| d.kind == DrillKind::Partition.as_str())
     {
-        if let Some(n) = control.and_then(|c| c.partition(&d.to_region, false)) {
+        if let Some(c) = control.filter(|c| c.can_partition()) {
+            let n = c.partition(&d.to_region, false);
             healed.push(format!("healed the {n} links of region `{}`", d.to_region));
         }
     }

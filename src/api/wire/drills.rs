@@ -123,7 +123,7 @@ pub struct PartitionReport {
     /// node that acknowledged it: none may.
     pub stale_token_reads: u64,
     /// From healing until every replica replayed the primary's position
-    /// at the heal and (with load) a write through the region was acknowledged.
+    /// at the heal and every node agreed on the primary and epoch.
     pub converge_ms: u64,
 }
 
