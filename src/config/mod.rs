@@ -59,9 +59,9 @@ pub use error::ConfigError;
 pub use files::{load_regions, load_tokens};
 pub use migrate::migrate_legacy;
 pub use model::{
-    ApiConfig, AuthConfig, CommandHandlerConfig, Config, DatabaseConfig, DrillHooks,
-    ExecutorConfig, HandlersConfig, HttpHandlerConfig, LimitsConfig, Loaded, NodeType, PoolConfig,
-    RegionSpec, RetentionConfig, RoutingConfig, TokenSpec,
+    ApiConfig, AuthConfig, CommandHandlerConfig, Config, DatabaseConfig, DrillHooks, DrillManager,
+    ExecutorConfig, HandlersConfig, HttpHandlerConfig, LimitsConfig, Loaded, NodeType,
+    PatroniMember, PoolConfig, RegionSpec, RetentionConfig, RoutingConfig, TokenSpec,
 };
 pub use names::{redact_url, valid_name};
 pub use parse::{parse, Input};

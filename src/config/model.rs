@@ -86,6 +86,42 @@ pub struct DrillHooks {
     pub kill_command: Option<String>,
     /// Turn the old primary into a replica of the new one afterwards.
     pub rejoin_command: Option<String>,
+    /// `drills.manager`: who moves the primary in a drill.
+    pub manager: DrillManager,
+    /// `[drills.patroni.<region>]`: each region's Patroni REST API, with
+    /// `drills.manager = "patroni"`.
+    pub patroni: BTreeMap<String, PatroniMember>,
+}
+
+/// Who moves the primary in a drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DrillManager {
+    /// The drill itself, with SQL (and any hook commands).
+    #[default]
+    Sql,
+    /// Patroni, through each region's REST API: switchovers with
+    /// `POST /switchover`, failovers by stopping the leader hard
+    /// (`kill_command`) and letting Patroni elect the target.
+    Patroni,
+}
+
+/// One region's Patroni.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatroniMember {
+    /// Its REST API, e.g. `http://10.0.0.5:8008` (credentials for the
+    /// API's basic auth may sit in the URL: `http://user:pass@host:8008`).
+    pub url: String,
+    /// Its member name in the Patroni cluster (default: the region's name).
+    pub member: String,
+}
+
+impl fmt::Debug for PatroniMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PatroniMember")
+            .field("url", &redact_url(&self.url))
+            .field("member", &self.member)
+            .finish()
+    }
 }
 
 /// How reads are routed (DESIGN section 7).

@@ -21,8 +21,8 @@ use super::keys::{check_keys, Doc};
 use super::legacy::{convert_legacy_pools, resolve_legacy_mode, LEGACY_POOLS_WARNING};
 use super::model::{
     default_pools, ApiConfig, AuthConfig, CommandHandlerConfig, Config, DatabaseConfig, DrillHooks,
-    ExecutorConfig, HandlersConfig, HttpHandlerConfig, LimitsConfig, Loaded, PoolConfig,
-    RoutingConfig,
+    DrillManager, ExecutorConfig, HandlersConfig, HttpHandlerConfig, LimitsConfig, Loaded,
+    PatroniMember, PoolConfig, RoutingConfig,
 };
 use super::names::redact_url;
 
@@ -567,6 +567,68 @@ fn build_drills(doc: &Doc<'_>, ctx: &Ctx) -> Result<DrillHooks, ConfigError> {
                 return Err(ctx.invalid(&format!("drills.{key}"), "must not be empty"));
             }
             *slot = Some(cmd);
+        }
+    }
+    drills.manager = match doc.str(&["drills", "manager"]).as_deref() {
+        None | Some("sql") => DrillManager::Sql,
+        Some("patroni") => DrillManager::Patroni,
+        Some(other) => {
+            return Err(ctx.invalid(
+                "drills.manager",
+                format!("must be \"patroni\" or \"sql\" (got {other:?})"),
+            ))
+        }
+    };
+    for region in doc.names(&["drills", "patroni"]).unwrap_or_default() {
+        let key = format!("drills.patroni.{region}");
+        ctx.name(&key, &region, "region")?;
+        let url = doc
+            .str(&["drills", "patroni", &region, "url"])
+            .ok_or_else(|| ctx.missing(&format!("{key}.url")))?;
+        match reqwest::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(ctx.invalid(
+                    &format!("{key}.url"),
+                    format!(
+                        "must be an http:// or https:// URL of Patroni's REST API (got {:?})",
+                        redact_url(&url)
+                    ),
+                ))
+            }
+        }
+        let member = doc
+            .str(&["drills", "patroni", &region, "member"])
+            .unwrap_or_else(|| region.clone());
+        if member.trim().is_empty() {
+            return Err(ctx.invalid(&format!("{key}.member"), "must not be empty"));
+        }
+        drills.patroni.insert(region, PatroniMember { url, member });
+    }
+    match drills.manager {
+        DrillManager::Patroni => {
+            if drills.patroni.is_empty() {
+                return Err(ctx.invalid(
+                    "drills.manager",
+                    "\"patroni\" needs each region's Patroni REST API: [drills.patroni.<region>] url = \"http://...:8008\"",
+                ));
+            }
+            for key in ["fence_command", "promote_command"] {
+                if doc.str(&["drills", key]).is_some() {
+                    return Err(ctx.invalid(
+                        &format!("drills.{key}"),
+                        "cannot be combined with drills.manager = \"patroni\": Patroni promotes, and the drill fences with SQL",
+                    ));
+                }
+            }
+        }
+        DrillManager::Sql => {
+            if !drills.patroni.is_empty() {
+                return Err(ctx.invalid(
+                    "drills.patroni",
+                    "is used only with drills.manager = \"patroni\" (set it, or remove [drills.patroni])",
+                ));
+            }
         }
     }
     Ok(drills)

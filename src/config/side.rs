@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::error::ConfigError;
-use super::model::{Config, RegionSpec, TokenSpec};
+use super::model::{Config, DrillManager, RegionSpec, TokenSpec};
 use super::names::valid_name;
 
 #[derive(Deserialize)]
@@ -130,6 +130,37 @@ pub(crate) fn check_listed(
                 key: key.into(),
                 message: format!("region `{name}` is not listed in {regions_file}"),
             });
+        }
+    }
+    // Patroni-managed drills need every region's Patroni, and no other.
+    if config.drills.manager == DrillManager::Patroni {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: source.to_string(),
+            key,
+            message,
+        };
+        if let Some(r) = regions
+            .iter()
+            .find(|r| !config.drills.patroni.contains_key(&r.name))
+        {
+            return Err(invalid(
+                "drills.patroni".into(),
+                format!(
+                    "region `{}` of {regions_file} has no Patroni: add [drills.patroni.{}] url = \"http://...:8008\"",
+                    r.name, r.name
+                ),
+            ));
+        }
+        if let Some(name) = config
+            .drills
+            .patroni
+            .keys()
+            .find(|n| !regions.iter().any(|r| &r.name == *n))
+        {
+            return Err(invalid(
+                format!("drills.patroni.{name}"),
+                format!("region `{name}` is not listed in {regions_file}"),
+            ));
         }
     }
     Ok(())

@@ -5,7 +5,9 @@
 use toml::{Table, Value};
 
 use super::keys::{self, Kind};
-use super::model::{ApiConfig, Config, ExecutorConfig, HandlersConfig, LimitsConfig, NodeType};
+use super::model::{
+    ApiConfig, Config, DrillManager, ExecutorConfig, HandlersConfig, LimitsConfig, NodeType,
+};
 use super::parse::parse_table;
 use super::testutil::{db, load, pools, top, Pools, DEFAULT_POOL, FILE};
 use std::path::Path;
@@ -565,6 +567,84 @@ queue = "gpu_tasks"
         text: concat!(top!(), db!()),
         env: &[("SWF_ENABLE_CLIENT", "maybe")],
         expect: Fails(&["environment variable SWF_ENABLE_CLIENT: key `enable_client`: expected true or false"]),
+    },
+    Case {
+        name: "drills through Patroni: each region's REST API, member names default to the region",
+        text: concat!(
+            top!(),
+            db!(),
+            "[drills]\nmanager = \"patroni\"\nkill_command = \"ssh db-$SWF_DRILL_REGION kill\"\n",
+            "[drills.patroni.us-east]\nurl = \"http://10.0.0.5:8008\"\n",
+            "[drills.patroni.eu-west]\nurl = \"https://u:secret@10.1.0.5:8008\"\nmember = \"pg-eu-1\"\n",
+        ),
+        env: &[],
+        expect: Loads {
+            node_type: NodeType::Hybrid,
+            pools: DEFAULT_POOL,
+            warnings: &[],
+            check: |c| {
+                c.drills.manager == DrillManager::Patroni
+                    && c.drills.patroni["us-east"].member == "us-east"
+                    && c.drills.patroni["us-east"].url == "http://10.0.0.5:8008"
+                    && c.drills.patroni["eu-west"].member == "pg-eu-1"
+                    && c.drills.kill_command.is_some()
+            },
+        },
+    },
+    Case {
+        name: "drills.manager must be known",
+        text: concat!(top!(), db!(), "[drills]\nmanager = \"pacemaker\"\n"),
+        env: &[],
+        expect: Fails(&["drills.manager", "\"patroni\"", "pacemaker"]),
+    },
+    Case {
+        name: "Patroni drills need the REST APIs",
+        text: concat!(top!(), db!(), "[drills]\nmanager = \"patroni\"\n"),
+        env: &[],
+        expect: Fails(&["drills.manager", "[drills.patroni.<region>]"]),
+    },
+    Case {
+        name: "Patroni promotes: no promote_command beside it",
+        text: concat!(
+            top!(),
+            db!(),
+            "[drills]\nmanager = \"patroni\"\npromote_command = \"x\"\n",
+            "[drills.patroni.us-east]\nurl = \"http://10.0.0.5:8008\"\n",
+        ),
+        env: &[],
+        expect: Fails(&["drills.promote_command", "cannot be combined"]),
+    },
+    Case {
+        name: "Patroni REST APIs without the manager",
+        text: concat!(
+            top!(),
+            db!(),
+            "[drills.patroni.us-east]\nurl = \"http://10.0.0.5:8008\"\n",
+        ),
+        env: &[],
+        expect: Fails(&["drills.patroni", "drills.manager = \"patroni\""]),
+    },
+    Case {
+        name: "a Patroni REST API must be an http(s) URL, named without its password",
+        text: concat!(
+            top!(),
+            db!(),
+            "[drills]\nmanager = \"patroni\"\n",
+            "[drills.patroni.us-east]\nurl = \"ftp://u:secret@10.0.0.5\"\n",
+        ),
+        env: &[],
+        expect: Fails(&["drills.patroni.us-east.url", "http://"]),
+    },
+    Case {
+        name: "a Patroni member needs its url",
+        text: concat!(
+            top!(),
+            db!(),
+            "[drills]\nmanager = \"patroni\"\n",
+            "[drills.patroni.us-east]\nmember = \"pg-1\"\n",
+        ),
+        env: &[],
+        expect: Fails(&["drills.patroni.us-east.url"]),
     },
     Case {
         name: "env: cannot nest under a value",

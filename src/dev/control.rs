@@ -167,6 +167,11 @@ impl DevControl {
     }
 
     /// Stops every database, replicas first.
+    /// With `--ha patroni`: the Patroni cluster that runs the databases.
+    pub fn patroni(&self) -> Option<&patroni::Patroni> {
+        self.patroni.as_ref()
+    }
+
     pub(super) async fn stop_all(&self, primary_first_order: &[String]) {
         if let Some(p) = &self.patroni {
             p.stop().await;
@@ -266,10 +271,13 @@ impl ClusterControl for DevControl {
             let Some(p) = &self.patroni else {
                 return Ok(false);
             };
-            // After a failover's kill Patroni elects the next leader once
-            // the leader key expires; a switchover asks the leader.
-            if !p.killed(&from) {
-                p.switchover(&from, &to).await?;
+            // After a failover's kill Patroni elects the target, named the
+            // only candidate, once the leader key expires; a switchover
+            // asks the leader.
+            if p.killed(&from) {
+                p.api()?.failover(&to).await?;
+            } else {
+                p.api()?.switchover(&from, &to).await?;
             }
             Ok(true)
         })

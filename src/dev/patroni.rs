@@ -19,13 +19,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use super::pgserver::{self, free_port, PgBinaries};
-use crate::store::Store;
+use crate::api::tls::ClientTls;
+use crate::config::PatroniMember;
+use crate::drill::PatroniApi;
 
 /// The Patroni cluster's name in etcd.
 const SCOPE: &str = "swf-dev";
@@ -53,6 +55,8 @@ pub struct Patroni {
     etcd: Mutex<Option<Child>>,
     members: Mutex<BTreeMap<String, Member>>,
     http: reqwest::Client,
+    /// Every member's REST API, once the members are configured.
+    api: OnceLock<PatroniApi>,
 }
 
 /// What a started Patroni cluster serves: the leader's region and every
@@ -111,6 +115,7 @@ impl Patroni {
             dir: dir.clone(),
             etcd: Mutex::new(Some(etcd)),
             members: Mutex::new(BTreeMap::new()),
+            api: OnceLock::new(),
             // Patroni's REST API is plain HTTP on loopback here.
             http: crate::api::tls::ClientTls::default()
                 .builder()
@@ -137,6 +142,23 @@ impl Patroni {
                     .with_context(|| format!("write {}", m.config.display()))?;
                 p.members.lock().expect("members").insert(r.clone(), m);
             }
+            let rest: BTreeMap<String, PatroniMember> = p
+                .members
+                .lock()
+                .expect("members")
+                .iter()
+                .map(|(r, m)| {
+                    let url = format!("http://127.0.0.1:{}", m.rest_port);
+                    (
+                        r.clone(),
+                        PatroniMember {
+                            url,
+                            member: r.clone(),
+                        },
+                    )
+                })
+                .collect();
+            let _ = p.api.set(PatroniApi::new(&rest, &ClientTls::default())?);
             let first = &regions[0];
             if fresh {
                 // The first region bootstraps the cluster; the others
@@ -190,6 +212,10 @@ impl Patroni {
             &self.dir,
             &m.log,
         )?;
+        // Where a hard stop from outside finds it (`hard_stop_command`).
+        let pid_file = self.dir.join(format!("{r}.patroni.pid"));
+        std::fs::write(&pid_file, format!("{}\n", child.id()))
+            .with_context(|| format!("write {}", pid_file.display()))?;
         m.child = Some(child);
         m.killed = false;
         Ok(())
@@ -227,35 +253,6 @@ impl Patroni {
         })
     }
 
-    /// Waits until region `r` runs as a replica on the leader's timeline
-    /// (`GET /cluster`): a member started on an old timeline also answers
-    /// `/replica` until Patroni stops it to rewind it.
-    async fn wait_following(&self, r: &str) -> anyhow::Result<()> {
-        let url = format!("{}/cluster", self.rest(r)?);
-        let done = crate::wait::until(MEMBER_DEADLINE, Duration::from_millis(100), || async {
-            let doc: serde_json::Value =
-                self.http.get(&url).send().await.ok()?.json().await.ok()?;
-            let members = doc["members"].as_array()?;
-            let leader = members
-                .iter()
-                .find(|m| matches!(m["role"].as_str(), Some("leader" | "master" | "primary")))?;
-            let me = members.iter().find(|m| m["name"] == r)?;
-            let following = matches!(me["role"].as_str(), Some("replica" | "sync_standby"))
-                && matches!(me["state"].as_str(), Some("running" | "streaming"))
-                && me["timeline"].is_u64()
-                && me["timeline"] == leader["timeline"];
-            following.then_some(())
-        })
-        .await;
-        done.map_err(|_| {
-            anyhow::anyhow!(
-                "Patroni of region {r} did not follow the leader within {} s (see {})",
-                MEMBER_DEADLINE.as_secs(),
-                self.dir.join(format!("patroni-{r}.log")).display()
-            )
-        })
-    }
-
     /// Waits until one region's Patroni leads; answers its region.
     async fn wait_leader(&self, regions: &[String]) -> anyhow::Result<String> {
         let found = crate::wait::until(MEMBER_DEADLINE, Duration::from_millis(100), || async {
@@ -271,24 +268,56 @@ impl Patroni {
         found.map_err(|_| anyhow::anyhow!("no Patroni became leader within 120 s"))
     }
 
-    /// Asks the leader `from` to hand over to `to` (`POST /switchover`),
-    /// which Patroni does at once: it demotes `from` and promotes `to`.
-    pub async fn switchover(&self, from: &str, to: &str) -> anyhow::Result<()> {
-        let url = format!("{}/switchover", self.rest(from)?);
-        let r = self
-            .http
-            .post(&url)
-            .json(&serde_json::json!({"leader": from, "candidate": to}))
-            .send()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        let status = r.status();
-        let text = r.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("Patroni refused the switchover to {to} ({status}): {text}");
+    /// The members' REST API.
+    pub fn api(&self) -> anyhow::Result<&PatroniApi> {
+        self.api
+            .get()
+            .context("Patroni's members are not configured yet")
+    }
+
+    /// Each region's Patroni REST API URL.
+    pub fn rest_urls(&self) -> BTreeMap<String, String> {
+        self.members
+            .lock()
+            .expect("members")
+            .iter()
+            .map(|(r, m)| (r.clone(), format!("http://127.0.0.1:{}", m.rest_port)))
+            .collect()
+    }
+
+    /// A shell command that stops the Patroni and the PostgreSQL of the
+    /// region named by `$SWF_DRILL_REGION` hard (SIGKILL), as a
+    /// deployment's `drills.kill_command` would on that region's host.
+    pub fn hard_stop_command(&self) -> String {
+        let dir = self.dir.display();
+        format!(
+            "kill -KILL \"$(cat \"{dir}/$SWF_DRILL_REGION.patroni.pid\")\"; \
+             pid=$(head -n 1 \"{dir}/pg/$SWF_DRILL_REGION/postmaster.pid\" 2>/dev/null) \
+             && kill -KILL \"$pid\"; true"
+        )
+    }
+
+    /// Starts region `r`'s Patroni again if its process exited without this
+    /// cluster stopping it (killed from outside), as a service manager
+    /// would; answers whether it did.
+    pub fn restart_exited(&self, r: &str) -> anyhow::Result<bool> {
+        let exited = {
+            let mut members = self.members.lock().expect("members");
+            let m = members
+                .get_mut(r)
+                .with_context(|| format!("no Patroni for region {r}"))?;
+            match m.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) => {
+                    m.child = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if exited {
+            self.spawn(r)?;
         }
-        tracing::info!(%from, %to, answer = %text.trim(), "Patroni switched over");
-        Ok(())
+        Ok(exited)
     }
 
     /// Whether region `r`'s Patroni was killed by a failover drill.
@@ -342,21 +371,14 @@ impl Patroni {
         }
         let port = self.members.lock().expect("members")[r].pg_port;
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        let deadline = tokio::time::Instant::now() + MEMBER_DEADLINE;
-        loop {
-            self.wait_following(r).await?;
-            let store = Store::connect_lazy(&url, 1)?;
-            let unfenced = store.unfence().await;
-            store.close().await;
-            match unfenced {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::info!(region = %r, error = %e, "rejoin: the replica restarted; trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::drill::follow_and_unfence(self.api()?, r, &url, MEMBER_DEADLINE)
+            .await
+            .with_context(|| {
+                format!(
+                    "see {}",
+                    self.dir.join(format!("patroni-{r}.log")).display()
+                )
+            })
     }
 
     /// Stops every Patroni (each stops its PostgreSQL), then etcd.

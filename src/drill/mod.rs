@@ -31,6 +31,7 @@ mod error;
 mod exclusive;
 mod journal;
 mod partition;
+mod patroni;
 mod phases;
 mod recover;
 mod reroute;
@@ -46,6 +47,7 @@ pub use control::{ClusterControl, HookControl};
 pub use error::DrillError;
 pub use exclusive::{hold_point, is_active, HOLD_ENV};
 pub use journal::{get, interrupt_own, list, Runner, LIST_LIMIT};
+pub use patroni::{follow_and_unfence, PatroniApi, PatroniControl, FOLLOW_DEADLINE};
 pub use recover::{recover, Peers};
 
 use error::failed;

@@ -31,6 +31,8 @@ use crate::store::{DrillRow, Store, WriteProbe};
 /// How long the write attempted on the old primary may take before it
 /// counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the drilling node may take to find the promoted target.
+const REDISCOVER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// A drill in progress: what it acts through, and its timeline.
 pub(super) struct Drill<'a> {
@@ -339,7 +341,11 @@ impl<'a> Drill<'a> {
             None => false,
         };
         if hooked {
-            wait_out_of_recovery(&plan.target).await?;
+            let who = self
+                .control
+                .and_then(|c| c.manager())
+                .unwrap_or("drills.promote_command");
+            wait_out_of_recovery(&plan.target, who).await?;
         } else {
             plan.target.promote().await.map_err(failed)?;
         }
@@ -387,7 +393,28 @@ impl<'a> Drill<'a> {
     ) -> Result<(usize, usize), DrillError> {
         let router = self.router;
         router.observe_epoch(epoch_after);
-        router.discover_primary().await.map_err(failed)?;
+        // The target is promoted and carries the new epoch: a probe that
+        // misses its deadline (a new connection to a busy server) is tried
+        // again rather than failing a drill that has already moved.
+        let last = std::sync::Mutex::new(None);
+        let found = crate::wait::until(REDISCOVER_DEADLINE, Duration::from_millis(100), || async {
+            let why = match router.discover_primary().await {
+                Ok(()) if router.write_region() == plan.to => return Some(()),
+                Ok(()) => format!("found {} as the primary", router.write_region()),
+                Err(e) => e.to_string(),
+            };
+            *last.lock().expect("last lock") = Some(why);
+            None
+        })
+        .await;
+        if found.is_err() {
+            return Err(DrillError::Failed(format!(
+                "this node did not find the new primary `{}` within {} s: {}",
+                plan.to,
+                REDISCOVER_DEADLINE.as_secs(),
+                last.into_inner().expect("last lock").unwrap_or_default()
+            )));
+        }
         if let Some(c) = self.control {
             c.promoted(&plan.to).await.map_err(failed)?;
             for r in router
@@ -633,7 +660,7 @@ async fn target_ready(
 }
 
 /// Waits (60 s at most) until a target promoted by a hook has left recovery.
-async fn wait_out_of_recovery(target: &Store) -> Result<(), DrillError> {
+async fn wait_out_of_recovery(target: &Store, who: &str) -> Result<(), DrillError> {
     crate::wait::until(
         Duration::from_secs(60),
         Duration::from_millis(20),
@@ -641,9 +668,9 @@ async fn wait_out_of_recovery(target: &Store) -> Result<(), DrillError> {
     )
     .await
     .map_err(|_| {
-        DrillError::Failed(
-            "drills.promote_command ran but the target is still in recovery after 60 s".into(),
-        )
+        DrillError::Failed(format!(
+            "{who} was asked to promote the target, which is still in recovery after 60 s"
+        ))
     })
 }
 

@@ -43,7 +43,10 @@ pub(super) async fn assemble(
     tasks: &mut JoinSet<()>,
     span: &Span,
 ) -> anyhow::Result<Assembled> {
-    let control = control.or_else(|| hook_control(config));
+    let control = match control {
+        Some(c) => Some(c),
+        None => configured_control(config)?,
+    };
     let store = Store::connect_lazy(&config.database.url, config.database.max_connections)?;
     check_schema(&store).await?;
     // Read once from this region's database (a replica has it too); tokens
@@ -113,16 +116,22 @@ pub(super) async fn assemble(
     })
 }
 
-/// Drills through the configured hook commands, when any is set.
-fn hook_control(config: &Config) -> Option<Arc<dyn ClusterControl>> {
+/// Drills through what `[drills]` configures: Patroni's REST API
+/// (`manager = "patroni"`), else the hook commands when any is set.
+fn configured_control(config: &Config) -> anyhow::Result<Option<Arc<dyn ClusterControl>>> {
     let d = &config.drills;
+    if d.manager == crate::config::DrillManager::Patroni {
+        let tls = crate::api::tls::ClientTls::for_peers(&config.api)?;
+        let control = crate::drill::PatroniControl::new(d, &config.regions, &tls)?;
+        return Ok(Some(Arc::new(control)));
+    }
     let hooks = d.fence_command.is_some()
         || d.promote_command.is_some()
         || d.kill_command.is_some()
         || d.rejoin_command.is_some();
-    hooks.then(|| {
+    Ok(hooks.then(|| {
         Arc::new(crate::drill::HookControl::new(config.drills.clone())) as Arc<dyn ClusterControl>
-    })
+    }))
 }
 
 /// Every region's database; this region's is the node's own store.

@@ -960,5 +960,69 @@ async fn patroni_drills() {
         .await
         .expect("us-east rejoins");
     eu_db.close().await;
+    configured_patroni_drills(&c).await;
     finish(c).await;
+}
+
+/// A node outside `swf dev` with `drills.manager = "patroni"` drills
+/// through the same Patroni by its REST API (eu-west leads at the start):
+/// a switchover, then a failover that stops the leader hard with the
+/// node's `kill_command`, while the test plays the host's service manager
+/// and starts the killed Patroni again once the target leads.
+async fn configured_patroni_drills(c: &DevCluster) {
+    use singularity_workflow::config::{DrillManager, PatroniMember};
+    let p = c.control.patroni().expect("a Patroni cluster");
+    let urls = p.rest_urls();
+    let mut cfg = edge_config(c, "patroni-1");
+    cfg.drills.manager = DrillManager::Patroni;
+    cfg.drills.patroni = urls
+        .iter()
+        .map(|(r, url)| {
+            let m = PatroniMember {
+                url: url.clone(),
+                member: r.clone(),
+            };
+            (r.clone(), m)
+        })
+        .collect();
+    cfg.drills.kill_command = Some(p.hard_stop_command());
+    let mut node = start_node(cfg, Registry::with_builtins()).await;
+    let api = Api::new(&node.url());
+
+    let r = drill(&api, "switchover", "us-east", 20.0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, "switchover", "eu-west", "us-east");
+    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    assert_eq!(r.body["lost_writes"], 0, "{}", r.body);
+    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(r.body["epoch_after"], 5, "{}", r.body);
+
+    // The service manager: once eu-west leads, us-east's killed Patroni is
+    // started again (before that it could race the election).
+    let service_manager = async {
+        singularity_workflow::wait::until(
+            std::time::Duration::from_secs(120),
+            std::time::Duration::from_millis(200),
+            || async {
+                let leads = api
+                    .http
+                    .get(format!("{}/primary", urls["eu-west"]))
+                    .send()
+                    .await
+                    .is_ok_and(|a| a.status().is_success());
+                (leads && p.restart_exited("us-east").ok()?).then_some(())
+            },
+        )
+        .await
+    };
+    let (r, restarted) = tokio::join!(drill(&api, "failover", "eu-west", 20.0), service_manager);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(restarted.is_ok(), "us-east's Patroni was never killed");
+    check_report(&r.body, "failover", "us-east", "eu-west");
+    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(api.get("/v1/regions").await.body["write_region"], "eu-west");
+    node.shutdown().await;
 }
