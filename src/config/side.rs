@@ -330,3 +330,47 @@ mod link_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::{db, load, top};
+
+    fn region(name: &str) -> RegionSpec {
+        RegionSpec {
+            name: name.into(),
+            database_url: format!("postgres://db.{name}/swf"),
+            api_url: None,
+        }
+    }
+
+    #[test]
+    fn patroni_drills_need_every_listed_region_and_no_other() {
+        let text = concat!(
+            top!(),
+            db!(),
+            "[drills]\nmanager = \"patroni\"\n",
+            "[drills.patroni.us-east]\nurl = \"http://a:8008\"\n",
+            "[drills.patroni.eu-west]\nurl = \"http://b:8008\"\n",
+        );
+        let c = load(text, &[]).expect("loads").config;
+        let both = [region("us-east"), region("eu-west")];
+        assert!(check_listed(&c, &both, "r.toml", "n.toml").is_ok());
+        let three = [region("us-east"), region("eu-west"), region("ap-south")];
+        let err = check_listed(&c, &three, "r.toml", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ap-south") && err.contains("[drills.patroni.ap-south]"),
+            "{err}"
+        );
+        let one = [region("us-east")];
+        let err = check_listed(&c, &one, "r.toml", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drills.patroni.eu-west") && err.contains("not listed"),
+            "{err}"
+        );
+    }
+}
