@@ -239,6 +239,10 @@ impl Router {
                     }
                 }
             };
+            // A rediscovery still running here may hold the discovery lock:
+            // dropped now, or the `write_failed` below would wait for it
+            // while nothing polls it (the node would never rediscover).
+            drop(probe);
             let attempt = match result {
                 Some(r) => r,
                 None if Instant::now() < until => continue,
@@ -255,5 +259,68 @@ impl Router {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::token::TokenKey;
+
+    /// A server that accepts connections and never answers: a probe of it
+    /// takes its whole deadline.
+    async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        (format!("postgres://swf@127.0.0.1:{port}/swf"), task)
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_while_its_own_rediscovery_runs_does_not_wait_for_it() {
+        let (url, server) = black_hole().await;
+        let store = Store::connect_lazy(&url, 2).unwrap();
+        let region = RegionDb {
+            name: "us-east".into(),
+            store: store.clone(),
+            api_url: None,
+        };
+        let router = Router::new(
+            "us-east",
+            store,
+            vec![region],
+            RoutingConfig::default(),
+            "n1",
+            TokenKey::new(&[3; 32]).unwrap(),
+        );
+        // The first attempt fails at once; the next ones hang past STALL
+        // (so a rediscovery starts beside them and takes the discovery
+        // lock for PROBE_TIMEOUT), then fail while it still runs.
+        let calls = AtomicUsize::new(0);
+        let write = router.write(Duration::from_secs(1), |_, _| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n > 0 {
+                    tokio::time::sleep(STALL * 3).await;
+                }
+                Err::<(), _>(StoreError::Unavailable("down".into()))
+            }
+        });
+        let done = tokio::time::timeout(Duration::from_secs(20), write).await;
+        server.abort();
+        let result = done.expect("the write gave up within its deadline, not deadlocked");
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(calls.load(Ordering::SeqCst) >= 2);
     }
 }
