@@ -232,6 +232,10 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
+/// How long an HTTP client keeps an idle connection for reuse: below the
+/// API server's default idle timeout (`api.idle_timeout_ms`, 60 s).
+const IDLE_POOLED: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What an HTTP client trusts and presents.
 #[derive(Clone, Default)]
 pub struct ClientTls {
@@ -308,7 +312,12 @@ impl ClientTls {
 
     /// A reqwest builder with this trust and identity applied.
     pub fn builder(&self) -> reqwest::ClientBuilder {
-        let mut b = reqwest::Client::builder().use_rustls_tls();
+        // Idle connections are dropped before a server of ours closes them
+        // (`api.idle_timeout_ms`, 60 s by default): a request sent on a
+        // connection the server is closing fails unanswered.
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .pool_idle_timeout(IDLE_POOLED);
         if let Some(roots) = &self.roots {
             b = b.tls_built_in_root_certs(false);
             for cert in roots {

@@ -31,7 +31,8 @@ use crate::store::{DrillRow, Store, WriteProbe};
 /// How long the write attempted on the old primary may take before it
 /// counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the drilling node may take to find the promoted target.
+/// How long the drilling node may take to bump the epoch on the promoted
+/// target and to find it as the primary.
 const REDISCOVER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// A drill in progress: what it acts through, and its timeline.
@@ -356,17 +357,32 @@ impl<'a> Drill<'a> {
     /// Bumps the epoch on the promoted target, compare-and-set from the
     /// epoch the drill started at; a lost compare fails the drill.
     async fn bump(&mut self, plan: &Plan) -> Result<u64, DrillError> {
-        let bumped = plan
-            .target
-            .bump_epoch(&plan.to, plan.epoch_before)
-            .await
-            .map_err(failed)?;
+        // A compare-and-set, so trying again after a transient error (a
+        // busy pool, a dropped connection) is safe: a bump that committed
+        // unanswered shows as the epoch already at the target below.
+        let until = Instant::now() + REDISCOVER_DEADLINE;
+        let mut retried = false;
+        let bumped = loop {
+            match plan.target.bump_epoch(&plan.to, plan.epoch_before).await {
+                Err(e) if e.is_transient() && Instant::now() < until => {
+                    retried = true;
+                    tracing::info!(error = %e, "bump the epoch: trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other.map_err(failed)?,
+            }
+        };
         let Some(epoch) = bumped else {
             // An HA manager's promotion callback may have bumped it for this
-            // very promotion: once, to the target.
+            // very promotion (or an attempt above committed unanswered):
+            // once, to the target.
             if let Ok((e, Some(region))) = plan.target.epoch_region().await {
                 if e == plan.epoch_before + 1 && region == plan.to {
-                    self.tl.mark("bump epoch (by the HA manager's callback)");
+                    self.tl.mark(if retried {
+                        "bump epoch"
+                    } else {
+                        "bump epoch (by the HA manager's callback)"
+                    });
                     return Ok(e);
                 }
             }

@@ -182,6 +182,31 @@ async fn scrapes_cost_no_query_and_the_gauges_still_move() {
         .await;
     assert_eq!(a.status, 200, "cancel: {}", a.body);
     wait_for("the queue depth gauge to drop to 0", 30, depth(0.0)).await;
+
+    // Memory: the process's resident set, and what the lineage cache holds
+    // once reads put the run's document there (moka counts lazily).
+    wait_for(
+        "the cache bytes gauge to count a cached document",
+        30,
+        || {
+            let (api, run_id) = (api.clone(), run_id.clone());
+            async move {
+                let a = api.get(&format!("/v1/workflows/{run_id}")).await;
+                assert_eq!(a.status, 200, "{}", a.body);
+                let text = metrics_text(&api).await;
+                let held = gauge(&text, "swf_cache_bytes", "cache", "lineage-gauges-node")?;
+                (held > 0.0).then_some(())
+            }
+        },
+    )
+    .await;
+    let text = metrics_text(&api).await;
+    let rss: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("swf_process_rss_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("swf_process_rss_bytes in /metrics");
+    assert!(rss > 1024.0 * 1024.0, "RSS {rss} bytes");
 }
 
 /// A node with auth on: `w-secret` may read and submit.

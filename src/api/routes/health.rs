@@ -71,6 +71,13 @@ pub async fn metrics_text(State(st): State<ApiState>) -> Response {
             metrics::gauge!("swf_pool_size", "pool" => p.name).set(p.size as f64);
         }
     }
+    // Memory: the process's, and what the lineage cache holds of it.
+    if let Some(r) = crate::telemetry::rss::Rss::read() {
+        metrics::gauge!("swf_process_rss_bytes").set((r.current_kib * 1024) as f64);
+    }
+    let cache = st.router.cache();
+    metrics::gauge!("swf_cache_bytes", "cache" => cache.name().to_string())
+        .set(cache.weighted_bytes() as f64);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -30,11 +30,11 @@ use tokio::sync::Semaphore;
 use super::args::BenchArgs;
 use super::embedded::{Embedded, Roles};
 use super::report::{api_client, machine, round, submit};
-use super::rss::{reset_peak, Rss};
 use crate::api::client::ApiClient;
 use crate::api::wire::RunState;
 use crate::node::Node;
 use crate::store::Store;
+use crate::telemetry::rss::{reset_peak, Rss};
 
 /// How often the drain's running count is read (a range of the status
 /// index as large as what is left of the backlog, a few ms of PostgreSQL

@@ -23,7 +23,7 @@
 //! Files: `args.rs` the flags; `run.rs` the dispatch and printing;
 //! `phases.rs` the default phases and region reads; `burn.rs` the
 //! burn-down; `remote.rs` the remote-region mode; `soak.rs` the soak; `embedded.rs` the embedded cluster; `report.rs` shared
-//! helpers (client, shapes, percentiles); `rss.rs` `/proc` readings.
+//! helpers (client, shapes, percentiles); `/proc` readings are `telemetry::rss`.
 
 mod args;
 mod burn;
@@ -31,7 +31,6 @@ mod embedded;
 mod phases;
 mod remote;
 mod report;
-mod rss;
 mod run;
 mod soak;
 

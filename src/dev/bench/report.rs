@@ -11,7 +11,7 @@ use crate::api::client::{Answer, ApiClient, RetryPolicy};
 use crate::api::wire::Submitted;
 
 use super::args::BenchArgs;
-use super::rss::load_average;
+use crate::telemetry::rss::load_average;
 
 /// The API client of the benchmark's submitters and readers, at `base`.
 pub(super) fn api_client(base: &str, args: &BenchArgs) -> anyhow::Result<ApiClient> {

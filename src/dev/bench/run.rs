@@ -8,9 +8,9 @@ use super::embedded::{Embedded, Roles};
 use super::phases::{print_human, read_phase, region_reads, start_latency_phase, throughput_phase};
 use super::remote::remote_region;
 use super::report::{api_client, machine};
-use super::rss::Rss;
 use super::soak::soak;
 use crate::api::client::ApiClient;
+use crate::telemetry::rss::Rss;
 
 /// Runs the benchmark; returns the exit code.
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {

@@ -15,10 +15,17 @@
 //! consistency token (a 404 there is a stale read); then it is polled until
 //! it finishes. Everything that is not what the mix says it must be is an
 //! error, counted by kind: `--json` prints `{"soak": {"secs", "completed",
-//! "errors", "rss_mb_start", "rss_mb_end", ...}}`. RSS is sampled every
-//! [`RSS_EVERY`]; `rss_mb_start` is the sample after the warm-up (a tenth of
-//! the run, at most a minute), `rss_mb_end` the last one, after every run
-//! ended. The exit code is 1 when there were errors.
+//! "errors", "rss_mb_start", "rss_mb_end", ...}}`. The exit code is 1 when
+//! there were errors.
+//!
+//! Memory is the node's, read from its `/metrics` every [`RSS_EVERY`]
+//! (`swf_process_rss_bytes`, `swf_cache_bytes`), so a soak against `--api`
+//! measures the node and not this load generator; the generator keeps
+//! constant memory itself (read latencies in a fixed histogram).
+//! `rss_mb_start` is the sample at the end of the warm-up: a tenth of the
+//! run (at most a minute), and on until the lineage cache holds 95% of the
+//! most it held in the run (a cache filling to its bound is warm-up, not
+//! growth); `rss_mb_end` is the last sample, after every run ended.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -30,8 +37,7 @@ use uuid::Uuid;
 
 use super::args::BenchArgs;
 use super::embedded::{Embedded, Roles};
-use super::report::{api_client, machine, percentiles, round, submit};
-use super::rss::Rss;
+use super::report::{api_client, machine, round, submit};
 use crate::api::client::ApiClient;
 use crate::api::wire::RunState;
 
@@ -106,7 +112,7 @@ struct Tally {
     ended_as_expected: u64,
     by_kind: BTreeMap<&'static str, u64>,
     errors: BTreeMap<String, u64>,
-    token_reads: Vec<Duration>,
+    token_reads: Histogram,
 }
 
 impl Tally {
@@ -123,7 +129,7 @@ pub(super) async fn soak(args: &BenchArgs, secs: u64) -> anyhow::Result<(Value, 
         let out = match cluster.node("soak-1", Roles::Hybrid, args.pool_size).await {
             Ok(mut node) => {
                 let r = match api_client(&node.url(), args) {
-                    Ok(api) => drive(&api, args, secs, true).await,
+                    Ok(api) => drive(&api, args, secs).await,
                     Err(e) => Err(e),
                 };
                 node.shutdown().await;
@@ -138,34 +144,27 @@ pub(super) async fn soak(args: &BenchArgs, secs: u64) -> anyhow::Result<(Value, 
         });
     };
     let api = api_client(base.trim_end_matches('/'), args)?;
-    let (mut r, ok) = drive(&api, args, secs, false).await?;
+    let (mut r, ok) = drive(&api, args, secs).await?;
     r["machine"] = machine;
     Ok((r, ok))
 }
 
-async fn drive(
-    api: &ApiClient,
-    args: &BenchArgs,
-    secs: u64,
-    embedded: bool,
-) -> anyhow::Result<(Value, bool)> {
+async fn drive(api: &ApiClient, args: &BenchArgs, secs: u64) -> anyhow::Result<(Value, bool)> {
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let rss: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let start = Instant::now();
-    let sampler = embedded.then(|| {
-        let rss = rss.clone();
+    let sampler = {
+        let (samples, api) = (samples.clone(), api.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(RSS_EVERY);
             loop {
                 every.tick().await;
-                if let Some(r) = Rss::read() {
-                    rss.lock()
-                        .expect("rss lock")
-                        .push((start.elapsed().as_secs_f64(), r.current_mib()));
+                if let Some(s) = sample(&api, start).await {
+                    samples.lock().expect("samples lock").push(s);
                 }
             }
         })
-    });
+    };
     // At most `--concurrency` workflows in flight: past it the rate drops,
     // which the report shows (`rate_achieved`).
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1) * 16));
@@ -198,23 +197,14 @@ async fn drive(
     }
     let load_s = start.elapsed().as_secs_f64();
     while workers.join_next().await.is_some() {}
-    if let Some(s) = sampler {
-        if let Some(r) = Rss::read() {
-            rss.lock()
-                .expect("rss lock")
-                .push((start.elapsed().as_secs_f64(), r.current_mib()));
-        }
-        s.abort();
+    if let Some(s) = sample(api, start).await {
+        samples.lock().expect("samples lock").push(s);
     }
-    let samples = std::mem::take(&mut *rss.lock().expect("rss lock"));
-    let warmup = (secs as f64 / 10.0).min(60.0);
-    let rss_start = samples
-        .iter()
-        .find(|(t, _)| *t >= warmup)
-        .or(samples.first())
-        .map(|s| s.1);
-    let rss_end = samples.last().map(|s| s.1);
-    let mut t = std::mem::take(&mut *tally.lock().expect("tally lock"));
+    sampler.abort();
+    let samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    let (warmup, rss_start) = warm(&samples, secs);
+    let rss_end = samples.last().map(|s| s.rss_mb);
+    let t = std::mem::take(&mut *tally.lock().expect("tally lock"));
     let errors: u64 = t.errors.values().sum();
     let report = json!({"soak": {
         "secs": secs,
@@ -225,11 +215,12 @@ async fn drive(
         "by_kind": t.by_kind,
         "errors": errors,
         "error_kinds": t.errors,
-        "token_read_ms": percentiles(&mut t.token_reads),
+        "token_read_ms": t.token_reads.summary(),
         "warmup_s": round(warmup, 1),
         "rss_mb_start": rss_start,
         "rss_mb_end": rss_end,
-        "rss_samples": samples.iter().map(|(t, m)| json!([round(*t, 1), m])).collect::<Vec<_>>(),
+        "rss_samples": samples.iter().map(|s| json!([round(s.at_s, 1), s.rss_mb])).collect::<Vec<_>>(),
+        "cache_mb_samples": samples.iter().map(|s| json!([round(s.at_s, 1), s.cache_mb])).collect::<Vec<_>>(),
     }});
     Ok((report, errors == 0))
 }
@@ -251,7 +242,7 @@ async fn one(api: &ApiClient, kind: Kind, i: u64, tally: &Mutex<Tally>) {
             .lock()
             .expect("tally lock")
             .token_reads
-            .push(t.elapsed()),
+            .record(t.elapsed()),
         Err(e) => return err(format!("read with token: {}", short(&e.to_string()))),
     }
     let acted = match kind {
@@ -358,6 +349,120 @@ fn short(s: &str) -> String {
     out
 }
 
+/// One sample of the node's memory, from its `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sample {
+    at_s: f64,
+    rss_mb: f64,
+    cache_mb: f64,
+}
+
+/// The node's RSS and lineage cache size now; None when its `/metrics`
+/// does not answer or lacks the RSS.
+async fn sample(api: &ApiClient, start: Instant) -> Option<Sample> {
+    let r = api
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .ok()?;
+    let text = r.error_for_status().ok()?.text().await.ok()?;
+    let (rss, cache) = memory_gauges(&text)?;
+    let mb = |b: f64| (b / 1024.0 / 1024.0 * 10.0).round() / 10.0;
+    Some(Sample {
+        at_s: start.elapsed().as_secs_f64(),
+        rss_mb: mb(rss),
+        cache_mb: mb(cache),
+    })
+}
+
+/// `swf_process_rss_bytes` and the sum of `swf_cache_bytes` over the
+/// node's caches in a Prometheus text.
+fn memory_gauges(text: &str) -> Option<(f64, f64)> {
+    let value = |l: &str| l.rsplit(' ').next()?.trim().parse::<f64>().ok();
+    let rss = text
+        .lines()
+        .find(|l| l.starts_with("swf_process_rss_bytes "))
+        .and_then(value)?;
+    let cache = text
+        .lines()
+        .filter(|l| l.starts_with("swf_cache_bytes{"))
+        .filter_map(value)
+        .sum();
+    Some((rss, cache))
+}
+
+/// The warm-up's length and the RSS at its end: the first sample past a
+/// tenth of the run (at most a minute) at which the cache holds 95% of the
+/// most it held.
+fn warm(samples: &[Sample], secs: u64) -> (f64, Option<f64>) {
+    let min = (secs as f64 / 10.0).min(60.0);
+    let most = samples.iter().map(|s| s.cache_mb).fold(0.0, f64::max);
+    let end = samples
+        .iter()
+        .find(|s| s.at_s >= min && s.cache_mb >= most * 0.95)
+        .or(samples.first());
+    (end.map_or(min, |s| s.at_s), end.map(|s| s.rss_mb))
+}
+
+/// Latencies in buckets 2% apart (from 1 µs): constant memory however long
+/// the soak runs, percentiles within 2%.
+struct Histogram {
+    counts: Vec<u64>,
+    n: u64,
+    max: Duration,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; Self::BUCKETS],
+            n: 0,
+            max: Duration::ZERO,
+        }
+    }
+}
+
+impl Histogram {
+    /// 1.02^1300 µs is about 45 hours.
+    const BUCKETS: usize = 1300;
+
+    fn bucket(d: Duration) -> usize {
+        let us = d.as_secs_f64() * 1e6;
+        if us <= 1.0 {
+            return 0;
+        }
+        ((us.ln() / 1.02f64.ln()).ceil() as usize).min(Self::BUCKETS - 1)
+    }
+
+    fn record(&mut self, d: Duration) {
+        self.counts[Self::bucket(d)] += 1;
+        self.n += 1;
+        self.max = self.max.max(d);
+    }
+
+    /// The upper bound (ms) of the bucket holding the `q` quantile.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let rank = ((self.n as f64 - 1.0) * q).round() as u64 + 1;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let upper_ms = 1.02f64.powi(i as i32) / 1000.0;
+                return round(upper_ms.min(self.max.as_secs_f64() * 1000.0), 3);
+            }
+        }
+        round(self.max.as_secs_f64() * 1000.0, 3)
+    }
+
+    fn summary(&self) -> Value {
+        if self.n == 0 {
+            return json!({"samples": 0});
+        }
+        json!({"samples": self.n, "p50": self.quantile_ms(0.5), "p99": self.quantile_ms(0.99),
+               "max": round(self.max.as_secs_f64() * 1000.0, 3)})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +481,47 @@ mod tests {
             short("run 01a24336-70ae-7045-98a3-51141d33c61f not found"),
             "run <id> not found"
         );
+    }
+
+    #[test]
+    fn percentiles_of_the_histogram_are_within_two_percent() {
+        let mut h = Histogram::default();
+        for ms in 1..=1000u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let close = |got: f64, want: f64| (got - want).abs() <= want * 0.021;
+        assert!(close(h.quantile_ms(0.5), 500.0), "{}", h.quantile_ms(0.5));
+        assert!(close(h.quantile_ms(0.99), 990.0), "{}", h.quantile_ms(0.99));
+        assert_eq!(h.summary()["max"], 1000.0);
+        assert_eq!(h.summary()["samples"], 1000);
+        assert_eq!(Histogram::default().summary()["samples"], 0);
+        h.record(Duration::from_secs(1_000_000));
+        assert_eq!(h.counts[Histogram::BUCKETS - 1], 1);
+    }
+
+    #[test]
+    fn the_warm_up_lasts_until_the_cache_is_nearly_full() {
+        let s = |at_s: f64, rss_mb: f64, cache_mb: f64| Sample {
+            at_s,
+            rss_mb,
+            cache_mb,
+        };
+        let filling = [
+            s(10.0, 40.0, 5.0),
+            s(60.0, 60.0, 30.0),
+            s(120.0, 90.0, 61.0),
+            s(180.0, 95.0, 64.0),
+            s(600.0, 99.0, 64.0),
+        ];
+        assert_eq!(warm(&filling, 1800), (120.0, Some(90.0)));
+        // No cache: a tenth of the run, at most a minute.
+        let none = [s(10.0, 20.0, 0.0), s(30.0, 21.0, 0.0), s(70.0, 22.0, 0.0)];
+        assert_eq!(warm(&none, 300), (30.0, Some(21.0)));
+        assert_eq!(warm(&none, 1800), (70.0, Some(22.0)));
+        assert_eq!(warm(&[], 60), (6.0, None));
+        let text = "# TYPE swf_process_rss_bytes gauge\nswf_process_rss_bytes 1048576\n\
+                    swf_cache_bytes{cache=\"lineage-a\"} 2097152\nswf_cache_bytes{cache=\"lineage-b\"} 1048576\n";
+        assert_eq!(memory_gauges(text), Some((1048576.0, 3145728.0)));
+        assert_eq!(memory_gauges("swf_cache_bytes{cache=\"a\"} 1\n"), None);
     }
 }

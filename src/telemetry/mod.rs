@@ -2,7 +2,9 @@
 //!
 //! Logs: `tracing` with an `RUST_LOG`-style filter (`SWF_LOG` or `RUST_LOG`),
 //! text or JSON. Metrics: one process-wide Prometheus recorder from the
-//! `metrics` crate; `/metrics` renders it.
+//! `metrics` crate; `/metrics` renders it. `rss`: this process's memory.
+
+pub mod rss;
 
 use std::sync::OnceLock;
 

@@ -1,28 +1,29 @@
 //! This process's resident memory and the machine's load average, read from
-//! `/proc` (Linux; `None` elsewhere). In embedded mode the node runs in the
-//! benchmark's process, so its memory is this process's.
+//! `/proc` (Linux; `None` elsewhere): `/metrics` shows the node's
+//! (`swf_process_rss_bytes`), and `swf bench` reports its own (in embedded
+//! mode the node runs in the benchmark's process).
 
 /// Resident set size of this process, in KiB (`/proc/self/status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Rss {
+pub struct Rss {
     /// `VmHWM`: the peak since the process started or the peak was last reset.
-    pub(super) peak_kib: u64,
+    pub peak_kib: u64,
     /// `VmRSS`: resident now.
-    pub(super) current_kib: u64,
+    pub current_kib: u64,
 }
 
 impl Rss {
     /// Reads `/proc/self/status`; `None` where it does not exist or lacks the fields.
-    pub(super) fn read() -> Option<Rss> {
+    pub fn read() -> Option<Rss> {
         let text = std::fs::read_to_string("/proc/self/status").ok()?;
         parse_status(&text)
     }
 
-    pub(super) fn peak_mib(&self) -> f64 {
+    pub fn peak_mib(&self) -> f64 {
         mib(self.peak_kib)
     }
 
-    pub(super) fn current_mib(&self) -> f64 {
+    pub fn current_mib(&self) -> f64 {
         mib(self.current_kib)
     }
 }
@@ -35,7 +36,7 @@ fn mib(kib: u64) -> f64 {
 /// The `VmHWM` and `VmRSS` lines of a `/proc/<pid>/status` text
 /// (`VmHWM:\t   10240 kB`). `None` when either is missing or not a number
 /// of kB.
-pub(super) fn parse_status(text: &str) -> Option<Rss> {
+pub fn parse_status(text: &str) -> Option<Rss> {
     let field = |name: &str| -> Option<u64> {
         let line = text
             .lines()
@@ -52,12 +53,12 @@ pub(super) fn parse_status(text: &str) -> Option<Rss> {
 /// `/proc/self/clear_refs`, Linux 4.0 and later), so that the next
 /// [`Rss::read`] reports the peak since now. False where that is refused
 /// or unsupported: the peak is then the process's lifetime peak.
-pub(super) fn reset_peak() -> bool {
+pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// The 1-, 5- and 15-minute load averages (`/proc/loadavg`).
-pub(super) fn load_average() -> Option<[f64; 3]> {
+pub fn load_average() -> Option<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     parse_loadavg(&text)
 }
