@@ -283,6 +283,16 @@ impl ClusterControl for DevControl {
         })
     }
 
+    fn preflight(&self, from: &str, to: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let (from, to) = (from.to_string(), to.to_string());
+        Box::pin(async move {
+            match &self.patroni {
+                Some(p) => p.api()?.check_leader(&from, &to).await,
+                None => Ok(()),
+            }
+        })
+    }
+
     fn manager(&self) -> Option<&'static str> {
         self.patroni.as_ref().map(|_| "patroni")
     }

@@ -36,6 +36,12 @@ pub trait ClusterControl: Send + Sync {
     fn partition(&self, _region: &str, _cut: bool) -> usize {
         0
     }
+    /// Checks, before anything moves, that the control sees the cluster as
+    /// the drill does: `from` the leader, `to` a member (an HA manager's
+    /// view); an error refuses the drill.
+    fn preflight(&self, _from: &str, _to: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// The HA manager that carries out the drill's steps, named in its
     /// report (e.g. `patroni`); None: the drill itself.
     fn manager(&self) -> Option<&'static str> {

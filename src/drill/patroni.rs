@@ -158,6 +158,45 @@ impl PatroniApi {
         None
     }
 
+    /// Refuses unless Patroni's leader is `from`'s member and `to`'s member
+    /// runs as a replica: a drill's view of the cluster and Patroni's agree
+    /// (e.g. the configured member names are Patroni's).
+    pub async fn check_leader(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let (f, t) = (self.endpoint(from)?, self.endpoint(to)?);
+        let doc = self.cluster(from).await.with_context(|| {
+            format!(
+                "no Patroni REST API answered GET /cluster (first asked: {})",
+                f.base
+            )
+        })?;
+        let members = doc["members"].as_array().cloned().unwrap_or_default();
+        let leader = members
+            .iter()
+            .find(|m| matches!(m["role"].as_str(), Some("leader" | "master" | "primary")))
+            .and_then(|m| m["name"].as_str().map(str::to_string));
+        match leader {
+            Some(l) if l == f.member => {}
+            Some(l) => bail!(
+                "Patroni's leader is member `{l}`, not `{}` of the write region {from} \
+                 (check drills.patroni.{from}.member)",
+                f.member
+            ),
+            None => bail!("Patroni's cluster has no leader now"),
+        }
+        let replica = members.iter().any(|m| {
+            m["name"] == t.member.as_str()
+                && matches!(m["role"].as_str(), Some("replica" | "sync_standby"))
+        });
+        if !replica {
+            bail!(
+                "Patroni has no running replica named `{}` for region {to} \
+                 (check drills.patroni.{to}.member)",
+                t.member
+            );
+        }
+        Ok(())
+    }
+
     /// Waits until region `r` runs as a replica on the leader's timeline: a
     /// member started on an old timeline also reports `running` until
     /// Patroni stops it to rewind it.
@@ -333,6 +372,10 @@ impl ClusterControl for PatroniControl {
             }
             Ok(true)
         })
+    }
+    fn preflight(&self, from: &str, to: &str) -> BoxFuture<'_, anyhow::Result<()>> {
+        let (from, to) = (from.to_string(), to.to_string());
+        Box::pin(async move { self.api.check_leader(&from, &to).await })
     }
     fn manager(&self) -> Option<&'static str> {
         Some("patroni")

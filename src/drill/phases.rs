@@ -123,6 +123,11 @@ impl<'a> Drill<'a> {
         }
         let old = router.write_store();
         target_ready(&old, &target, &to, req.max_lag_ms).await?;
+        if let Some(c) = self.control {
+            c.preflight(&from, &to)
+                .await
+                .map_err(|e| DrillError::Refused(format!("{e:#}")))?;
+        }
         self.tl.mark("preflight");
         Ok(Plan {
             from,

@@ -986,8 +986,10 @@ async fn configured_patroni_drills(c: &DevCluster) {
         })
         .collect();
     cfg.drills.kill_command = Some(p.hard_stop_command());
-    let mut node = start_node(cfg, Registry::with_builtins()).await;
+
+    let mut node = start_node(cfg.clone(), Registry::with_builtins()).await;
     let api = Api::new(&node.url());
+    assert_eq!(api.get("/v1/regions").await.body["write_region"], "eu-west");
 
     let r = drill(&api, "switchover", "us-east", 20.0).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -1025,4 +1027,25 @@ async fn configured_patroni_drills(c: &DevCluster) {
     assert_eq!(r.body["ok"], true, "{}", r.body);
     assert_eq!(api.get("/v1/regions").await.body["write_region"], "eu-west");
     node.shutdown().await;
+
+    // Member names that are not Patroni's: refused before anything moves.
+    let mut wrong = cfg.clone();
+    wrong.node_id = "patroni-wrong".into();
+    wrong.drills.patroni.get_mut("eu-west").unwrap().member = "pg-eu-9".into();
+    let mut bad = start_node(wrong, Registry::with_builtins()).await;
+    let r = drill(&Api::new(&bad.url()), "switchover", "us-east", 0.0).await;
+    assert!(
+        r.status >= 400
+            && r.status < 500
+            && r.body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("drills.patroni.eu-west.member"),
+        "{} {}",
+        r.status,
+        r.body
+    );
+    bad.shutdown().await;
+    let eu = Api::new(&c.cluster.regions[1].api_url);
+    assert_eq!(eu.get("/v1/regions").await.body["write_region"], "eu-west");
 }
