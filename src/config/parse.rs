@@ -613,8 +613,11 @@ fn build_drills(doc: &Doc<'_>, ctx: &Ctx) -> Result<DrillHooks, ConfigError> {
                     "\"patroni\" needs each region's Patroni REST API: [drills.patroni.<region>] url = \"http://...:8008\"",
                 ));
             }
-            for key in ["fence_command", "promote_command"] {
-                if doc.str(&["drills", key]).is_some() {
+            for (key, set) in [
+                ("fence_command", drills.fence_command.is_some()),
+                ("promote_command", drills.promote_command.is_some()),
+            ] {
+                if set {
                     return Err(ctx.invalid(
                         &format!("drills.{key}"),
                         "cannot be combined with drills.manager = \"patroni\": Patroni promotes, and the drill fences with SQL",

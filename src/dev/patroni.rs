@@ -49,6 +49,13 @@ struct Member {
     killed: bool,
 }
 
+impl Member {
+    /// Its REST API (plain HTTP on loopback).
+    fn rest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rest_port)
+    }
+}
+
 /// etcd and one Patroni per region.
 pub struct Patroni {
     dir: PathBuf,
@@ -226,7 +233,7 @@ impl Patroni {
         let m = members
             .get(r)
             .with_context(|| format!("no Patroni for region {r}"))?;
-        Ok(format!("http://127.0.0.1:{}", m.rest_port))
+        Ok(m.rest_url())
     }
 
     /// Waits until `url` answers 200.
@@ -281,7 +288,7 @@ impl Patroni {
             .lock()
             .expect("members")
             .iter()
-            .map(|(r, m)| (r.clone(), format!("http://127.0.0.1:{}", m.rest_port)))
+            .map(|(r, m)| (r.clone(), m.rest_url()))
             .collect()
     }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::future::BoxFuture;
+use percent_encoding::percent_decode_str;
 
 use super::control::{ClusterControl, HookControl};
 use crate::api::tls::ClientTls;
@@ -61,9 +62,11 @@ impl PatroniApi {
             let mut url = reqwest::Url::parse(&m.url)
                 .with_context(|| format!("drills.patroni.{r}.url is not a URL"))?;
             let auth = (!url.username().is_empty()).then(|| {
-                let user = percent_decode(url.username());
-                let pass = percent_decode(url.password().unwrap_or_default());
-                (user, pass)
+                let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+                (
+                    decode(url.username()),
+                    decode(url.password().unwrap_or_default()),
+                )
             });
             let _ = url.set_username("");
             let _ = url.set_password(None);
@@ -170,10 +173,7 @@ impl PatroniApi {
             )
         })?;
         let members = doc["members"].as_array().cloned().unwrap_or_default();
-        let leader = members
-            .iter()
-            .find(|m| matches!(m["role"].as_str(), Some("leader" | "master" | "primary")))
-            .and_then(|m| m["name"].as_str().map(str::to_string));
+        let leader = leader(&members).and_then(|m| m["name"].as_str().map(str::to_string));
         match leader {
             Some(l) if l == f.member => {}
             Some(l) => bail!(
@@ -216,42 +216,28 @@ impl PatroniApi {
     }
 }
 
+/// The leader among a `GET /cluster` answer's members (Patroni 3 says
+/// `leader`; older ones `master` or `primary`).
+fn leader(members: &[serde_json::Value]) -> Option<&serde_json::Value> {
+    members
+        .iter()
+        .find(|m| matches!(m["role"].as_str(), Some("leader" | "master" | "primary")))
+}
+
 /// Whether `member` runs as a replica on the leader's timeline in a
 /// `GET /cluster` answer.
 fn following(doc: &serde_json::Value, member: &str) -> bool {
     let Some(members) = doc["members"].as_array() else {
         return false;
     };
-    let leader = members
-        .iter()
-        .find(|m| matches!(m["role"].as_str(), Some("leader" | "master" | "primary")));
     let me = members.iter().find(|m| m["name"] == member);
-    let (Some(leader), Some(me)) = (leader, me) else {
+    let (Some(leader), Some(me)) = (leader(members), me) else {
         return false;
     };
     matches!(me["role"].as_str(), Some("replica" | "sync_standby"))
         && matches!(me["state"].as_str(), Some("running" | "streaming"))
         && me["timeline"].is_u64()
         && me["timeline"] == leader["timeline"]
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// After a drill, region `r` back as a replica of the leader: it follows
@@ -291,7 +277,6 @@ pub async fn follow_and_unfence(
 pub struct PatroniControl {
     api: PatroniApi,
     hooks: HookControl,
-    has_rejoin: bool,
     /// Each region's database, to lift the fence after a rejoin.
     databases: BTreeMap<String, String>,
     /// Regions whose Patroni the drill stopped hard.
@@ -311,7 +296,6 @@ impl PatroniControl {
                 rejoin_command: hooks.rejoin_command.clone(),
                 ..Default::default()
             }),
-            has_rejoin: hooks.rejoin_command.is_some(),
             databases: regions
                 .iter()
                 .map(|r| (r.name.clone(), r.database_url.clone()))
@@ -343,7 +327,7 @@ impl ClusterControl for PatroniControl {
     fn rejoin(&self, region: &str, primary: &str) -> BoxFuture<'_, anyhow::Result<()>> {
         let (region, primary) = (region.to_string(), primary.to_string());
         Box::pin(async move {
-            if self.was_killed(&region) && self.has_rejoin {
+            if self.was_killed(&region) && self.hooks.can_rejoin() {
                 self.hooks.rejoin(&region, &primary).await?;
             }
             let url = self

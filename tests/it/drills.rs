@@ -888,6 +888,16 @@ async fn drills_go_through_patroni_and_its_own_promotions_move_the_epoch() {
         .expect("the Patroni drills finished within 400 s");
 }
 
+/// A passing drill of `kind` from `from` to `to` that Patroni carried out,
+/// its old primary back as a replica.
+fn check_patroni_report(r: &Answer, kind: &str, from: &str, to: &str) {
+    assert_eq!(r.status, 200, "{}", r.body);
+    check_report(&r.body, kind, from, to);
+    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+}
+
 async fn patroni_drills() {
     use singularity_workflow::drill::ClusterControl;
     let opts = DevOptions {
@@ -898,20 +908,12 @@ async fn patroni_drills() {
     assert_eq!(c.cluster.write_region, "us-east");
 
     let r = drill(&us, "switchover", "eu-west", 30.0).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    check_report(&r.body, "switchover", "us-east", "eu-west");
-    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    check_patroni_report(&r, "switchover", "us-east", "eu-west");
     assert_eq!(r.body["lost_writes"], 0, "{}", r.body);
-    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
-    assert_eq!(r.body["ok"], true, "{}", r.body);
     assert_eq!(us.get("/v1/regions").await.body["write_region"], "eu-west");
 
     let r = drill(&eu, "failover", "us-east", 30.0).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    check_report(&r.body, "failover", "eu-west", "us-east");
-    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
-    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
-    assert_eq!(r.body["ok"], true, "{}", r.body);
+    check_patroni_report(&r, "failover", "eu-west", "us-east");
 
     // The leader lost without a drill: Patroni elects eu-west, and its
     // callback starts epoch 4 naming it.
@@ -992,12 +994,8 @@ async fn configured_patroni_drills(c: &DevCluster) {
     assert_eq!(api.get("/v1/regions").await.body["write_region"], "eu-west");
 
     let r = drill(&api, "switchover", "us-east", 20.0).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    check_report(&r.body, "switchover", "eu-west", "us-east");
-    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
+    check_patroni_report(&r, "switchover", "eu-west", "us-east");
     assert_eq!(r.body["lost_writes"], 0, "{}", r.body);
-    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
-    assert_eq!(r.body["ok"], true, "{}", r.body);
     assert_eq!(r.body["epoch_after"], 5, "{}", r.body);
 
     // The service manager: once eu-west leads, us-east's killed Patroni is
@@ -1019,12 +1017,8 @@ async fn configured_patroni_drills(c: &DevCluster) {
         .await
     };
     let (r, restarted) = tokio::join!(drill(&api, "failover", "eu-west", 20.0), service_manager);
-    assert_eq!(r.status, 200, "{}", r.body);
     assert!(restarted.is_ok(), "us-east's Patroni was never killed");
-    check_report(&r.body, "failover", "us-east", "eu-west");
-    assert_eq!(r.body["manager"], "patroni", "{}", r.body);
-    assert_eq!(r.body["old_primary"], "replica", "{}", r.body);
-    assert_eq!(r.body["ok"], true, "{}", r.body);
+    check_patroni_report(&r, "failover", "us-east", "eu-west");
     assert_eq!(api.get("/v1/regions").await.body["write_region"], "eu-west");
     node.shutdown().await;
 
