@@ -140,6 +140,10 @@ impl Executor {
         let mut handoffs = pool.take_handoffs();
         // The queues may hold more than the last claim got.
         let mut more = true;
+        // The last claim came back short: the queues had no more for us
+        // (or a concurrency key no more slots), so claims go one at a time
+        // until one comes back full; several at once would find the same.
+        let mut short = false;
         // Tasks asked for by the claims on their way.
         let mut asked = 0usize;
         // Per pool: claim round trips and sizes, the buffer's depth and
@@ -197,7 +201,8 @@ impl Executor {
             let keeping_up = pool.in_flight()
                 < pool.spec.size + (CLAIMS_IN_FLIGHT + 2) * self.settings.claim_batch;
             let want = buffer.want(free, asked);
-            if more && claiming.len() < CLAIMS_IN_FLIGHT && want > 0 && keeping_up {
+            let at_once = if short { 1 } else { CLAIMS_IN_FLIGHT };
+            if more && claiming.len() < at_once && want > 0 && keeping_up {
                 asked += want;
                 let (me, p) = (self.clone(), pool.clone());
                 claiming.spawn(async move {
@@ -231,6 +236,7 @@ impl Executor {
                             metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                                 .increment(got as u64);
                             more = got == want;
+                            short = !more;
                             // Nothing buffered and every slot free: the
                             // pool waited for this claim (a slow pool's
                             // slots rarely all free at once).
@@ -279,6 +285,13 @@ impl Executor {
                 // A slot came free: start from the buffer, or claim.
                 p = pool.slots.clone().acquire_owned(), if w.slot => drop(p),
                 _ = pool.wake.notified(), if w.wake => more = true,
+                // Keyed handlers ended: once every keyed task the pool holds
+                // has, claim, naming them (their slots are free to us).
+                _ = pool.key_ended.notified(), if w.wake => {
+                    if buffer.keyed() == 0 && pool.keyed_running.load(Ordering::Acquire) == 0 {
+                        more = true;
+                    }
+                }
                 _ = tokio::time::sleep(self.settings.poll_interval), if w.poll => {
                     more = true;
                     buffer.idle(Instant::now());
@@ -332,18 +345,22 @@ impl Executor {
     /// message's sake, the isolation path instead.
     async fn claim(&self, pool: &Pool, want: usize) -> Result<Vec<ClaimedTask>, StoreError> {
         let s = &self.settings;
+        let by = Claimer {
+            node_id: &s.node_id,
+            region: &s.region,
+            pool: &pool.spec.name,
+        };
         let claimed = self
             .router
             .write_store()
-            .claim_tasks(
+            .claim_tasks_reusing(
                 &pool.mqs,
                 want,
-                &s.node_id,
-                &s.region,
-                &pool.spec.name,
+                by,
                 s.leases,
                 self.router.epoch(),
                 Some(&self.claim_handlers),
+                &self.ended_names(),
             )
             .await;
         match claimed {

@@ -2,7 +2,8 @@
 //! the finisher that reports outcomes; starting them, their status, the
 //! shutdown drain and `kill`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -14,6 +15,12 @@ use crate::executor::handlers::Registry;
 use crate::executor::pool::Pool;
 use crate::executor::settings::{ExecutorSettings, PoolStatus};
 use crate::router::Router;
+use crate::store::AttemptRef;
+
+/// At most this many ended attempts are named in one claim (more is
+/// unusual: a key's slots are few; leaving some out only makes the claim
+/// see their slots as taken).
+const MAX_ENDED_NAMED: usize = 1000;
 
 /// Shared state of a node's executor.
 pub struct Executor {
@@ -27,6 +34,10 @@ pub struct Executor {
     /// The handlers this node runs beyond the built-ins, as claims take
     /// them (`,` then the names): claims leave other handlers' tasks.
     pub(super) claim_handlers: String,
+    /// Keyed attempts of this node whose handlers have ended and whose
+    /// outcomes are not recorded yet: claims take their slots (see
+    /// [`crate::store::Store::claim_tasks_reusing`]).
+    ended_keyed: Mutex<HashSet<AttemptRef>>,
     /// Claim loops still running (each drains its pool before it ends);
     /// [`Executor::drain`] waits for it to reach zero.
     claiming: watch::Sender<usize>,
@@ -75,6 +86,7 @@ impl Executor {
             finisher,
             extender,
             claim_handlers,
+            ended_keyed: Mutex::new(HashSet::new()),
             claiming: watch::Sender::new(0),
         });
         // Fired once the queues exist (a one-shot latch).
@@ -106,13 +118,37 @@ impl Executor {
         ex
     }
 
-    /// Pool counters, in config order.
+    /// The handler of keyed attempt `a` of `pool` ended: until the guard
+    /// drops (its outcome recorded, or given up), the node's claims may
+    /// give its slot to another task, and the pool's claim loop hears of it.
+    pub(super) fn key_slot_ended<'a>(&'a self, pool: &Pool, a: &AttemptRef) -> EndedSlot<'a> {
+        self.ended_keyed
+            .lock()
+            .expect("ended_keyed lock")
+            .insert(a.clone());
+        pool.key_ended.notify_one();
+        EndedSlot {
+            ex: self,
+            a: a.clone(),
+        }
+    }
+
+    /// The ended keyed attempts a claim names now.
+    pub(super) fn ended_names(&self) -> Vec<String> {
+        let set = self.ended_keyed.lock().expect("ended_keyed lock");
+        set.iter()
+            .take(MAX_ENDED_NAMED)
+            .map(AttemptRef::ended_name)
+            .collect()
+    }
+
     /// The handlers this node runs beyond the built-ins (every pool runs
     /// every handler of the node's registry).
     pub fn advertised_handlers(&self) -> Vec<String> {
         advertised(&self.registry)
     }
 
+    /// Pool counters, in config order.
     pub fn status(&self) -> Vec<PoolStatus> {
         self.pools.iter().map(|p| p.status()).collect()
     }
@@ -135,5 +171,21 @@ impl Executor {
         for p in &self.pools {
             p.abort_all();
         }
+    }
+}
+
+/// A keyed attempt whose handler ended, named by claims while it lives.
+pub(super) struct EndedSlot<'a> {
+    ex: &'a Executor,
+    a: AttemptRef,
+}
+
+impl Drop for EndedSlot<'_> {
+    fn drop(&mut self) {
+        self.ex
+            .ended_keyed
+            .lock()
+            .expect("ended_keyed lock")
+            .remove(&self.a);
     }
 }

@@ -27,6 +27,11 @@ pub(super) struct Pool {
     pub(super) mqs: Vec<String>,
     pub(super) slots: Arc<Semaphore>,
     pub(super) wake: Notify,
+    /// A keyed task's handler ended (its slot may be reused: see
+    /// `Executor::key_slot_ended`).
+    pub(super) key_ended: Notify,
+    /// Keyed tasks whose handlers are running.
+    pub(super) keyed_running: AtomicUsize,
     pub(super) completed: AtomicU64,
     pub(super) failed: AtomicU64,
     /// How many tasks a submit may claim for the pool now (see `handoff.rs`).
@@ -55,6 +60,8 @@ impl Pool {
             spec: spec.clone(),
             slots: Arc::new(Semaphore::new(spec.size)),
             wake: Notify::new(),
+            key_ended: Notify::new(),
+            keyed_running: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             offer: AtomicUsize::new(0),

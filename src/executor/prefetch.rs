@@ -103,6 +103,14 @@ impl Prefetch {
         self.tasks.len()
     }
 
+    /// Buffered tasks that hold a concurrency key's slot.
+    pub(super) fn keyed(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|h| h.task.concurrency_key.is_some())
+            .count()
+    }
+
     /// How many tasks beyond the free slots the buffer aims to hold.
     pub(super) fn target(&self) -> usize {
         let ahead = self.horizon.max(self.rtt * 2);
@@ -283,6 +291,7 @@ mod tests {
             handler: "noop".into(),
             timeout_ms: 1000,
             input: serde_json::Value::Null,
+            concurrency_key: None,
         }
     }
 

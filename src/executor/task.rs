@@ -65,13 +65,18 @@ impl Executor {
         permit: OwnedSemaphorePermit,
     ) {
         let a = t.attempt_ref();
+        let keyed = t.concurrency_key.is_some();
+        let running = keyed.then(|| KeyedRunning::new(&pool));
         let finish = self.run_handler(&a, t, &lease).await;
         // The slot bounds handlers, not reports: the next task may start
         // while this outcome waits for its batch.
         drop(permit);
+        drop(running);
         // The drain may have taken the task (to release it) meanwhile.
         if !owned.swap(true, Ordering::SeqCst) {
             if let Some(finish) = finish {
+                // So does a concurrency key's slot, for this node's claims.
+                let _ended = keyed.then(|| self.key_slot_ended(&pool, &a));
                 self.report(&pool, &a, finish, &lease).await;
             }
         }
@@ -224,6 +229,22 @@ impl Executor {
             }
             None => {}
         }
+    }
+}
+
+/// A keyed task's handler running, counted in its pool while it lives.
+struct KeyedRunning<'a>(&'a Pool);
+
+impl<'a> KeyedRunning<'a> {
+    fn new(pool: &'a Pool) -> KeyedRunning<'a> {
+        pool.keyed_running.fetch_add(1, Ordering::AcqRel);
+        KeyedRunning(pool)
+    }
+}
+
+impl Drop for KeyedRunning<'_> {
+    fn drop(&mut self) {
+        self.0.keyed_running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -87,6 +87,14 @@ pub struct EagerClaim {
     pub handlers: String,
 }
 
+/// Where a claim is recorded: the executor's node, region and pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimer<'a> {
+    pub node_id: &'a str,
+    pub region: &'a str,
+    pub pool: &'a str,
+}
+
 /// A task claimed by an executor.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedTask {
@@ -96,6 +104,10 @@ pub struct ClaimedTask {
     pub handler: String,
     pub timeout_ms: i32,
     pub input: Value,
+    /// The step's concurrency key, when the claim says (see
+    /// [`Store::claim_tasks_reusing`]); None: unkeyed, or not said.
+    #[sqlx(default)]
+    pub concurrency_key: Option<String>,
 }
 
 impl ClaimedTask {
@@ -115,6 +127,15 @@ pub struct AttemptRef {
     pub run_id: Uuid,
     pub step_id: String,
     pub attempt: i32,
+}
+
+impl AttemptRef {
+    /// How [`Store::claim_tasks_reusing`] names an attempt whose handler
+    /// ended: `run_id:attempt:step_id` (the key slot's occupant, as the
+    /// database spells it).
+    pub fn ended_name(&self) -> String {
+        format!("{}:{}:{}", self.run_id, self.attempt, self.step_id)
+    }
 }
 
 /// How an attempt ended, as reported by an executor.
@@ -278,6 +299,7 @@ impl Store {
                     handler: t[3].as_str().ok_or_else(bad)?.to_string(),
                     timeout_ms: t[4].as_i64().ok_or_else(bad)? as i32,
                     input: t[5].clone(),
+                    concurrency_key: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -418,29 +440,46 @@ impl Store {
         epoch: u64,
         handlers: Option<&str>,
     ) -> Result<Vec<ClaimedTask>> {
-        let sql = match handlers {
-            None => {
-                "SELECT run_id, step_id, attempt, handler, timeout_ms, input
-                   FROM swf.claim_tasks($1, $2, $3, $4, $5, $6, $7, $8)"
-            }
-            Some(_) => {
-                "SELECT run_id, step_id, attempt, handler, timeout_ms, input
-                   FROM swf.claim_tasks_for($9, $1, $2, $3, $4, $5, $6, $7, $8)"
-            }
+        let by = Claimer {
+            node_id,
+            region,
+            pool,
         };
-        let mut q = sqlx::query_as::<_, ClaimedTask>(sql)
-            .bind(mqs)
-            .bind(qty as i32)
-            .bind(node_id)
-            .bind(region)
-            .bind(pool)
-            .bind(leases.lease_ms)
-            .bind(leases.margin_ms)
-            .bind(epoch as i64);
-        if let Some(h) = handlers {
-            q = q.bind(h);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
+        self.claim_tasks_reusing(mqs, qty, by, leases, epoch, handlers, &[])
+            .await
+    }
+
+    /// [`Store::claim_tasks`], where the slots of concurrency keys held by
+    /// `ended` (attempts of this node whose handlers have ended and whose
+    /// outcomes are not yet recorded, as [`AttemptRef::ended_name`] names them)
+    /// count as free; each claimed task says its concurrency key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_tasks_reusing(
+        &self,
+        mqs: &[String],
+        qty: usize,
+        by: Claimer<'_>,
+        leases: Leases,
+        epoch: u64,
+        handlers: Option<&str>,
+        ended: &[String],
+    ) -> Result<Vec<ClaimedTask>> {
+        Ok(sqlx::query_as::<_, ClaimedTask>(
+            "SELECT run_id, step_id, attempt, handler, timeout_ms, input, concurrency_key
+               FROM swf.claim_tasks_reusing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(handlers)
+        .bind(ended)
+        .bind(mqs)
+        .bind(qty as i32)
+        .bind(by.node_id)
+        .bind(by.region)
+        .bind(by.pool)
+        .bind(leases.lease_ms)
+        .bind(leases.margin_ms)
+        .bind(epoch as i64)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Records a batch of finished attempts (completions and failures) in

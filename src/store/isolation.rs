@@ -7,15 +7,7 @@
 use sqlx::Row;
 
 use super::conn::{Result, Store};
-use super::engine::{ClaimedTask, Leases};
-
-/// Where a claim is recorded: the executor's node, region and pool.
-#[derive(Debug, Clone, Copy)]
-pub struct Claimer<'a> {
-    pub node_id: &'a str,
-    pub region: &'a str,
-    pub pool: &'a str,
-}
+use super::engine::{ClaimedTask, Claimer, Leases};
 
 /// What [`Store::reject_task`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

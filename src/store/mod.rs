@@ -43,10 +43,10 @@ mod schedules;
 pub use cluster::{DbState, WriteProbe};
 pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};
 pub use engine::{
-    strip_nul, AttemptRef, ClaimedTask, EagerClaim, Finish, FinishResult, Leases, NewRun,
+    strip_nul, AttemptRef, ClaimedTask, Claimer, EagerClaim, Finish, FinishResult, Leases, NewRun,
     RunControl, Submitted,
 };
-pub use isolation::{Claimer, Rejected};
+pub use isolation::Rejected;
 pub use journal::DrillRow;
 pub use nodes::NodeRow;
 pub use queues::{notify_channel, QueueRow};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use singularity_workflow::executor::handlers::{Registry, TaskContext};
+use singularity_workflow::store::{AttemptRef, ClaimedTask, Claimer, Finish, Leases, Store};
 
 use crate::harness::*;
 
@@ -189,4 +190,103 @@ async fn a_key_at_its_limit_does_not_hold_back_other_keys_behind_it() {
         assert_eq!(api.wait_terminal(id, 60).await["status"], "completed");
     }
     node.kill().await;
+}
+
+/// A node's claim may give the slots of its own attempts whose handlers
+/// have ended (outcomes not recorded yet) to new tasks; nothing else frees
+/// a slot early, and a late report of such an attempt frees nothing twice.
+#[tokio::test]
+async fn a_claim_reuses_the_slots_of_attempts_it_names_as_ended() {
+    const LEASES: Leases = Leases {
+        lease_ms: 60_000,
+        margin_ms: 1,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 1_000,
+    };
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    let keyed = |i: usize| {
+        new_run(
+            json!({"goal": format!("keyed {i}"), "concurrency": {"key": "r", "limit": 2},
+                       "steps": [{"id": "s", "handler": "noop"}]}),
+        )
+    };
+    let mut runs: Vec<_> = (0..4).map(keyed).collect();
+    runs.push(new_run(
+        json!({"goal": "free", "steps": [{"id": "s", "handler": "noop"}]}),
+    ));
+    store.submit_runs(&runs, None, 1).await.unwrap();
+    let mqs = vec!["default".to_string()];
+    let by = Claimer {
+        node_id: "n1",
+        region: "us-east",
+        pool: "default",
+    };
+    let claim = |ended: Vec<String>| {
+        let (store, mqs) = (store.clone(), mqs.clone());
+        async move {
+            store
+                .claim_tasks_reusing(&mqs, 10, by, LEASES, 1, None, &ended)
+                .await
+                .unwrap()
+        }
+    };
+    let first = claim(vec![]).await;
+    let keys: Vec<Option<&str>> = first.iter().map(|t| t.concurrency_key.as_deref()).collect();
+    assert_eq!(
+        first.len(),
+        3,
+        "two keyed tasks (the limit) and the free one"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| **k == Some("r")).count(),
+        2,
+        "{keys:?}"
+    );
+    assert_eq!(keys.iter().filter(|k| k.is_none()).count(), 1, "{keys:?}");
+    let held: Vec<&ClaimedTask> = first
+        .iter()
+        .filter(|t| t.concurrency_key.is_some())
+        .collect();
+    assert!(claim(vec![]).await.is_empty(), "the key is at its limit");
+    // Naming an attempt that does not hold the slot frees nothing.
+    let wrong = AttemptRef {
+        attempt: 2,
+        ..held[0].attempt_ref()
+    };
+    assert!(claim(vec![wrong.ended_name()]).await.is_empty());
+    // Naming one that does gives its slot to the next task of the key.
+    let reused = claim(vec![held[0].attempt_ref().ended_name()]).await;
+    assert_eq!(reused.len(), 1, "one slot named, one task");
+    assert_eq!(reused[0].concurrency_key.as_deref(), Some("r"));
+    // The slot is the new task's now: the named attempt's late report
+    // frees nothing, and the key stays at its limit.
+    assert!(claim(vec![]).await.is_empty());
+    let done = store
+        .finish_tasks(
+            &[(held[0].attempt_ref(), Finish::completed(json!("late")))],
+            LEASES,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        vec![singularity_workflow::store::FinishResult::Completed]
+    );
+    assert!(
+        claim(vec![]).await.is_empty(),
+        "a late report of a reused slot's attempt freed it twice"
+    );
+    // The new task's own completion frees its slot, as before.
+    store
+        .finish_tasks(
+            &[(reused[0].attempt_ref(), Finish::completed(json!("done")))],
+            LEASES,
+            1,
+        )
+        .await
+        .unwrap();
+    let last = claim(vec![]).await;
+    assert_eq!(last.len(), 1, "the fourth keyed task takes the freed slot");
 }
