@@ -46,6 +46,10 @@ type Renewal = (
 
 /// Pause after a failed claim (no writable primary known, contention).
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
+/// How long a notification's claim waits for the pool's keyed tasks still
+/// running or buffered to end (so the claim names them all, and takes their
+/// slots in one statement rather than two).
+const KEYED_WAKE_DELAY: Duration = Duration::from_millis(5);
 
 impl Executor {
     /// Creates the queues, then LISTENs on their channels and wakes pools.
@@ -144,6 +148,8 @@ impl Executor {
         // (or a concurrency key no more slots), so claims go one at a time
         // until one comes back full; several at once would find the same.
         let mut short = false;
+        // A notification's claim waiting for keyed tasks to end, until then.
+        let mut deferred: Option<Instant> = None;
         // Tasks asked for by the claims on their way.
         let mut asked = 0usize;
         // Per pool: claim round trips and sizes, the buffer's depth and
@@ -284,13 +290,27 @@ impl Executor {
                 }
                 // A slot came free: start from the buffer, or claim.
                 p = pool.slots.clone().acquire_owned(), if w.slot => drop(p),
-                _ = pool.wake.notified(), if w.wake => more = true,
+                // Work (or a key's slots) came: claim, after a short wait
+                // while keyed tasks of the pool are still to end.
+                _ = pool.wake.notified(), if w.wake && deferred.is_none() => {
+                    if keyed_pending(&buffer, &pool) {
+                        deferred = Some(Instant::now() + KEYED_WAKE_DELAY);
+                    } else {
+                        more = true;
+                    }
+                }
                 // Keyed handlers ended: once every keyed task the pool holds
                 // has, claim, naming them (their slots are free to us).
                 _ = pool.key_ended.notified(), if w.wake => {
-                    if buffer.keyed() == 0 && pool.keyed_running.load(Ordering::Acquire) == 0 {
+                    if !keyed_pending(&buffer, &pool) {
                         more = true;
+                        deferred = None;
                     }
+                }
+                _ = tokio::time::sleep_until(deferred.unwrap_or_else(Instant::now)),
+                    if w.wake && deferred.is_some() => {
+                    more = true;
+                    deferred = None;
                 }
                 _ = tokio::time::sleep(self.settings.poll_interval), if w.poll => {
                     more = true;
@@ -468,6 +488,12 @@ impl Executor {
         // Outcomes already on their way to the database: let them land.
         join_until(&mut running, Instant::now() + REPORT_GRACE).await;
     }
+}
+
+/// Whether keyed tasks of `pool` are buffered or running (their slots are
+/// this node's to reuse once they end).
+fn keyed_pending(buffer: &Prefetch, pool: &Pool) -> bool {
+    pool.keyed_running.load(Ordering::Acquire) > 0 || buffer.keyed() > 0
 }
 
 /// The next tasks handed over by a submit; never, without a receiver.

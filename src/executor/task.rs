@@ -45,13 +45,19 @@ impl Executor {
         permit: OwnedSemaphorePermit,
     ) {
         let a = t.attempt_ref();
+        // Counted from here, not from the task's first poll: the claim
+        // loop must not see a keyed task started but not yet running.
+        let keyed = t
+            .concurrency_key
+            .is_some()
+            .then(|| KeyedRunning::new(pool.clone()));
         let owned = Arc::new(AtomicBool::new(false));
         let lease = Lease::new(sent, t.timeout_ms, self.settings.leases);
         let span = tracing::info_span!("task", run_id = %t.run_id, step_id = %t.step_id,
                                        attempt = t.attempt, pool = %pool.spec.name);
         let job = self
             .clone()
-            .run_task(pool.clone(), t, lease, owned.clone(), permit)
+            .run_task(pool.clone(), t, lease, owned.clone(), (permit, keyed))
             .instrument(span);
         pool.track(a, owned, || running.spawn(job));
     }
@@ -62,11 +68,10 @@ impl Executor {
         t: ClaimedTask,
         lease: Lease,
         owned: Arc<AtomicBool>,
-        permit: OwnedSemaphorePermit,
+        (permit, running): (OwnedSemaphorePermit, Option<KeyedRunning>),
     ) {
         let a = t.attempt_ref();
-        let keyed = t.concurrency_key.is_some();
-        let running = keyed.then(|| KeyedRunning::new(&pool));
+        let keyed = running.is_some();
         let finish = self.run_handler(&a, t, &lease).await;
         // The slot bounds handlers, not reports: the next task may start
         // while this outcome waits for its batch.
@@ -232,17 +237,18 @@ impl Executor {
     }
 }
 
-/// A keyed task's handler running, counted in its pool while it lives.
-struct KeyedRunning<'a>(&'a Pool);
+/// A keyed task started and its handler not ended, counted in its pool
+/// while it lives.
+struct KeyedRunning(Arc<Pool>);
 
-impl<'a> KeyedRunning<'a> {
-    fn new(pool: &'a Pool) -> KeyedRunning<'a> {
+impl KeyedRunning {
+    fn new(pool: Arc<Pool>) -> KeyedRunning {
         pool.keyed_running.fetch_add(1, Ordering::AcqRel);
         KeyedRunning(pool)
     }
 }
 
-impl Drop for KeyedRunning<'_> {
+impl Drop for KeyedRunning {
     fn drop(&mut self) {
         self.0.keyed_running.fetch_sub(1, Ordering::AcqRel);
     }
