@@ -201,9 +201,11 @@
 //!   that waits later, and a finished run refuses it storing nothing
 //!   (`control::signals_complete_waiting_steps_early_late_or_time_out`).
 //! - No more than a key's limit of its tasks run at once across nodes
-//!   (`keys::a_key_limits_running_tasks_across_nodes`), and a slot held by
+//!   (`keys::a_key_limits_running_tasks_across_nodes`), a slot held by
 //!   a dead executor frees with its lease
-//!   (`keys::a_slot_held_by_a_dead_executor_frees_with_its_lease`).
+//!   (`keys::a_slot_held_by_a_dead_executor_frees_with_its_lease`), and a
+//!   claim reuses only the slots of attempts it names as ended, each once
+//!   (`keys::a_claim_reuses_the_slots_of_attempts_it_names_as_ended`).
 //! - A map step's output is its items' outputs in order, one task each
 //!   (`maps::a_map_runs_one_task_per_item_and_keeps_their_order`).
 //! - No acknowledged write is lost when a process dies by SIGKILL, and
