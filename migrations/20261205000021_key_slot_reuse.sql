@@ -26,10 +26,14 @@
 --
 -- The named attempts reach swf._key_free through the transaction-local
 -- setting swf.key_ended (as the handler list reaches the claim through
--- swf.claim_handlers); swf._key_free sets swf.key_claimed, so the wrapper
--- looks the keys up only after a claim that visited a key. Claims that do
--- not name attempts (other entry points, nodes of the previous version)
--- behave as before.
+-- swf.claim_handlers); NULL names are dropped (a NULL would make every
+-- comparison unknown, and so every slot free). swf._key_free sets
+-- swf.key_claimed, so the wrapper looks the keys up only after a claim
+-- that visited a key. The lookup reads the steps as of the wrapper's
+-- statement: a step submitted between that and the claim comes back
+-- without its key, and its slot is then not reused (it waits for the
+-- report, as before). Claims that do not name attempts (other entry
+-- points, nodes of the previous version) behave as before.
 
 CREATE OR REPLACE FUNCTION swf._key_free(p_key text, p_limit int) RETURNS int[]
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
@@ -41,8 +45,8 @@ BEGIN
     PERFORM set_config('swf.key_claimed', 'on', true);
     v_live := ARRAY(SELECT ks.slot FROM swf.key_slots ks
                      WHERE ks.key = p_key AND ks.lease_until > clock_timestamp()
-                       AND (ks.run_id::text || ':' || ks.attempt || ':' || ks.step_id)
-                           <> ALL (v_ended)
+                       AND NOT coalesce((ks.run_id::text || ':' || ks.attempt || ':' || ks.step_id)
+                                        = ANY (v_ended), false)
                        AND EXISTS (SELECT 1 FROM swf.steps st
                                     WHERE st.run_id = ks.run_id AND st.step_id = ks.step_id
                                       AND st.status = 'started' AND st.attempts = ks.attempt));
@@ -63,7 +67,8 @@ AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM set_config('swf.claim_handlers', coalesce(p_handlers, ''), true);
-    PERFORM set_config('swf.key_ended', coalesce(p_ended, '{}')::text, true);
+    PERFORM set_config('swf.key_ended', coalesce(array_remove(p_ended, NULL), '{}')::text,
+                       true);
     PERFORM set_config('swf.key_claimed', '', true);
     -- The claim's rows are all made before the first is projected (a
     -- PL/pgSQL set-returning function fills its result first), so the

@@ -48,8 +48,11 @@ type Renewal = (
 const CLAIM_RETRY: Duration = Duration::from_millis(500);
 /// How long a notification's claim waits for the pool's keyed tasks still
 /// running or buffered to end (so the claim names them all, and takes their
-/// slots in one statement rather than two).
+/// slots in one statement rather than two), while keyed tasks end in a
+/// burst: the last one ended less than [`KEYED_BURST`] ago. A pool holding
+/// one long keyed task claims for other work at once.
 const KEYED_WAKE_DELAY: Duration = Duration::from_millis(5);
+const KEYED_BURST: Duration = Duration::from_millis(50);
 
 impl Executor {
     /// Creates the queues, then LISTENs on their channels and wakes pools.
@@ -127,8 +130,11 @@ impl Executor {
     /// Claims and starts tasks for `pool` until `shutdown`, then drains it.
     ///
     /// Claims run in the background while buffered tasks start (see
-    /// [`Prefetch`]): one claim at a time, sent when the buffer is half
-    /// empty, asking for the free slots plus the buffer's target.
+    /// [`Prefetch`]): up to [`CLAIMS_IN_FLIGHT`] at a time (one after a
+    /// keyed claim came back short), sent when the buffer is half empty,
+    /// asking for the free slots plus the buffer's target. Keyed tasks
+    /// whose handlers ended are named in each claim, which may give their
+    /// slots to new tasks (see `Executor::key_slot_ended`).
     pub(super) async fn claim_loop(self: Arc<Self>, pool: Arc<Pool>, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
         let mut claiming: JoinSet<(Result<Vec<ClaimedTask>, StoreError>, usize, Instant)> =
@@ -144,12 +150,14 @@ impl Executor {
         let mut handoffs = pool.take_handoffs();
         // The queues may hold more than the last claim got.
         let mut more = true;
-        // The last claim came back short: the queues had no more for us
-        // (or a concurrency key no more slots), so claims go one at a time
-        // until one comes back full; several at once would find the same.
+        // The last claim came back short with keyed tasks: a key had no
+        // more slots for us, so claims go one at a time until one comes
+        // back full (several at once find the key locked by each other).
         let mut short = false;
         // A notification's claim waiting for keyed tasks to end, until then.
         let mut deferred: Option<Instant> = None;
+        // When a keyed task of the pool last ended.
+        let mut key_end: Option<Instant> = None;
         // Tasks asked for by the claims on their way.
         let mut asked = 0usize;
         // Per pool: claim round trips and sizes, the buffer's depth and
@@ -210,6 +218,7 @@ impl Executor {
             let at_once = if short { 1 } else { CLAIMS_IN_FLIGHT };
             if more && claiming.len() < at_once && want > 0 && keeping_up {
                 asked += want;
+                deferred = None;
                 let (me, p) = (self.clone(), pool.clone());
                 claiming.spawn(async move {
                     let sent = Instant::now();
@@ -242,7 +251,7 @@ impl Executor {
                             metrics::counter!("swf_tasks_claimed_total", "pool" => pool.spec.name.clone())
                                 .increment(got as u64);
                             more = got == want;
-                            short = !more;
+                            short = !more && tasks.iter().any(|t| t.concurrency_key.is_some());
                             // Nothing buffered and every slot free: the
                             // pool waited for this claim (a slow pool's
                             // slots rarely all free at once).
@@ -293,7 +302,8 @@ impl Executor {
                 // Work (or a key's slots) came: claim, after a short wait
                 // while keyed tasks of the pool are still to end.
                 _ = pool.wake.notified(), if w.wake && deferred.is_none() => {
-                    if keyed_pending(&buffer, &pool) {
+                    let burst = key_end.is_some_and(|t| t.elapsed() < KEYED_BURST);
+                    if burst && keyed_pending(&buffer, &pool) {
                         deferred = Some(Instant::now() + KEYED_WAKE_DELAY);
                     } else {
                         more = true;
@@ -301,10 +311,10 @@ impl Executor {
                 }
                 // Keyed handlers ended: once every keyed task the pool holds
                 // has, claim, naming them (their slots are free to us).
-                _ = pool.key_ended.notified(), if w.wake => {
+                _ = pool.key_ended.notified() => {
+                    key_end = Some(Instant::now());
                     if !keyed_pending(&buffer, &pool) {
                         more = true;
-                        deferred = None;
                     }
                 }
                 _ = tokio::time::sleep_until(deferred.unwrap_or_else(Instant::now)),

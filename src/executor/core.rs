@@ -118,15 +118,14 @@ impl Executor {
         ex
     }
 
-    /// The handler of keyed attempt `a` of `pool` ended: until the guard
-    /// drops (its outcome recorded, or given up), the node's claims may
-    /// give its slot to another task, and the pool's claim loop hears of it.
-    pub(super) fn key_slot_ended<'a>(&'a self, pool: &Pool, a: &AttemptRef) -> EndedSlot<'a> {
+    /// The handler of keyed attempt `a` ended: until the guard drops (its
+    /// outcome recorded, or given up), the node's claims may give its slot
+    /// to another task.
+    pub(super) fn key_slot_ended(&self, a: &AttemptRef) -> EndedSlot<'_> {
         self.ended_keyed
             .lock()
             .expect("ended_keyed lock")
             .insert(a.clone());
-        pool.key_ended.notify_one();
         EndedSlot {
             ex: self,
             a: a.clone(),

@@ -30,7 +30,8 @@ pub(super) struct Pool {
     /// A keyed task's handler ended (its slot may be reused: see
     /// `Executor::key_slot_ended`).
     pub(super) key_ended: Notify,
-    /// Keyed tasks whose handlers are running.
+    /// Keyed tasks started and whose handlers have not ended (counted from
+    /// their start, before their first poll).
     pub(super) keyed_running: AtomicUsize,
     pub(super) completed: AtomicU64,
     pub(super) failed: AtomicU64,

@@ -76,14 +76,18 @@ impl Executor {
         // The slot bounds handlers, not reports: the next task may start
         // while this outcome waits for its batch.
         drop(permit);
-        drop(running);
         // The drain may have taken the task (to release it) meanwhile.
-        if !owned.swap(true, Ordering::SeqCst) {
-            if let Some(finish) = finish {
-                // So does a concurrency key's slot, for this node's claims.
-                let _ended = keyed.then(|| self.key_slot_ended(&pool, &a));
-                self.report(&pool, &a, finish, &lease).await;
-            }
+        let reporting = !owned.swap(true, Ordering::SeqCst) && finish.is_some();
+        // So does a concurrency key's slot, for this node's claims, until
+        // the outcome is recorded: named before the task stops counting as
+        // running, so the claim loop never sees it as neither.
+        let _ended = (keyed && reporting).then(|| self.key_slot_ended(&a));
+        drop(running);
+        if keyed {
+            pool.key_ended.notify_one();
+        }
+        if let (true, Some(finish)) = (reporting, finish) {
+            self.report(&pool, &a, finish, &lease).await;
         }
         pool.untrack(&a);
     }

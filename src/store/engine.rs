@@ -1,7 +1,8 @@
 //! The engine's transitions: storing runs, claiming, finishing, extending
 //! and releasing tasks, cancelling runs. Each is one round trip to a
 //! PL/pgSQL entry point of the same name in `migrations/` (where the state
-//! machine is documented), and each carries the node's epoch.
+//! machine is documented; claims go through `swf.claim_tasks_reusing`),
+//! and each carries the node's epoch.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -427,7 +428,8 @@ impl Store {
 
     /// Claims up to `qty` tasks from the pgmq queues `mqs` (in order): any
     /// task, or with `handlers` (`,` then the handlers the node runs beyond
-    /// the built-ins, comma-separated) only those the node can run.
+    /// the built-ins, comma-separated) only those the node can run. Each
+    /// task says its concurrency key (see [`Store::claim_tasks_reusing`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_tasks(
         &self,

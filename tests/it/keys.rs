@@ -259,9 +259,26 @@ async fn a_claim_reuses_the_slots_of_attempts_it_names_as_ended() {
     let reused = claim(vec![held[0].attempt_ref().ended_name()]).await;
     assert_eq!(reused.len(), 1, "one slot named, one task");
     assert_eq!(reused[0].concurrency_key.as_deref(), Some("r"));
-    // The slot is the new task's now: the named attempt's late report
-    // frees nothing, and the key stays at its limit.
+    // The slot is the new task's now: naming the attempt again, or its
+    // late report, frees nothing, and the key stays at its limit.
     assert!(claim(vec![]).await.is_empty());
+    assert!(
+        claim(vec![held[0].attempt_ref().ended_name()])
+            .await
+            .is_empty(),
+        "a named attempt freed its old slot twice"
+    );
+    // A NULL among the names (a caller of the SQL function) frees nothing.
+    let raw = sql(&db).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM swf.claim_tasks_reusing(NULL, ARRAY[NULL]::text[],
+             ARRAY['default'], 10, 'n1', 'us-east', 'default', 60000, 1, 1)",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "a NULL name freed the key's slots");
+    raw.close().await;
     let done = store
         .finish_tasks(
             &[(held[0].attempt_ref(), Finish::completed(json!("late")))],
