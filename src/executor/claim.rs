@@ -371,22 +371,26 @@ impl Executor {
             .increment(1);
     }
 
+    /// How this node's claims for `pool` are recorded.
+    fn claimer<'a>(&'a self, pool: &'a Pool) -> Claimer<'a> {
+        Claimer {
+            node_id: &self.settings.node_id,
+            region: &self.settings.region,
+            pool: &pool.spec.name,
+        }
+    }
+
     /// One claim round trip for up to `want` tasks; when it fails for a
     /// message's sake, the isolation path instead.
     async fn claim(&self, pool: &Pool, want: usize) -> Result<Vec<ClaimedTask>, StoreError> {
         let s = &self.settings;
-        let by = Claimer {
-            node_id: &s.node_id,
-            region: &s.region,
-            pool: &pool.spec.name,
-        };
         let claimed = self
             .router
             .write_store()
             .claim_tasks_reusing(
                 &pool.mqs,
                 want,
-                by,
+                self.claimer(pool),
                 s.leases,
                 self.router.epoch(),
                 Some(&self.claim_handlers),
@@ -415,11 +419,7 @@ impl Executor {
         let s = &self.settings;
         let store = self.router.write_store();
         let epoch = self.router.epoch();
-        let by = Claimer {
-            node_id: &s.node_id,
-            region: &s.region,
-            pool: &pool.spec.name,
-        };
+        let by = self.claimer(pool);
         let mut got = Vec::new();
         for (mq, msg_id) in store.peek_tasks(&pool.mqs, want).await? {
             if got.len() >= want {
