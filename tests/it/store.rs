@@ -210,3 +210,66 @@ async fn a_database_of_the_first_schema_upgrades_in_place_with_work_in_flight() 
     assert_eq!(store.release_tasks(&[stale], 1).await.unwrap(), 0);
     store.close().await;
 }
+
+/// A claim commits without waiting for its WAL flush, and leaves nothing of
+/// that to the next transaction on its connection (a report must wait for
+/// its flush); it moves its messages' visibility in place, so no index of
+/// the queue gets new entries (migration 22).
+#[tokio::test]
+async fn a_claim_commits_without_the_flush_and_updates_its_messages_in_place() {
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 2).unwrap();
+    let runs: Vec<_> = (0..12)
+        .map(|i| {
+            new_run(json!({"goal": format!("light {i}"),
+                           "steps": [{"id": "s", "handler": "noop"}]}))
+        })
+        .collect();
+    store.submit_runs(&runs, None, 1).await.unwrap();
+    let raw = sql(&db).await;
+    let mut c = raw.acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM swf.claim_tasks_reusing(NULL, '{}', ARRAY['default'], 10,
+             'n1', 'us-east', 'default', 60000, 1000, 1)",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(n, 10);
+    let (commit, updated, in_place): (String, i64, i64) = sqlx::query_as(
+        "SELECT current_setting('synchronous_commit'), n_tup_upd, n_tup_hot_upd
+           FROM pg_stat_xact_user_tables WHERE schemaname = 'pgmq' AND relname = 'q_default'",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(commit, "off", "the claim's commit waits for the flush");
+    assert_eq!(updated, 10, "one update per claimed message");
+    assert_eq!(in_place, 10, "claimed messages got new index entries");
+    sqlx::query("COMMIT").execute(&mut *c).await.unwrap();
+    let next: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(
+        next, "on",
+        "the connection's next transaction would not wait"
+    );
+    drop(c);
+    // The claims stand, and the queue has no index on visibility.
+    let started: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM swf.steps WHERE status = 'started'")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    assert_eq!(started, 10);
+    let vt_indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'pgmq' AND indexdef LIKE '%(vt)%'",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(vt_indexes, 0);
+    raw.close().await;
+}
