@@ -4,7 +4,9 @@
 -- key's pace).
 --
 -- 1. An executor's claim commits without waiting for its WAL flush.
---    Nothing acknowledged depends on a claim being durable. A claim lost in
+--    Nothing acknowledged depends on a claim being durable. (A claim that
+--    sets messages apart for the one-message path, which may fail a step or
+--    a run for good, goes back to a synchronous commit there.) A claim lost in
 --    a crash is a claim that never happened: its attempt's report is
 --    refused as stale and the task is claimed again (at least once, as
 --    after an expired lease). A report commits synchronously, and its
@@ -54,6 +56,51 @@ BEGIN
       FROM swf.claim_tasks(p_mqs, p_qty, p_node_id, p_region, p_pool, p_lease_ms,
                            p_margin_ms, p_epoch) c;
     PERFORM set_config('swf.key_ended', '', true);
+END $$;
+
+-- As in 20261204000015; the messages a claim sets apart go one by one
+-- through swf._claim_message, which may fail a step or a run for good: a
+-- claim that has any commits synchronously (see 1 above).
+CREATE OR REPLACE FUNCTION swf._claim_leftovers(p_mq text, p_ids bigint[], p_qty int, p_key text,
+                                     p_slots int[], p_node_id text, p_region text,
+                                     p_pool text, p_lease_ms int, p_margin_ms int,
+                                     p_epoch bigint)
+RETURNS TABLE (run_id uuid, step_id text, attempt int, handler text, timeout_ms int,
+               input jsonb, msg_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    -- This path can end a step or a run (attempts exhausted, a dead run's
+    -- message): such a transaction waits for its flush, like any other.
+    IF cardinality(p_ids) > 0 THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+    END IF;
+    FOREACH v_id IN ARRAY p_ids LOOP
+        FOR run_id, step_id, attempt, handler, timeout_ms, input, msg_id IN
+            SELECT * FROM swf._claim_message(ARRAY[p_mq], 1, p_node_id, p_region, p_pool,
+                                             p_lease_ms, p_margin_ms, p_epoch, v_id)
+        LOOP
+            IF p_qty > 0 THEN
+                IF p_key IS NOT NULL THEN
+                    INSERT INTO swf.key_slots AS ks (key, slot, run_id, step_id, attempt,
+                                                     lease_until)
+                    VALUES (p_key, p_slots[cardinality(p_slots) - p_qty + 1], run_id, step_id,
+                            attempt, clock_timestamp()
+                            + make_interval(secs => (least(timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0))
+                    ON CONFLICT ON CONSTRAINT key_slots_pkey DO UPDATE
+                       SET run_id = excluded.run_id, step_id = excluded.step_id,
+                           attempt = excluded.attempt, lease_until = excluded.lease_until;
+                END IF;
+                p_qty := p_qty - 1;
+                RETURN NEXT;
+            ELSE
+                -- More than asked for: give it back at once.
+                PERFORM swf.release_tasks(jsonb_build_array(jsonb_build_object(
+                    'run_id', run_id, 'step_id', step_id, 'attempt', attempt)), p_epoch);
+            END IF;
+        END LOOP;
+    END LOOP;
 END $$;
 
 -- The storage of queue p_mq: no vt index, room on each page (above).
@@ -111,6 +158,23 @@ BEGIN
         PERFORM swf._queue_statements(v_mq);
         PERFORM swf._queue_storage(v_mq);
     END LOOP;
+END $$;
+
+-- As in 20261203000007: a queue made outside the engine (pgmq.create
+-- directly) gets its statements at its first use, and now that storage too.
+CREATE OR REPLACE FUNCTION swf._queue_fn(p_kind text, p_mq text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_name text := format('swf.%I', p_kind || '@' || p_mq);
+BEGIN
+    IF to_regproc(v_name) IS NULL THEN
+        PERFORM pg_advisory_xact_lock(6005346003322226005);
+        IF to_regproc(v_name) IS NULL THEN
+            PERFORM swf._queue_statements(p_mq);
+            PERFORM swf._queue_storage(p_mq);
+        END IF;
+    END IF;
+    RETURN v_name;
 END $$;
 
 SELECT swf._queue_storage(queue_name) FROM pgmq.meta;

@@ -256,6 +256,34 @@ async fn a_claim_commits_without_the_flush_and_updates_its_messages_in_place() {
         next, "on",
         "the connection's next transaction would not wait"
     );
+    // A claim that sets a message apart (here one of a run no longer
+    // running) takes the one-message path, which may end steps and runs
+    // for good: that claim waits for its flush.
+    sqlx::query(
+        "UPDATE swf.runs SET status = 'cancelled', completed_at = now()
+          WHERE run_id = (SELECT run_id FROM swf.steps WHERE status = 'queued' LIMIT 1)",
+    )
+    .execute(&mut *c)
+    .await
+    .unwrap();
+    sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM swf.claim_tasks_reusing(NULL, '{}', ARRAY['default'], 10,
+             'n1', 'us-east', 'default', 60000, 1000, 1)",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(n, 1, "the running run's task");
+    let commit: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(
+        commit, "on",
+        "a claim that set a message apart did not wait"
+    );
+    sqlx::query("COMMIT").execute(&mut *c).await.unwrap();
     drop(c);
     // The claims stand, and the queue has no index on visibility.
     let started: i64 =
@@ -263,7 +291,7 @@ async fn a_claim_commits_without_the_flush_and_updates_its_messages_in_place() {
             .fetch_one(&raw)
             .await
             .unwrap();
-    assert_eq!(started, 10);
+    assert_eq!(started, 11);
     let vt_indexes: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_indexes WHERE schemaname = 'pgmq' AND indexdef LIKE '%(vt)%'",
     )
