@@ -211,6 +211,27 @@ async fn a_database_of_the_first_schema_upgrades_in_place_with_work_in_flight() 
     store.close().await;
 }
 
+/// Opens a transaction on `c` and claims up to 10 tasks in it, as an
+/// executor's claim does; the number claimed.
+async fn begin_and_claim(c: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM swf.claim_tasks_reusing(NULL, '{}', ARRAY['default'], 10,
+             'n1', 'us-east', 'default', 60000, 1000, 1)",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .unwrap()
+}
+
+/// `synchronous_commit` as the transaction on `c` would commit now.
+async fn commit_mode(c: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap()
+}
+
 /// A claim commits without waiting for its WAL flush, and leaves nothing of
 /// that to the next transaction on its connection (a report must wait for
 /// its flush); it moves its messages' visibility in place, so no index of
@@ -228,14 +249,7 @@ async fn a_claim_commits_without_the_flush_and_updates_its_messages_in_place() {
     store.submit_runs(&runs, None, 1).await.unwrap();
     let raw = sql(&db).await;
     let mut c = raw.acquire().await.unwrap();
-    sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM swf.claim_tasks_reusing(NULL, '{}', ARRAY['default'], 10,
-             'n1', 'us-east', 'default', 60000, 1000, 1)",
-    )
-    .fetch_one(&mut *c)
-    .await
-    .unwrap();
+    let n = begin_and_claim(&mut c).await;
     assert_eq!(n, 10);
     let (commit, updated, in_place): (String, i64, i64) = sqlx::query_as(
         "SELECT current_setting('synchronous_commit'), n_tup_upd, n_tup_hot_upd
@@ -248,10 +262,7 @@ async fn a_claim_commits_without_the_flush_and_updates_its_messages_in_place() {
     assert_eq!(updated, 10, "one update per claimed message");
     assert_eq!(in_place, 10, "claimed messages got new index entries");
     sqlx::query("COMMIT").execute(&mut *c).await.unwrap();
-    let next: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
-        .fetch_one(&mut *c)
-        .await
-        .unwrap();
+    let next = commit_mode(&mut c).await;
     assert_eq!(
         next, "on",
         "the connection's next transaction would not wait"
@@ -266,19 +277,9 @@ async fn a_claim_commits_without_the_flush_and_updates_its_messages_in_place() {
     .execute(&mut *c)
     .await
     .unwrap();
-    sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM swf.claim_tasks_reusing(NULL, '{}', ARRAY['default'], 10,
-             'n1', 'us-east', 'default', 60000, 1000, 1)",
-    )
-    .fetch_one(&mut *c)
-    .await
-    .unwrap();
+    let n = begin_and_claim(&mut c).await;
     assert_eq!(n, 1, "the running run's task");
-    let commit: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
-        .fetch_one(&mut *c)
-        .await
-        .unwrap();
+    let commit = commit_mode(&mut c).await;
     assert_eq!(
         commit, "on",
         "a claim that set a message apart did not wait"
