@@ -5,8 +5,8 @@
 --
 -- 1. An executor's claim commits without waiting for its WAL flush.
 --    Nothing acknowledged depends on a claim being durable. (A claim that
---    sets messages apart for the one-message path, which may fail a step or
---    a run for good, goes back to a synchronous commit there.) A claim lost in
+--    sets messages apart for the one-message path, swf._claim_message, which
+--    may fail a step or a run for good, commits synchronously.) A claim lost in
 --    a crash is a claim that never happened: its attempt's report is
 --    refused as stale and the task is claimed again (at least once, as
 --    after an expired lease). A report commits synchronously, and its
@@ -27,83 +27,41 @@
 --    70) for the new versions to stay on their page. pgmq's functions work
 --    as before.
 
-CREATE OR REPLACE FUNCTION swf.claim_tasks_reusing(p_handlers text, p_ended text[], p_mqs text[],
-                                        p_qty int, p_node_id text, p_region text,
-                                        p_pool text, p_lease_ms int, p_margin_ms int,
-                                        p_epoch bigint)
-RETURNS TABLE (run_id uuid, step_id text, attempt int, handler text, timeout_ms int,
-               input jsonb, msg_id bigint, concurrency_key text)
-LANGUAGE plpgsql
-SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
-AS $$
-#variable_conflict use_column
-BEGIN
-    -- Transaction-local, and kept past this function's own SET clauses:
-    -- the claim's commit (its statement's end) does not wait for the flush.
-    PERFORM set_config('synchronous_commit', 'off', true);
-    PERFORM set_config('swf.claim_handlers', coalesce(p_handlers, ''), true);
-    PERFORM set_config('swf.key_ended', coalesce(array_remove(p_ended, NULL), '{}')::text,
-                       true);
-    PERFORM set_config('swf.key_claimed', '', true);
-    -- The claim's rows are all made before the first is projected (a
-    -- PL/pgSQL set-returning function fills its result first), so the
-    -- flag is final here; the scalar subquery stays a key lookup.
-    RETURN QUERY
-    SELECT c.run_id, c.step_id, c.attempt, c.handler, c.timeout_ms, c.input, c.msg_id,
-           CASE WHEN current_setting('swf.key_claimed', true) = 'on' THEN
-               (SELECT st.concurrency_key FROM swf.steps st
-                 WHERE st.run_id = c.run_id AND st.step_id = c.step_id) END
-      FROM swf.claim_tasks(p_mqs, p_qty, p_node_id, p_region, p_pool, p_lease_ms,
-                           p_margin_ms, p_epoch) c;
-    PERFORM set_config('swf.key_ended', '', true);
-END $$;
-
--- As in 20261204000015; the messages a claim sets apart go one by one
--- through swf._claim_message, which may fail a step or a run for good: a
--- claim that has any commits synchronously (see 1 above).
-CREATE OR REPLACE FUNCTION swf._claim_leftovers(p_mq text, p_ids bigint[], p_qty int, p_key text,
-                                     p_slots int[], p_node_id text, p_region text,
-                                     p_pool text, p_lease_ms int, p_margin_ms int,
-                                     p_epoch bigint)
-RETURNS TABLE (run_id uuid, step_id text, attempt int, handler text, timeout_ms int,
-               input jsonb, msg_id bigint)
-LANGUAGE plpgsql AS $$
+-- Replaces p_from by p_to in function p_fn's definition (which must hold
+-- it), as in 20261204000015: the small edits below to functions of earlier
+-- migrations.
+CREATE FUNCTION swf._patch_function(p_fn regprocedure, p_from text, p_to text)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_id bigint;
+    v_def text := pg_get_functiondef(p_fn);
 BEGIN
-    -- This path can end a step or a run (attempts exhausted, a dead run's
-    -- message): such a transaction waits for its flush, like any other.
-    IF cardinality(p_ids) > 0 THEN
-        PERFORM set_config('synchronous_commit', 'on', true);
+    IF position(p_from IN v_def) = 0 THEN
+        RAISE EXCEPTION 'migration 22: % does not contain: %', p_fn, p_from;
     END IF;
-    FOREACH v_id IN ARRAY p_ids LOOP
-        FOR run_id, step_id, attempt, handler, timeout_ms, input, msg_id IN
-            SELECT * FROM swf._claim_message(ARRAY[p_mq], 1, p_node_id, p_region, p_pool,
-                                             p_lease_ms, p_margin_ms, p_epoch, v_id)
-        LOOP
-            IF p_qty > 0 THEN
-                IF p_key IS NOT NULL THEN
-                    INSERT INTO swf.key_slots AS ks (key, slot, run_id, step_id, attempt,
-                                                     lease_until)
-                    VALUES (p_key, p_slots[cardinality(p_slots) - p_qty + 1], run_id, step_id,
-                            attempt, clock_timestamp()
-                            + make_interval(secs => (least(timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0))
-                    ON CONFLICT ON CONSTRAINT key_slots_pkey DO UPDATE
-                       SET run_id = excluded.run_id, step_id = excluded.step_id,
-                           attempt = excluded.attempt, lease_until = excluded.lease_until;
-                END IF;
-                p_qty := p_qty - 1;
-                RETURN NEXT;
-            ELSE
-                -- More than asked for: give it back at once.
-                PERFORM swf.release_tasks(jsonb_build_array(jsonb_build_object(
-                    'run_id', run_id, 'step_id', step_id, 'attempt', attempt)), p_epoch);
-            END IF;
-        END LOOP;
-    END LOOP;
+    EXECUTE replace(v_def, p_from, p_to);
 END $$;
 
--- The storage of queue p_mq: no vt index, room on each page (above).
+-- 1. The executor's claim: transaction-local, and kept past the function's
+-- own SET clauses, so the claim's commit (its statement's end) does not
+-- wait for the flush.
+SELECT swf._patch_function(
+    'swf.claim_tasks_reusing(text, text[], text[], int, text, text, text, int, int, bigint)',
+    $p$    PERFORM set_config('swf.claim_handlers', coalesce(p_handlers, ''), true);$p$,
+    $p$    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM set_config('swf.claim_handlers', coalesce(p_handlers, ''), true);$p$);
+
+-- The one-message path can end a step or a run for good (attempts
+-- exhausted, a dead run's message): a transaction that took it waits for
+-- its flush, like any other.
+SELECT swf._patch_function(
+    'swf._claim_message(text[], int, text, text, text, int, int, bigint, bigint)',
+    $p$    PERFORM swf.assert_epoch(p_epoch);
+    FOREACH p_mq IN ARRAY p_mqs LOOP$p$,
+    $p$    PERFORM set_config('synchronous_commit', 'on', true);
+    PERFORM swf.assert_epoch(p_epoch);
+    FOREACH p_mq IN ARRAY p_mqs LOOP$p$);
+
+-- 2. The storage of queue p_mq: no vt index, room on each page (above).
 CREATE FUNCTION swf._queue_storage(p_mq text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -111,70 +69,15 @@ BEGIN
     EXECUTE format('ALTER TABLE pgmq.%I SET (fillfactor = 70)', 'q_' || p_mq);
 END $$;
 
--- As in 20261203000007, with that storage.
-CREATE OR REPLACE FUNCTION swf._ensure_queue(p_mq text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = p_mq) THEN
-        PERFORM pg_advisory_xact_lock(6005346003322226005);
-        IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = p_mq) THEN
-            PERFORM pgmq.create(p_mq);
-            PERFORM swf._queue_statements(p_mq);
-            PERFORM swf._queue_storage(p_mq);
-        END IF;
-    END IF;
-END $$;
+-- A queue's engine objects (its statements and claim indexes, made with the
+-- queue, or at its first use for a queue made by pgmq.create directly)
+-- include that storage.
+SELECT swf._patch_function(
+    'swf._queue_statements(text)',
+    $p$WHERE message ? ''k''', 'q_' || p_mq || '_keyed', 'q_' || p_mq);$p$,
+    $p$WHERE message ? ''k''', 'q_' || p_mq || '_keyed', 'q_' || p_mq);
+    PERFORM swf._queue_storage(p_mq);$p$);
 
--- As in 20261203000007, with that storage.
-CREATE OR REPLACE FUNCTION swf.ensure_queues(p_mqs text[], p_epoch bigint, p_max_queues int)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    v_missing text[];
-    v_have bigint;
-    v_mq text;
-BEGIN
-    PERFORM swf.assert_epoch(p_epoch);
-    v_missing := ARRAY(SELECT DISTINCT q FROM unnest(coalesce(p_mqs, '{}')) AS q
-                        WHERE NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = q)
-                        ORDER BY q);
-    IF cardinality(v_missing) = 0 THEN
-        RETURN;
-    END IF;
-    -- Creators take turns ("SWF_QUEU"), and count again once it is theirs.
-    PERFORM pg_advisory_xact_lock(6005346003322226005);
-    v_missing := ARRAY(SELECT DISTINCT q FROM unnest(p_mqs) AS q
-                        WHERE NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = q)
-                        ORDER BY q);
-    SELECT count(*) INTO v_have FROM pgmq.meta;
-    IF p_max_queues IS NOT NULL AND v_have + cardinality(v_missing) > p_max_queues THEN
-        RAISE EXCEPTION 'too many queues: creating % more (%) would make % queues; the cluster allows % (limits.max_queues)',
-            cardinality(v_missing),
-            array_to_string(v_missing[1:5], ', ') || CASE WHEN cardinality(v_missing) > 5 THEN ', ...' ELSE '' END,
-            v_have + cardinality(v_missing), p_max_queues
-            USING ERRCODE = 'SWF02';
-    END IF;
-    FOREACH v_mq IN ARRAY v_missing LOOP
-        PERFORM pgmq.create(v_mq);
-        PERFORM swf._queue_statements(v_mq);
-        PERFORM swf._queue_storage(v_mq);
-    END LOOP;
-END $$;
-
--- As in 20261203000007: a queue made outside the engine (pgmq.create
--- directly) gets its statements at its first use, and now that storage too.
-CREATE OR REPLACE FUNCTION swf._queue_fn(p_kind text, p_mq text) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_name text := format('swf.%I', p_kind || '@' || p_mq);
-BEGIN
-    IF to_regproc(v_name) IS NULL THEN
-        PERFORM pg_advisory_xact_lock(6005346003322226005);
-        IF to_regproc(v_name) IS NULL THEN
-            PERFORM swf._queue_statements(p_mq);
-            PERFORM swf._queue_storage(p_mq);
-        END IF;
-    END IF;
-    RETURN v_name;
-END $$;
+DROP FUNCTION swf._patch_function(regprocedure, text, text);
 
 SELECT swf._queue_storage(queue_name) FROM pgmq.meta;

@@ -466,22 +466,17 @@ impl Store {
         handlers: Option<&str>,
         ended: &[String],
     ) -> Result<Vec<ClaimedTask>> {
-        Ok(sqlx::query_as::<_, ClaimedTask>(
+        let q = sqlx::query_as::<_, ClaimedTask>(
             "SELECT run_id, step_id, attempt, handler, timeout_ms, input, concurrency_key
                FROM swf.claim_tasks_reusing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(handlers)
         .bind(ended)
         .bind(mqs)
-        .bind(qty as i32)
-        .bind(by.node_id)
-        .bind(by.region)
-        .bind(by.pool)
-        .bind(leases.lease_ms)
-        .bind(leases.margin_ms)
-        .bind(epoch as i64)
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(qty as i32);
+        Ok(bind_claimer(q, by, leases, epoch)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Records a batch of finished attempts (completions and failures) in
@@ -600,6 +595,22 @@ fn is_true(b: &bool) -> bool {
 
 /// The consistency token a procedure returns after its COMMIT.
 /// The runs stored and the token of a submit procedure's answer.
+/// Binds where a claim is recorded, its leases and the epoch, in the order
+/// the claim functions take them after their own first arguments.
+pub(super) fn bind_claimer<'q, O>(
+    q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    by: Claimer<'q>,
+    leases: Leases,
+    epoch: u64,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    q.bind(by.node_id)
+        .bind(by.region)
+        .bind(by.pool)
+        .bind(leases.lease_ms)
+        .bind(leases.margin_ms)
+        .bind(epoch as i64)
+}
+
 fn submitted_from_row(row: &sqlx::postgres::PgRow) -> Result<(Vec<Submitted>, Token)> {
     let result: Value = row.try_get("p_runs")?;
     let token = token_from_row(row)?;

@@ -7,7 +7,7 @@
 use sqlx::Row;
 
 use super::conn::{Result, Store};
-use super::engine::{ClaimedTask, Claimer, Leases};
+use super::engine::{bind_claimer, ClaimedTask, Claimer, Leases};
 
 /// What [`Store::reject_task`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,20 +57,15 @@ impl Store {
         leases: Leases,
         epoch: u64,
     ) -> Result<Vec<ClaimedTask>> {
-        Ok(sqlx::query_as::<_, ClaimedTask>(
+        let q = sqlx::query_as::<_, ClaimedTask>(
             "SELECT run_id, step_id, attempt, handler, timeout_ms, input
                FROM swf.claim_tasks(ARRAY[$1], 1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(mq)
-        .bind(by.node_id)
-        .bind(by.region)
-        .bind(by.pool)
-        .bind(leases.lease_ms)
-        .bind(leases.margin_ms)
-        .bind(epoch as i64)
-        .bind(msg_id)
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(mq);
+        Ok(bind_claimer(q, by, leases, epoch)
+            .bind(msg_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Fails the task of message `msg_id` of `mq`, whose claim raised
