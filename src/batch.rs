@@ -6,6 +6,10 @@
 //! about N / max_batch round trips. At most `max_in_flight` batches run at
 //! once; the queue in front is bounded.
 //!
+//! A flush can learn how its batch arrived ([`Arrival`]): whether its items
+//! waited behind a batch in flight (callers arrive faster than batches
+//! finish) or reached an idle batcher.
+//!
 //! A batch that fails with an error its `split_on` says belongs to one item
 //! (not to the path, e.g. a lost connection) is flushed again item by item,
 //! so one bad item cannot fail the others it was batched with.
@@ -68,6 +72,16 @@ impl From<usize> for InFlight {
     }
 }
 
+/// How a batch's items reached the batcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// The batch started as its first item arrived: the batcher was idle.
+    Idle,
+    /// Its items were already queued when a batch in flight finished:
+    /// callers arrive faster than batches finish.
+    Behind,
+}
+
 /// What a batch flush does, and when a failed batch is split.
 struct Flusher<F, E> {
     flush: F,
@@ -98,6 +112,28 @@ where
     ) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+    {
+        Self::start_with_arrival(
+            max_batch,
+            max_in_flight,
+            split_on,
+            move |items, _| flush(items),
+            tasks,
+        )
+    }
+
+    /// [`Batcher::start`] with a flush that is also told how its batch
+    /// arrived.
+    pub fn start_with_arrival<F, Fut>(
+        max_batch: usize,
+        max_in_flight: impl Into<InFlight>,
+        split_on: fn(&E) -> bool,
+        flush: F,
+        tasks: &mut JoinSet<()>,
+    ) -> Self
+    where
+        F: Fn(Vec<I>, Arrival) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
     {
         let max_in_flight = max_in_flight.into();
@@ -141,7 +177,7 @@ async fn dispatch<I, O, E, F, Fut>(
     I: Clone + Send + 'static,
     O: Send + 'static,
     E: Clone + Send + 'static,
-    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    F: Fn(Vec<I>, Arrival) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
 {
     let mut running = JoinSet::new();
@@ -149,9 +185,15 @@ async fn dispatch<I, O, E, F, Fut>(
     loop {
         // Wait for a free slot first, so items pile up into bigger batches
         // while all slots are busy.
+        let full = running.len() >= max_in_flight.get();
         while running.len() >= max_in_flight.get() {
             reaped(running.join_next().await);
         }
+        let arrival = if full && !rx.is_empty() {
+            Arrival::Behind
+        } else {
+            Arrival::Idle
+        };
         let first = tokio::select! {
             r = running.join_next(), if !running.is_empty() => {
                 reaped(r);
@@ -175,7 +217,7 @@ async fn dispatch<I, O, E, F, Fut>(
                 Err(_) => break,
             }
         }
-        running.spawn(flush_batch(flusher.clone(), items));
+        running.spawn(flush_batch(flusher.clone(), items, arrival));
     }
     while let Some(r) = running.join_next().await {
         reaped(Some(r));
@@ -192,18 +234,21 @@ fn reaped(r: Option<Result<(), tokio::task::JoinError>>) {
 }
 
 /// Flushes one batch and answers each item's caller.
-async fn flush_batch<I, O, E, F, Fut>(flusher: Arc<Flusher<F, E>>, items: Vec<(I, Reply<O, E>)>)
-where
+async fn flush_batch<I, O, E, F, Fut>(
+    flusher: Arc<Flusher<F, E>>,
+    items: Vec<(I, Reply<O, E>)>,
+    arrival: Arrival,
+) where
     I: Clone + Send + 'static,
     O: Send + 'static,
     E: Clone + Send + 'static,
-    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    F: Fn(Vec<I>, Arrival) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
 {
     let (inputs, replies): (Vec<I>, Vec<Reply<O, E>>) = items.into_iter().unzip();
     let single = inputs.len() == 1;
     let retry = (!single).then(|| inputs.clone());
-    match (flusher.flush)(inputs).await {
+    match (flusher.flush)(inputs, arrival).await {
         Ok(outs) => {
             for (reply, out) in replies.into_iter().zip(outs) {
                 let _ = reply.send(Ok(out));
@@ -211,7 +256,9 @@ where
         }
         Err(e) if !single && (flusher.split_on)(&e) => {
             for (item, reply) in retry.into_iter().flatten().zip(replies) {
-                let out = (flusher.flush)(vec![item]).await.map(|mut o| o.remove(0));
+                let out = (flusher.flush)(vec![item], arrival)
+                    .await
+                    .map(|mut o| o.remove(0));
                 let _ = reply.send(out);
             }
         }
@@ -304,6 +351,74 @@ mod tests {
                 assert_eq!(got.unwrap(), i as u32);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod arrival_tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test]
+    async fn a_batch_queued_behind_one_in_flight_is_told_so_and_an_idle_one_is_not() {
+        // Each flush records its arrival, says it started, and waits for a
+        // permit, so the test decides when a batch in flight finishes.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let mut tasks = JoinSet::new();
+        let (s, g) = (seen.clone(), gate.clone());
+        let b: Batcher<u32, u32, String> = Batcher::start_with_arrival(
+            16,
+            1,
+            |_| false,
+            move |xs: Vec<u32>, arrival| {
+                s.lock().unwrap().push((xs.clone(), arrival));
+                let (g, tx) = (g.clone(), started_tx.clone());
+                async move {
+                    let _ = tx.send(());
+                    g.acquire().await.unwrap().forget();
+                    Ok(xs)
+                }
+            },
+            &mut tasks,
+        );
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(1).await }
+        });
+        started.recv().await.unwrap();
+        // Two more while the first batch is in flight: they queue behind it.
+        let queued: Vec<_> = [2, 3]
+            .into_iter()
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.call(i).await })
+            })
+            .collect();
+        while b.tx.capacity() > b.tx.max_capacity() - 2 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(1);
+        started.recv().await.unwrap();
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap().unwrap(), 1);
+        for q in queued {
+            q.await.unwrap().unwrap().unwrap();
+        }
+        // Nothing in flight, nothing queued: the next one finds it idle.
+        gate.add_permits(1);
+        assert_eq!(b.call(4).await.unwrap().unwrap(), 4);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (vec![1], Arrival::Idle),
+                (vec![2, 3], Arrival::Behind),
+                (vec![4], Arrival::Idle)
+            ]
+        );
     }
 }
 

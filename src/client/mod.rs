@@ -24,7 +24,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::wire::BulkCancelRequest;
-use crate::batch::Batcher;
+use crate::batch::{Arrival, Batcher};
 use crate::executor::handlers::Registry;
 use crate::executor::Executor;
 use crate::model::token::Lsn;
@@ -169,20 +169,28 @@ impl Client {
         let max_queues = limits.max_queues;
         let in_flight = crate::batch::InFlight::new(SUBMIT_BATCHES_IN_FLIGHT);
         let limit = in_flight.clone();
-        let submitter = Batcher::start(
+        let submitter = Batcher::start_with_arrival(
             MAX_SUBMIT_BATCH,
             in_flight,
             // A batch refused for a reason other than the write path (e.g.
             // one run PostgreSQL cannot store, or whose new queues would
             // pass the cap) is submitted run by run.
             |e: &ClientError| matches!(e, ClientError::Internal(_) | ClientError::TooManyQueues(_)),
-            move |runs: Vec<NewRun>| {
+            move |runs: Vec<NewRun>, arrival: Arrival| {
                 let r = r.clone();
                 let ex = executor.clone();
                 let limit = limit.clone();
                 async move {
                     let runs = &runs;
-                    let eager = ex.as_ref().and_then(|e| e.eager_claim());
+                    // Only a batch that reached an idle batcher claims: one
+                    // queued behind another means submits arrive faster than
+                    // they commit, and the pool's own claims keep up then
+                    // while the serial submit stays short (see
+                    // `SUBMIT_BATCHES_IN_FLIGHT`).
+                    let eager = match arrival {
+                        Arrival::Idle => ex.as_ref().and_then(|e| e.eager_claim()),
+                        Arrival::Behind => None,
+                    };
                     let claim = eager.as_ref().map(|(_, c)| c);
                     let sent = tokio::time::Instant::now();
                     let mut stored = r

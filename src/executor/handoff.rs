@@ -13,6 +13,12 @@
 //! re-delivered).
 //! Whatever the submit brings back (even nothing) goes to the loop, which
 //! then publishes its next offer.
+//!
+//! Only a submit batch that reached an idle batcher takes the offer
+//! ([`crate::batch::Arrival`]). A batch queued behind another means submits
+//! arrive faster than they commit: the pool's own claims keep up then, and
+//! claiming inside the submit would only lengthen the one submit in flight
+//! that every waiting caller is queued behind.
 
 use std::sync::atomic::Ordering;
 
