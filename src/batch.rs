@@ -10,6 +10,15 @@
 //! waited behind a batch in flight (callers arrive faster than batches
 //! finish) or reached an idle batcher.
 //!
+//! With one batch in flight, a batcher may also *gather*: a batch smaller
+//! than the previous one waits, no longer than the previous batch took (and
+//! a cap), for the callers that were in that batch to come back. Callers
+//! that each wait for their answer before sending again (N clients, each
+//! with one request open) otherwise split into two groups that take turns,
+//! each batch holding about N/2 items and paying the call's fixed cost;
+//! gathered, they share one batch. A caller alone (the previous batch held
+//! one item) never waits.
+//!
 //! A batch that fails with an error its `split_on` says belongs to one item
 //! (not to the path, e.g. a lost connection) is flushed again item by item,
 //! so one bad item cannot fail the others it was batched with.
@@ -17,6 +26,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -117,6 +127,7 @@ where
         Self::start_with_arrival(
             max_batch,
             max_in_flight,
+            None,
             split_on,
             move |items, _| flush(items),
             tasks,
@@ -124,10 +135,12 @@ where
     }
 
     /// [`Batcher::start`] with a flush that is also told how its batch
-    /// arrived.
+    /// arrived, and which gathers (see the module's doc) for at most
+    /// `gather` when that is set.
     pub fn start_with_arrival<F, Fut>(
         max_batch: usize,
         max_in_flight: impl Into<InFlight>,
+        gather: Option<Duration>,
         split_on: fn(&E) -> bool,
         flush: F,
         tasks: &mut JoinSet<()>,
@@ -146,6 +159,7 @@ where
             flusher,
             max_batch,
             max_in_flight,
+            gather,
             closing.clone(),
         ));
         Batcher { tx, closing }
@@ -172,6 +186,7 @@ async fn dispatch<I, O, E, F, Fut>(
     flusher: Arc<Flusher<F, E>>,
     max_batch: usize,
     max_in_flight: InFlight,
+    gather: Option<Duration>,
     closing: CancellationToken,
 ) where
     I: Clone + Send + 'static,
@@ -182,12 +197,14 @@ async fn dispatch<I, O, E, F, Fut>(
 {
     let mut running = JoinSet::new();
     let mut open = true;
+    // The previous batch: its size, and how long its flush took.
+    let mut last = (0, Duration::ZERO);
     loop {
         // Wait for a free slot first, so items pile up into bigger batches
         // while all slots are busy.
         let full = running.len() >= max_in_flight.get();
         while running.len() >= max_in_flight.get() {
-            reaped(running.join_next().await);
+            reaped(running.join_next().await, &mut last);
         }
         let arrival = if full && !rx.is_empty() {
             Arrival::Behind
@@ -196,7 +213,7 @@ async fn dispatch<I, O, E, F, Fut>(
         };
         let first = tokio::select! {
             r = running.join_next(), if !running.is_empty() => {
-                reaped(r);
+                reaped(r, &mut last);
                 continue;
             }
             _ = closing.cancelled(), if open => {
@@ -217,34 +234,51 @@ async fn dispatch<I, O, E, F, Fut>(
                 Err(_) => break,
             }
         }
+        if let (Some(cap), true) = (gather, max_in_flight.get() == 1) {
+            let (want, took) = (last.0.min(max_batch), last.1.min(cap));
+            let deadline = tokio::time::Instant::now() + took;
+            while items.len() < want {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(x)) => items.push(x),
+                    _ => break,
+                }
+            }
+        }
+        last.0 = items.len();
         running.spawn(flush_batch(flusher.clone(), items, arrival));
     }
     while let Some(r) = running.join_next().await {
-        reaped(Some(r));
+        reaped(Some(r), &mut last);
     }
 }
 
-/// A flush that panicked leaves its callers with [`Stopped`]; say so once.
-fn reaped(r: Option<Result<(), tokio::task::JoinError>>) {
-    if let Some(Err(e)) = r {
-        if e.is_panic() {
+/// Notes how long a finished flush took. A flush that panicked leaves its
+/// callers with [`Stopped`]; say so once.
+fn reaped(r: Option<Result<Duration, tokio::task::JoinError>>, last: &mut (usize, Duration)) {
+    match r {
+        Some(Ok(took)) => last.1 = took,
+        Some(Err(e)) if e.is_panic() => {
             error!(error = %e, "a batch flush panicked; its callers get `batcher stopped`");
         }
+        _ => {}
     }
 }
 
-/// Flushes one batch and answers each item's caller.
+/// Flushes one batch, answers each item's caller, and says how long that
+/// took.
 async fn flush_batch<I, O, E, F, Fut>(
     flusher: Arc<Flusher<F, E>>,
     items: Vec<(I, Reply<O, E>)>,
     arrival: Arrival,
-) where
+) -> Duration
+where
     I: Clone + Send + 'static,
     O: Send + 'static,
     E: Clone + Send + 'static,
     F: Fn(Vec<I>, Arrival) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
 {
+    let started = tokio::time::Instant::now();
     let (inputs, replies): (Vec<I>, Vec<Reply<O, E>>) = items.into_iter().unzip();
     let single = inputs.len() == 1;
     let retry = (!single).then(|| inputs.clone());
@@ -268,6 +302,7 @@ async fn flush_batch<I, O, E, F, Fut>(
             }
         }
     }
+    started.elapsed()
 }
 
 #[cfg(test)]
@@ -372,6 +407,7 @@ mod arrival_tests {
         let b: Batcher<u32, u32, String> = Batcher::start_with_arrival(
             16,
             1,
+            None,
             |_| false,
             move |xs: Vec<u32>, arrival| {
                 s.lock().unwrap().push((xs.clone(), arrival));
@@ -418,6 +454,89 @@ mod arrival_tests {
                 (vec![2, 3], Arrival::Behind),
                 (vec![4], Arrival::Idle)
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod gather_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A batcher (one in flight, gathering for at most `cap`) whose flushes
+    /// take 10 ms of the test's paused clock each and record their batches.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    fn batcher(cap: Duration) -> (Batcher<u32, u32, String>, Seen, JoinSet<()>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mut tasks = JoinSet::new();
+        let b = Batcher::start_with_arrival(
+            16,
+            1,
+            Some(cap),
+            |_| false,
+            move |xs: Vec<u32>, _| {
+                s.lock().unwrap().push(xs.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(xs)
+                }
+            },
+            &mut tasks,
+        );
+        (b, seen, tasks)
+    }
+
+    fn call(b: &Batcher<u32, u32, String>, i: u32) -> tokio::task::JoinHandle<u32> {
+        let b = b.clone();
+        tokio::spawn(async move { b.call(i).await.unwrap().unwrap() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_coming_back_one_by_one_share_one_batch_as_large_as_the_last() {
+        let (b, seen, _tasks) = batcher(Duration::from_millis(5));
+        // Four callers at once: one batch of four.
+        let first: Vec<_> = (0..4).map(|i| call(&b, i)).collect();
+        for f in first {
+            f.await.unwrap();
+        }
+        // They come back one at a time: the first one waits for the rest.
+        let mut again = Vec::new();
+        for i in 4..8 {
+            again.push(call(&b, i));
+            tokio::task::yield_now().await;
+        }
+        for f in again {
+            f.await.unwrap();
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_alone_never_waits_and_a_short_batch_waits_at_most_the_cap() {
+        let (b, seen, _tasks) = batcher(Duration::from_millis(5));
+        // One caller at a time: each goes at once (10 ms: just its flush).
+        for i in 0..2 {
+            let t = tokio::time::Instant::now();
+            assert_eq!(call(&b, i).await.unwrap(), i);
+            assert_eq!(t.elapsed(), Duration::from_millis(10));
+        }
+        let three: Vec<_> = (2..5).map(|i| call(&b, i)).collect();
+        for f in three {
+            f.await.unwrap();
+        }
+        // After a batch of three, one that stays alone waits the cap (5 ms,
+        // less than the 10 ms the last flush took), then goes.
+        let t = tokio::time::Instant::now();
+        assert_eq!(call(&b, 5).await.unwrap(), 5);
+        assert_eq!(t.elapsed(), Duration::from_millis(15));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![vec![0], vec![1], vec![2, 3, 4], vec![5]]
         );
     }
 }

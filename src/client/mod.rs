@@ -138,6 +138,17 @@ const BULK_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(300);
 /// 1,683/s with 8 in flight; on 2026-12-05 one in flight gave 715-768/s with
 /// 8 and 2,236-2,480/s with 64, against 604-701/s and 1,940-2,161/s with 2.
 const SUBMIT_BATCHES_IN_FLIGHT: usize = 1;
+/// With one submit batch in flight, a batch smaller than the previous one
+/// waits up to this long (and no longer than the previous batch took) for
+/// the previous batch's callers to come back (`batch`'s gathering). With 8
+/// HTTP connections each waiting for its answer before its next submit, the
+/// callers had split into two groups of about 4 that took turns, each batch
+/// paying a submit's fixed cost. Measured 2026-12-05 (`swf bench --shapes
+/// one --concurrency 8 --workflows 10000`, alternating builds): 1,382-1,454
+/// workflows/s against 1,019-1,188, submit p50 4.8-5.2 ms against 6.2-7.3;
+/// against a separate `swf dev` 1,182-1,267 against 1,093-1,094. 64
+/// submitters and light-load latency did not move.
+const SUBMIT_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// A node far from the primary keeps more submit batches in flight: one
 /// per this much of the last batch's round trip (at 80 ms, 4), up to
 /// [`MAX_SUBMIT_BATCHES_IN_FLIGHT`]. Its callers wait a round trip each,
@@ -172,6 +183,7 @@ impl Client {
         let submitter = Batcher::start_with_arrival(
             MAX_SUBMIT_BATCH,
             in_flight,
+            Some(SUBMIT_GATHER),
             // A batch refused for a reason other than the write path (e.g.
             // one run PostgreSQL cannot store, or whose new queues would
             // pass the cap) is submitted run by run.
