@@ -87,7 +87,8 @@ impl From<usize> for InFlight {
 pub enum Arrival {
     /// The batch started as its first item arrived: the batcher was idle.
     Idle,
-    /// Its items were already queued when a batch in flight finished:
+    /// Its items were already queued when a batch in flight finished, or
+    /// came back from the batch that just finished while it gathered:
     /// callers arrive faster than batches finish.
     Behind,
 }
@@ -206,7 +207,7 @@ async fn dispatch<I, O, E, F, Fut>(
         while running.len() >= max_in_flight.get() {
             reaped(running.join_next().await, &mut last);
         }
-        let arrival = if full && !rx.is_empty() {
+        let mut arrival = if full && !rx.is_empty() {
             Arrival::Behind
         } else {
             Arrival::Idle
@@ -239,7 +240,12 @@ async fn dispatch<I, O, E, F, Fut>(
             let deadline = tokio::time::Instant::now() + took;
             while items.len() < want {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(x)) => items.push(x),
+                    // Callers of the batch that just finished, back already:
+                    // they arrive faster than batches finish.
+                    Ok(Some(x)) => {
+                        items.push(x);
+                        arrival = Arrival::Behind;
+                    }
                     _ => break,
                 }
             }
@@ -465,7 +471,7 @@ mod gather_tests {
 
     /// A batcher (one in flight, gathering for at most `cap`) whose flushes
     /// take 10 ms of the test's paused clock each and record their batches.
-    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+    type Seen = Arc<Mutex<Vec<(Vec<u32>, Arrival)>>>;
 
     fn batcher(cap: Duration) -> (Batcher<u32, u32, String>, Seen, JoinSet<()>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -476,8 +482,8 @@ mod gather_tests {
             1,
             Some(cap),
             |_| false,
-            move |xs: Vec<u32>, _| {
-                s.lock().unwrap().push(xs.clone());
+            move |xs: Vec<u32>, arrival| {
+                s.lock().unwrap().push((xs.clone(), arrival));
                 async move {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     Ok(xs)
@@ -510,9 +516,13 @@ mod gather_tests {
         for f in again {
             f.await.unwrap();
         }
+        // The second gathered callers of the first: under load.
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]
+            vec![
+                (vec![0, 1, 2, 3], Arrival::Idle),
+                (vec![4, 5, 6, 7], Arrival::Behind)
+            ]
         );
     }
 
@@ -534,10 +544,11 @@ mod gather_tests {
         let t = tokio::time::Instant::now();
         assert_eq!(call(&b, 5).await.unwrap(), 5);
         assert_eq!(t.elapsed(), Duration::from_millis(15));
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec![vec![0], vec![1], vec![2, 3, 4], vec![5]]
-        );
+        let seen = seen.lock().unwrap().clone();
+        let batches: Vec<_> = seen.iter().map(|(b, _)| b.clone()).collect();
+        assert_eq!(batches, vec![vec![0], vec![1], vec![2, 3, 4], vec![5]]);
+        // Nothing came back while the last one waited: the batcher was idle.
+        assert_eq!(seen.last().unwrap().1, Arrival::Idle);
     }
 }
 
