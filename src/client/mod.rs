@@ -194,11 +194,9 @@ impl Client {
                 let limit = limit.clone();
                 async move {
                     let runs = &runs;
-                    // Only a batch that reached an idle batcher claims: one
-                    // queued behind another means submits arrive faster than
-                    // they commit, and the pool's own claims keep up then
-                    // while the serial submit stays short (see
-                    // `SUBMIT_BATCHES_IN_FLIGHT`).
+                    // Only a batch that reached an idle batcher claims (see
+                    // `executor/handoff.rs`): under load the pool's own
+                    // claims keep up while the serial submit stays short.
                     let eager = match arrival {
                         Arrival::Idle => ex.as_ref().and_then(|e| e.eager_claim()),
                         Arrival::Behind => None,

@@ -15,8 +15,9 @@
 //! then publishes its next offer.
 //!
 //! Only a submit batch that reached an idle batcher takes the offer
-//! ([`crate::batch::Arrival`]). A batch queued behind another means submits
-//! arrive faster than they commit: the pool's own claims keep up then, and
+//! ([`crate::batch::Arrival`]). A batch queued behind another, or one that
+//! gathered callers back from the batch just finished, means submits arrive
+//! faster than they commit: the pool's own claims keep up then, and
 //! claiming inside the submit would only lengthen the one submit in flight
 //! that every waiting caller is queued behind.
 

@@ -593,8 +593,6 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// The consistency token a procedure returns after its COMMIT.
-/// The runs stored and the token of a submit procedure's answer.
 /// Binds where a claim is recorded, its leases and the epoch, in the order
 /// the claim functions take them after their own first arguments.
 pub(super) fn bind_claimer<'q, O>(
@@ -611,6 +609,7 @@ pub(super) fn bind_claimer<'q, O>(
         .bind(epoch as i64)
 }
 
+/// The runs stored and the token of a submit procedure's answer.
 fn submitted_from_row(row: &sqlx::postgres::PgRow) -> Result<(Vec<Submitted>, Token)> {
     let result: Value = row.try_get("p_runs")?;
     let token = token_from_row(row)?;
@@ -632,6 +631,7 @@ fn submitted_from_row(row: &sqlx::postgres::PgRow) -> Result<(Vec<Submitted>, To
     Ok((out, token))
 }
 
+/// The consistency token a procedure returns after its COMMIT.
 fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<Token> {
     let epoch: i64 = row.try_get("p_epoch")?;
     let lsn: String = row.try_get("p_lsn")?;
