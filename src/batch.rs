@@ -17,7 +17,9 @@
 //! with one request open) otherwise split into two groups that take turns,
 //! each batch holding about N/2 items and paying the call's fixed cost;
 //! gathered, they share one batch. A caller alone (the previous batch held
-//! one item) never waits.
+//! one item) never waits. Submits gather for that reason; executors'
+//! reports gather so that fewer, larger ones leave the database's CPU to
+//! the submits callers wait for.
 //!
 //! A batch that fails with an error its `split_on` says belongs to one item
 //! (not to the path, e.g. a lost connection) is flushed again item by item,

@@ -31,6 +31,14 @@ const MAX_BATCH: usize = 500;
 /// gave 739-772 workflows/s against 701-708 with two; the burn-down did not
 /// move (12,162-12,896 against 12,097-12,312).
 const REPORTS_IN_FLIGHT: usize = 1;
+/// With one report in flight, a report smaller than the last waits for
+/// outcomes for up to this long (never longer than the last report took;
+/// see [`crate::batch`]): fewer, larger reports leave PostgreSQL's CPU to
+/// the submits callers wait for. Measured with `swf bench --shapes one
+/// --concurrency 8` (2026-12-05): 1,429-1,648 workflows/s against
+/// 1,312-1,471 without; the burn-down did not move (13,708 against 14,357,
+/// within its noise).
+const REPORT_GATHER: Duration = Duration::from_millis(5);
 /// Lease extensions in flight at once.
 const EXTENSIONS_IN_FLIGHT: usize = 2;
 /// A node far from the primary keeps more reports in flight: one per this
@@ -52,11 +60,12 @@ pub(super) struct ReportError {
 pub(super) fn start(router: Arc<Router>, leases: Leases, tasks: &mut JoinSet<()>) -> Finisher {
     let in_flight = InFlight::new(REPORTS_IN_FLIGHT);
     let limit = in_flight.clone();
-    Batcher::start(
+    Batcher::start_with_arrival(
         MAX_BATCH,
         in_flight,
+        Some(REPORT_GATHER),
         |e: &ReportError| !e.transient,
-        move |items: Vec<(AttemptRef, Arc<Finish>)>| {
+        move |items: Vec<(AttemptRef, Arc<Finish>)>, _| {
             let (r, limit) = (router.clone(), limit.clone());
             async move {
                 let sent = std::time::Instant::now();
