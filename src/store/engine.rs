@@ -65,6 +65,23 @@ pub struct NewRun {
     pub steps: Vec<PlannedStep>,
 }
 
+impl NewRun {
+    /// Whether every step is ready at submit: no dependencies, map, signal
+    /// wait, delay, run_at or concurrency key (`swf.submit_plain` stores
+    /// such runs in one statement).
+    pub fn is_plain(&self) -> bool {
+        self.run_at.is_none()
+            && self.concurrency_key.is_none()
+            && self.steps.iter().all(|s| {
+                s.depends_on.is_empty()
+                    && s.map.is_none()
+                    && s.wait_signal.is_none()
+                    && s.delay_ms == 0
+                    && s.concurrency_key.is_none()
+            })
+    }
+}
+
 /// What storing a run did: `created` is false when the idempotency key
 /// matched an existing run, whose id is returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,10 +294,17 @@ impl Store {
                 "handlers": c.handlers,
             })
         });
-        let row = sqlx::query("CALL swf.submit_and_claim($1, $2, $3, $4, $5)")
-            .bind(sqlx::types::Json(runs))
-            .bind(epoch as i64)
-            .bind(mqs)
+        // A batch of plain runs all on one queue is stored in one statement.
+        let plain = mqs.len() == 1 && runs.iter().all(NewRun::is_plain);
+        let q = sqlx::query(if plain {
+            "CALL swf.submit_plain($1, $2, $3, $4, $5)"
+        } else {
+            "CALL swf.submit_and_claim($1, $2, $3, $4, $5)"
+        })
+        .bind(sqlx::types::Json(runs))
+        .bind(epoch as i64);
+        let q = if plain { q.bind(mqs[0]) } else { q.bind(mqs) };
+        let row = q
             .bind(i32::try_from(max_queues).unwrap_or(i32::MAX))
             .bind(spec)
             .fetch_one(&self.pool)

@@ -656,3 +656,119 @@ async fn an_executor_far_from_its_primary_claims_and_reports_many_tasks_per_roun
     worker.kill().await;
     edge.kill().await;
 }
+
+/// A run's stored rows as the engine reads them, without what differs
+/// between two submits of the same spec (ids, times).
+async fn stored_rows(pool: &sqlx::PgPool, run_id: uuid::Uuid) -> Value {
+    let (run,): (Value,) = sqlx::query_as(
+        "SELECT to_jsonb(r) - '{run_id,created_at}'::text[] FROM swf.runs r WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (steps, messages): (Value, Value) = sqlx::query_as(
+        "SELECT jsonb_agg(to_jsonb(s) - '{run_id,msg_id}'::text[] ORDER BY s.ordinal),
+                jsonb_agg(q.message - 'run_id' ORDER BY s.ordinal)
+           FROM swf.steps s JOIN pgmq.q_default q ON q.msg_id = s.msg_id
+          WHERE s.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    json!({"run": run, "steps": steps, "messages": messages})
+}
+
+#[tokio::test]
+async fn a_plain_batch_stores_in_one_statement_what_the_general_path_stores() {
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    let pool = sql(&db).await;
+    // Plain: every step ready at submit (here with inputs, a priority, a
+    // handler of another node, and two independent steps).
+    let spec = json!({"goal": "plain", "priority": 3, "steps": [
+        {"id": "a", "handler": "echo", "input": {"x": 1}, "timeout_ms": 5000, "max_attempts": 2},
+        {"id": "b", "handler": "command:elsewhere", "priority": -4}]});
+    let mut general = new_run(spec.clone());
+    general.input = Some(json!({"in": true}));
+    general.idempotency_key = Some("general".into());
+    let mut plain = general.clone();
+    plain.run_id = uuid::Uuid::now_v7();
+    plain.idempotency_key = Some("plain".into());
+    assert!(plain.is_plain());
+    // submit_runs without a queue cap takes the general path;
+    // submit_and_claim with one queue and plain runs, the plain one.
+    store
+        .submit_runs(&[general.clone()], None, 1)
+        .await
+        .unwrap();
+    let (out, _, _) = store
+        .submit_and_claim(&[plain.clone()], 100, None, 1)
+        .await
+        .unwrap();
+    assert_eq!((out[0].run_id, out[0].created), (plain.run_id, true));
+    let (g, p) = (
+        stored_rows(&pool, general.run_id).await,
+        stored_rows(&pool, plain.run_id).await,
+    );
+    assert_eq!(g["run"]["idempotency_key"], "general");
+    let strip = |mut v: Value| {
+        v["run"]["idempotency_key"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(p), strip(g), "the plain path stored other rows");
+
+    // Its answers: a retry of a stored run (same run id) is created, a new
+    // run with a stored idempotency key is the stored run, not created, and
+    // stores nothing; a new run is stored.
+    let mut same_key = one_step("same key", 60_000);
+    same_key.idempotency_key = Some("plain".into());
+    let fresh = one_step("fresh", 60_000);
+    let (out, _, _) = store
+        .submit_and_claim(
+            &[plain.clone(), same_key.clone(), fresh.clone()],
+            100,
+            None,
+            1,
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = out.iter().map(|s| (s.run_id, s.created)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (plain.run_id, true),
+            (plain.run_id, false),
+            (fresh.run_id, true)
+        ]
+    );
+    let (runs, steps, messages): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM swf.runs), (SELECT count(*) FROM swf.steps),
+                (SELECT count(*) FROM pgmq.q_default)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (runs, steps, messages),
+        (3, 5, 5),
+        "a skipped run left rows"
+    );
+    // A stale epoch is refused on this path too, storing nothing.
+    let late = one_step("late", 60_000);
+    let err = store
+        .submit_and_claim(std::slice::from_ref(&late), 100, None, 99)
+        .await;
+    assert!(
+        err.is_err(),
+        "a submit with a newer epoch than the database's was stored"
+    );
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM swf.runs WHERE run_id = $1")
+        .bind(late.run_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    store.close().await;
+}
