@@ -23,7 +23,7 @@ pub mod tls;
 pub mod wire;
 
 pub use error::ApiError;
-pub use state::{ApiState, Forwarder, NodeInfo};
+pub use state::{ApiShared, ApiState, Forwarder, NodeInfo};
 
 /// Builds the axum router for one node from the route table; the guard
 /// reads each call's access from the same table.

@@ -20,9 +20,26 @@ pub struct NodeInfo {
     pub version: String,
 }
 
-/// Shared state of the API.
+/// Shared state of the API: one allocation that every request's handler
+/// and middleware clone a pointer to (axum clones the state per extractor).
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiShared>);
+
+impl ApiState {
+    pub fn new(shared: ApiShared) -> Self {
+        ApiState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// What [`ApiState`] shares.
+pub struct ApiShared {
     pub info: Arc<NodeInfo>,
     pub client: Option<Client>,
     pub executor: Option<Arc<Executor>>,

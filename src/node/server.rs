@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, Instrument, Span};
 
 use crate::api::tls::ServerTls;
-use crate::api::{self, ApiState, NodeInfo};
+use crate::api::{self, ApiShared, ApiState, NodeInfo};
 use crate::config::Config;
 use crate::node::assemble::Assembled;
 
@@ -70,7 +70,7 @@ pub(super) fn spawn(
     span: &Span,
 ) -> anyhow::Result<()> {
     let peer_tls = crate::api::tls::ClientTls::for_peers(&config.api)?;
-    let app = api::router(ApiState {
+    let app = api::router(ApiState::new(ApiShared {
         info,
         client: parts.client.clone(),
         executor: parts.executor.clone(),
@@ -97,7 +97,7 @@ pub(super) fn spawn(
         )),
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         peer_tls,
-    });
+    }));
     let (listener, tls) = (bound.listener, bound.tls);
     if let Some(tls) = tls.clone() {
         // SIGHUP re-reads the certificate files (after a renewal).
