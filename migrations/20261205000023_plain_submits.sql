@@ -202,6 +202,8 @@ DECLARE
     v_drained boolean := false;
 BEGIN
     PERFORM swf.assert_epoch(p_epoch);
+    -- Both helpers check again; checked here first, a known queue costs no
+    -- call (ensure_queues would assert the epoch a second time).
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = p_mq) THEN
         PERFORM swf.ensure_queues(ARRAY[p_mq], p_epoch, p_max_queues);
     END IF;
