@@ -52,8 +52,9 @@
 //!   circle (`layout::layers_import_downwards_only`,
 //!   `layout::no_import_cycle_between_files`).
 //! - Only `store` issues SQL (`layout::sql_only_in_store`). Engine
-//!   transitions are PL/pgSQL functions in `migrations/`, one round trip each;
-//!   the newest migration's header is the state machine.
+//!   transitions are PL/pgSQL functions in `migrations/`, one round trip each
+//!   (the README's "Engine state machine" names the migration headers that
+//!   document them).
 //! - A 2xx on submit means the run is committed on the primary: every
 //!   acknowledged write of a switchover is found on the new primary
 //!   (`drills::switchover_under_load_loses_nothing_and_moves_back`).

@@ -194,13 +194,20 @@ impl Client {
                 let limit = limit.clone();
                 async move {
                     let runs = &runs;
-                    // Only a batch that reached an idle batcher claims (see
-                    // `executor/handoff.rs`): under load the pool's own
-                    // claims keep up while the serial submit stays short.
-                    let eager = match arrival {
-                        Arrival::Idle => ex.as_ref().and_then(|e| e.eager_claim()),
-                        Arrival::Behind => None,
-                    };
+                    // A plain batch on a queue of our pool starts its steps
+                    // as it stores them; any other claims only when it
+                    // reached an idle batcher (see `executor/handoff.rs`):
+                    // under load the pool's own claims keep up while the
+                    // serial submit stays short.
+                    let eager = ex.as_ref().and_then(|e| {
+                        let steps = runs.iter().map(|r| r.steps.len()).sum();
+                        let starts = crate::store::plain_mq(runs)
+                            .and_then(|mq| e.eager_claim(Some((mq, steps))));
+                        match arrival {
+                            Arrival::Idle => starts.or_else(|| e.eager_claim(None)),
+                            Arrival::Behind => starts,
+                        }
+                    });
                     let claim = eager.as_ref().map(|(_, c)| c);
                     let sent = tokio::time::Instant::now();
                     let mut stored = r

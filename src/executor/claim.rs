@@ -225,13 +225,28 @@ impl Executor {
                     (me.claim(&p, want).await, want, sent)
                 });
             }
-            // What a submit may claim for us: free slots not spoken for by
-            // buffered tasks. Also while our own claim is on its way (our
-            // submits' notifications set one off after each of them): what
-            // both bring waits in the buffer for slots, as prefetched work
-            // does.
+            // What a submit may claim for us through our queues: free
+            // slots not spoken for by buffered tasks. Also while our own
+            // claim is on its way (our submits' notifications set one off
+            // after each of them): what both bring waits in the buffer for
+            // slots, as prefetched work does.
             pool.offer
                 .store(free.saturating_sub(buffer.len()), Ordering::Release);
+            // What a submit may start of the plain runs it stores: what our
+            // own claim would ask for (the free slots and the buffer's
+            // target, less what is buffered), but only while our queues
+            // hold nothing visible for us (our last claim came back short),
+            // so that runs stored now do not pass work already waiting. (A
+            // submit batch is stored while the tasks the last one brought
+            // start, so free slots alone would cover one batch in two.)
+            pool.start_offer.store(
+                if more {
+                    0
+                } else {
+                    (free + buffer.target()).saturating_sub(buffer.len())
+                },
+                Ordering::Release,
+            );
             let w = Waits::of(LoopState {
                 buffered: buffer.len(),
                 free,
@@ -337,6 +352,7 @@ impl Executor {
         }
         debug!(pool = %pool.spec.name, "claim loop stopped");
         pool.offer.store(0, Ordering::Release);
+        pool.start_offer.store(0, Ordering::Release);
         // A claim still on its way, what submits handed over, and what is
         // buffered, go straight back.
         let mut back: Vec<AttemptRef> = Vec::new();

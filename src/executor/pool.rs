@@ -35,8 +35,11 @@ pub(super) struct Pool {
     pub(super) keyed_running: AtomicUsize,
     pub(super) completed: AtomicU64,
     pub(super) failed: AtomicU64,
-    /// How many tasks a submit may claim for the pool now (see `handoff.rs`).
+    /// How many tasks a submit may claim for the pool now through its
+    /// queues, and how many it may start of the plain runs it stores (see
+    /// `handoff.rs`).
     pub(super) offer: AtomicUsize,
+    pub(super) start_offer: AtomicUsize,
     /// Tasks claimed by submits, to the claim loop.
     pub(super) handoff: mpsc::UnboundedSender<Handoff>,
     handoff_rx: Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
@@ -66,6 +69,7 @@ impl Pool {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             offer: AtomicUsize::new(0),
+            start_offer: AtomicUsize::new(0),
             handoff,
             handoff_rx: Mutex::new(Some(handoff_rx)),
             in_flight: Mutex::new(HashMap::new()),

@@ -82,6 +82,16 @@ impl NewRun {
     }
 }
 
+/// The one queue of a batch of plain runs ([`NewRun::is_plain`]) whose
+/// steps all go there: `swf.submit_plain` stores it in one statement, and
+/// with a pool's offer starts its steps there too. None: any other batch.
+pub fn plain_mq(runs: &[NewRun]) -> Option<&str> {
+    let first = runs.first()?.steps.first()?.mq.as_str();
+    runs.iter()
+        .all(|r| r.is_plain() && r.steps.iter().all(|s| s.mq == first))
+        .then_some(first)
+}
+
 /// What storing a run did: `created` is false when the idempotency key
 /// matched an existing run, whose id is returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,11 +291,7 @@ impl Store {
         claim: Option<&EagerClaim>,
         epoch: u64,
     ) -> Result<(Vec<Submitted>, Token, Vec<ClaimedTask>)> {
-        let mqs: std::collections::BTreeSet<&str> = runs
-            .iter()
-            .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
-            .collect();
-        let mqs: Vec<&str> = mqs.into_iter().collect();
+        let plain = plain_mq(runs);
         let spec = claim.map(|c| {
             serde_json::json!({
                 "mqs": c.mqs, "qty": c.qty, "node_id": c.node_id,
@@ -295,15 +301,23 @@ impl Store {
             })
         });
         // A batch of plain runs all on one queue is stored in one statement.
-        let plain = mqs.len() == 1 && runs.iter().all(NewRun::is_plain);
-        let q = sqlx::query(if plain {
+        let q = sqlx::query(if plain.is_some() {
             "CALL swf.submit_plain($1, $2, $3, $4, $5)"
         } else {
             "CALL swf.submit_and_claim($1, $2, $3, $4, $5)"
         })
         .bind(sqlx::types::Json(runs))
         .bind(epoch as i64);
-        let q = if plain { q.bind(mqs[0]) } else { q.bind(mqs) };
+        let q = match plain {
+            Some(mq) => q.bind(mq),
+            None => {
+                let mqs: std::collections::BTreeSet<&str> = runs
+                    .iter()
+                    .flat_map(|r| r.steps.iter().map(|s| s.mq.as_str()))
+                    .collect();
+                q.bind(mqs.into_iter().collect::<Vec<_>>())
+            }
+        };
         let row = q
             .bind(i32::try_from(max_queues).unwrap_or(i32::MAX))
             .bind(spec)

@@ -43,8 +43,8 @@ mod schedules;
 pub use cluster::{DbState, WriteProbe};
 pub use conn::{ErrorClass, Result, SchemaCompat, Store, StoreError, MIGRATOR};
 pub use engine::{
-    strip_nul, AttemptRef, ClaimedTask, Claimer, EagerClaim, Finish, FinishResult, Leases, NewRun,
-    RunControl, Submitted,
+    plain_mq, strip_nul, AttemptRef, ClaimedTask, Claimer, EagerClaim, Finish, FinishResult,
+    Leases, NewRun, RunControl, Submitted,
 };
 pub use isolation::Rejected;
 pub use journal::DrillRow;

@@ -772,3 +772,162 @@ async fn a_plain_batch_stores_in_one_statement_what_the_general_path_stores() {
     assert_eq!(n, 0);
     store.close().await;
 }
+
+/// A started step's rows as a claim leaves them, without what differs
+/// between two runs (ids, times): the step, its attempts, and its
+/// message's delivery count and visibility.
+async fn started_rows(pool: &sqlx::PgPool, run_id: uuid::Uuid) -> Value {
+    let (rows,): (Value,) = sqlx::query_as(
+        "SELECT jsonb_agg(jsonb_build_object(
+                    'step', to_jsonb(s) - '{run_id,msg_id,started_at}'::text[],
+                    'started', s.started_at IS NOT NULL,
+                    'attempts', (SELECT jsonb_agg(to_jsonb(a) - '{run_id,started_at}'::text[])
+                                   FROM swf.attempts a
+                                  WHERE a.run_id = s.run_id AND a.step_id = s.step_id),
+                    'read_ct', q.read_ct,
+                    'invisible', q.vt > now(),
+                    'message', q.message - 'run_id') ORDER BY s.ordinal)
+           FROM swf.steps s JOIN pgmq.q_default q ON q.msg_id = s.msg_id
+          WHERE s.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    rows
+}
+
+#[tokio::test]
+async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
+    use singularity_workflow::store::EagerClaim;
+    let db = fresh_db().await;
+    let store = Store::connect_lazy(&db, 4).unwrap();
+    let pool = sql(&db).await;
+    let mqs = vec!["default".to_string()];
+    let offer = |qty| EagerClaim {
+        mqs: mqs.clone(),
+        qty,
+        node_id: "n1".into(),
+        region: "us-east".into(),
+        pool: "p1".into(),
+        leases: LEASES,
+        handlers: ",mine".into(),
+    };
+    // The same spec, claimed after a submit, and started by one: a
+    // built-in handler with inputs, and a handler this node runs.
+    let spec = json!({"goal": "offer", "steps": [
+        {"id": "a", "handler": "echo", "input": {"x": 1}, "timeout_ms": 5000},
+        {"id": "b", "handler": "mine", "priority": 2}]});
+    let mut claimed_later = new_run(spec.clone());
+    claimed_later.input = Some(json!({"in": true}));
+    let mut started = claimed_later.clone();
+    started.run_id = uuid::Uuid::now_v7();
+    store
+        .submit_and_claim(std::slice::from_ref(&claimed_later), 100, None, 1)
+        .await
+        .unwrap();
+    let by_claim = store
+        .claim_tasks(&mqs, 10, "n1", "us-east", "p1", LEASES, 1, Some(",mine"))
+        .await
+        .unwrap();
+    let (out, _, by_submit) = store
+        .submit_and_claim(std::slice::from_ref(&started), 100, Some(&offer(10)), 1)
+        .await
+        .unwrap();
+    assert_eq!((out[0].run_id, out[0].created), (started.run_id, true));
+    let task = |t: &singularity_workflow::store::ClaimedTask| {
+        json!([t.step_id, t.attempt, t.handler, t.timeout_ms, t.input])
+    };
+    let mut a: Vec<Value> = by_claim.iter().map(task).collect();
+    let mut b: Vec<Value> = by_submit.iter().map(task).collect();
+    a.sort_by_key(|v| v.to_string());
+    b.sort_by_key(|v| v.to_string());
+    assert_eq!(a.len(), 2);
+    assert_eq!(b, a, "the submit's tasks differ from a claim's");
+    let (c, s) = (
+        started_rows(&pool, claimed_later.run_id).await,
+        started_rows(&pool, started.run_id).await,
+    );
+    assert_eq!(c[0]["step"]["status"], "started");
+    assert_eq!(c[0]["attempts"][0]["worker_pool"], "p1");
+    assert_eq!(s, c, "the submit stored other rows than a claim");
+    // Nothing is left for a claim.
+    let left = store
+        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "a started step was claimed again: {left:?}"
+    );
+
+    // The offer covers the first steps the pool runs, in order; the others
+    // are queued for any claim (a handler of another node, and the steps
+    // past the offer).
+    let mut elsewhere = one_step("elsewhere", 60_000);
+    elsewhere.steps[0].handler = "command:elsewhere".into();
+    let runs = vec![
+        one_step("first", 60_000),
+        elsewhere.clone(),
+        one_step("second", 60_000),
+        one_step("past the offer", 60_000),
+    ];
+    let (_, _, tasks) = store
+        .submit_and_claim(&runs, 100, Some(&offer(2)), 1)
+        .await
+        .unwrap();
+    let got: Vec<_> = tasks.iter().map(|t| t.run_id).collect();
+    assert_eq!(got, vec![runs[0].run_id, runs[2].run_id]);
+    let rest = store
+        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
+        .await
+        .unwrap();
+    let mut rest: Vec<_> = rest.iter().map(|t| t.run_id).collect();
+    rest.sort();
+    let mut want = vec![runs[1].run_id, runs[3].run_id];
+    want.sort();
+    assert_eq!(
+        rest, want,
+        "the steps the offer did not cover were not queued"
+    );
+
+    // The offer starts the batch's own steps: it does not scan the queue
+    // (the node offers only while its queues hold nothing visible for it).
+    let older = one_step("older", 60_000);
+    store
+        .submit_and_claim(std::slice::from_ref(&older), 100, None, 1)
+        .await
+        .unwrap();
+    let newer = one_step("newer", 60_000);
+    let (_, _, tasks) = store
+        .submit_and_claim(std::slice::from_ref(&newer), 100, Some(&offer(1)), 1)
+        .await
+        .unwrap();
+    let got: Vec<_> = tasks.iter().map(|t| t.run_id).collect();
+    assert_eq!(got, vec![newer.run_id]);
+    let rest = store
+        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].run_id, older.run_id);
+
+    // A paused queue starts nothing: its steps wait, queued.
+    store
+        .set_queue_paused("default", &mqs, true, 1)
+        .await
+        .unwrap();
+    let held = one_step("held", 60_000);
+    let (_, _, tasks) = store
+        .submit_and_claim(std::slice::from_ref(&held), 100, Some(&offer(5)), 1)
+        .await
+        .unwrap();
+    assert!(tasks.is_empty(), "a paused queue's step started");
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM swf.steps WHERE run_id = $1")
+        .bind(held.run_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "queued");
+    store.close().await;
+}
