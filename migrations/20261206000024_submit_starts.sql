@@ -19,9 +19,9 @@
 -- stored, and no notification goes out unless steps were left queued. The
 -- node offers this only while its pool's queues hold nothing visible for
 -- it (so new runs do not pass waiting ones), as many as its own claim
--- would ask for. swf.submit_plain passes the offer when the pool takes the
--- batch's queue and the queue is not paused; otherwise it claims as
--- swf.submit_and_claim does.
+-- would ask for. swf.submit_plain passes such an offer (p_claim's "start")
+-- when the pool takes the batch's queue and the queue is not paused;
+-- otherwise it claims as swf.submit_and_claim does.
 
 -- Replaces p_from by p_to in function p_fn's definition (which must hold
 -- it), as in migrations 15, 22 and 23.
@@ -245,7 +245,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM swf.queue_mqs m WHERE m.mq = p_mq) THEN
         PERFORM swf._note_queues(p_runs, ARRAY[p_mq]);
     END IF;
-    IF p_claim->'mqs' ? p_mq AND cardinality(swf._unpaused(ARRAY[p_mq])) = 1 THEN
+    IF (p_claim->>'start')::boolean AND p_claim->'mqs' ? p_mq
+       AND cardinality(swf._unpaused(ARRAY[p_mq])) = 1 THEN
         v_qty := greatest((p_claim->>'qty')::int, 0);
     END IF;
     EXECUTE format('SELECT * FROM %s($1, $2, $3, $4, $5, $6, $7, $8)',

@@ -234,13 +234,14 @@ impl Executor {
                 .store(free.saturating_sub(buffer.len()), Ordering::Release);
             // What a submit may start of the plain runs it stores: what our
             // own claim would ask for (the free slots and the buffer's
-            // target, less what is buffered), but only while our queues
-            // hold nothing visible for us (our last claim came back short),
-            // so that runs stored now do not pass work already waiting. (A
-            // submit batch is stored while the tasks the last one brought
-            // start, so free slots alone would cover one batch in two.)
+            // target, less what is buffered), but only while it would claim
+            // (reports keep up) and our queues hold nothing visible for us
+            // (our last claim came back short), so that runs stored now do
+            // not pass work already waiting. (A submit batch is stored
+            // while the tasks the last one brought start, so free slots
+            // alone would cover one batch in two.)
             pool.start_offer.store(
-                if more {
+                if more || !keeping_up {
                     0
                 } else {
                     (free + buffer.target()).saturating_sub(buffer.len())

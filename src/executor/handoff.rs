@@ -70,6 +70,7 @@ impl Executor {
                         pool: p.spec.name.clone(),
                         leases: self.settings.leases,
                         handlers: self.claim_handlers.clone(),
+                        start: plain.is_some(),
                     },
                 )
             })

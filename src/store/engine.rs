@@ -113,6 +113,10 @@ pub struct EagerClaim {
     /// The handlers the claiming node runs beyond the built-ins, as
     /// [`Store::claim_tasks`] takes them.
     pub handlers: String,
+    /// A start offer (`executor/handoff.rs`): a batch of plain runs on one
+    /// of `mqs` stores its first `qty` steps started instead of claiming
+    /// through the queues.
+    pub start: bool,
 }
 
 /// Where a claim is recorded: the executor's node, region and pool.
@@ -297,7 +301,7 @@ impl Store {
                 "mqs": c.mqs, "qty": c.qty, "node_id": c.node_id,
                 "region": c.region, "pool": c.pool,
                 "lease_ms": c.leases.lease_ms, "margin_ms": c.leases.margin_ms,
-                "handlers": c.handlers,
+                "handlers": c.handlers, "start": c.start,
             })
         });
         // A batch of plain runs all on one queue is stored in one statement.

@@ -477,6 +477,7 @@ async fn a_submit_whose_claim_took_all_it_stored_wakes_no_poller() {
         pool: "default".into(),
         leases: LEASES,
         handlers: ",".into(),
+        start: false,
     };
     // Two runs, a claim for five: both claimed, the queue drained.
     let runs = [one_step("a", 60_000), one_step("b", 60_000)];
@@ -812,6 +813,7 @@ async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
         pool: "p1".into(),
         leases: LEASES,
         handlers: ",mine".into(),
+        start: true,
     };
     // The same spec, claimed after a submit, and started by one: a
     // built-in handler with inputs, and a handler this node runs.
@@ -911,6 +913,26 @@ async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
         .unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].run_id, older.run_id);
+    // A claim offer (not a start) claims through the queue, oldest first.
+    let (older, newer) = (one_step("older", 60_000), one_step("newer", 60_000));
+    store
+        .submit_and_claim(std::slice::from_ref(&older), 100, None, 1)
+        .await
+        .unwrap();
+    let claim = EagerClaim {
+        start: false,
+        ..offer(1)
+    };
+    let (_, _, tasks) = store
+        .submit_and_claim(std::slice::from_ref(&newer), 100, Some(&claim), 1)
+        .await
+        .unwrap();
+    let got: Vec<_> = tasks.iter().map(|t| t.run_id).collect();
+    assert_eq!(got, vec![older.run_id], "a claim offer passed older work");
+    store
+        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
+        .await
+        .unwrap();
 
     // A paused queue starts nothing: its steps wait, queued.
     store
