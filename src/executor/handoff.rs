@@ -20,9 +20,9 @@
 //!   offer is what the loop's own claim would ask for (free slots and the
 //!   prefetch buffer's target, less the tasks buffered), taken only as far
 //!   as the batch has steps: the next batch is stored while this one's
-//!   tasks start. It stands only while the pool's last claim came back
-//!   short (its queues hold nothing visible for it), so new runs never pass
-//!   work already waiting.
+//!   tasks start. It stands only while the pool would claim (its reports
+//!   keep up) and its last claim came back short (its queues hold nothing
+//!   visible for it), so new runs never pass work already waiting.
 //! - **Claims.** Any other batch claims through the queues
 //!   (`swf.claim_tasks`, in claim order, up to the free slots not taken by
 //!   buffered tasks), which costs a scan and lengthens the submit: only a
