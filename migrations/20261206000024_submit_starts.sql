@@ -100,121 +100,75 @@ LANGUAGE plpgsql
 SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
 AS $b$
 BEGIN
-    IF p_qty > 0 THEN
-        WITH src AS (
-            SELECT x.r, x.o FROM jsonb_array_elements(p_runs) WITH ORDINALITY AS x(r, o)),
-        ins AS (
-            INSERT INTO swf.runs (run_id, goal, input, idempotency_key, decomposer, submitted_by,
-                                  submitted_region, remaining_steps, priority)
-            SELECT (src.r->>'run_id')::uuid, src.r->>'goal', src.r->'input',
-                   src.r->>'idempotency_key', src.r->>'decomposer', src.r->>'submitted_by',
-                   src.r->>'submitted_region', jsonb_array_length(src.r->'steps'),
-                   coalesce((src.r->>'priority')::int, 0)
-              FROM src ORDER BY src.o
-            ON CONFLICT DO NOTHING
-            RETURNING run_id, input),
-        each AS (
-            SELECT ins.run_id, ins.input AS run_input, src.o, x.*,
-                   x.handler IN ('noop', 'echo', 'sleep', 'fail')
-                   OR coalesce(p_handlers, '') = ''
-                   OR x.handler = ANY (string_to_array(p_handlers, ',')) AS runs_here
-              FROM ins JOIN src ON (src.r->>'run_id')::uuid = ins.run_id,
-                   ROWS FROM (jsonb_to_recordset(src.r->'steps')
-                       AS (id text, handler text, queue text, region text, input jsonb,
-                           max_attempts int, timeout_ms int, priority int, map_max int,
-                           wait_timeout_ms int))
-                   WITH ORDINALITY AS x(id, handler, queue, region, input, max_attempts,
-                                        timeout_ms, priority, map_max, wait_timeout_ms, ord)),
-        -- The first p_qty steps whose handlers the claiming pool runs start
-        -- now, in claim order (priority, then submit order).
-        st AS (
-            SELECT e.*,
-                   e.runs_here AND row_number() OVER (
-                       PARTITION BY e.runs_here
-                       ORDER BY coalesce(e.priority, 0) DESC, e.o, e.ord) <= p_qty AS go
-              FROM each e),
-        sent AS (
-            INSERT INTO pgmq.%2$I (vt, read_ct, message)
-            SELECT CASE WHEN st.go THEN clock_timestamp() + make_interval(
-                            secs => (least(st.timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0)
-                        ELSE clock_timestamp() END,
-                   CASE WHEN st.go THEN 1 ELSE 0 END,
-                   jsonb_build_object('run_id', st.run_id, 'step_id', st.id)
-                   || CASE WHEN coalesce(st.priority, 0) = 0 THEN '{}'::jsonb
-                           ELSE jsonb_build_object('p', st.priority) END
-                   || CASE WHEN st.handler IN ('noop', 'echo', 'sleep', 'fail') THEN '{}'::jsonb
-                           ELSE jsonb_build_object('h', st.handler) END
-              FROM st ORDER BY st.o, st.ord
-            RETURNING msg_id, (message->>'run_id')::uuid AS run_id, message->>'step_id' AS step_id),
-        steps AS (
-            INSERT INTO swf.steps (run_id, step_id, ordinal, handler, queue, region, mq, input,
-                                   max_attempts, timeout_ms, remaining_deps, priority, map_max,
-                                   wait_timeout_ms, status, msg_id, attempts, started_at)
-            SELECT st.run_id, st.id, st.ord::int, st.handler, st.queue, st.region, %3$L, st.input,
-                   st.max_attempts, st.timeout_ms, 0, coalesce(st.priority, 0), st.map_max,
-                   st.wait_timeout_ms, CASE WHEN st.go THEN 'started' ELSE 'queued' END,
-                   sent.msg_id, CASE WHEN st.go THEN 1 ELSE 0 END,
-                   CASE WHEN st.go THEN now() END
-              FROM st JOIN sent ON sent.run_id = st.run_id AND sent.step_id = st.id),
-        att AS (
-            INSERT INTO swf.attempts (run_id, step_id, attempt, node_id, region, worker_pool,
-                                      started_at)
-            SELECT st.run_id, st.id, 1, p_node_id, p_region, p_pool, clock_timestamp()
-              FROM st WHERE st.go)
-        SELECT coalesce((SELECT array_agg(ins.run_id) FROM ins), '{}'),
-               coalesce((SELECT jsonb_agg(jsonb_build_array(
-                                    st.run_id, st.id, 1, st.handler, st.timeout_ms,
-                                    jsonb_build_object('run', st.run_input, 'step', st.input,
-                                                       'deps', '{}'::jsonb))
-                                ORDER BY st.o, st.ord)
-                           FROM st WHERE st.go), '[]'),
-               (SELECT count(*) FROM st WHERE NOT st.go)
-          INTO created, claimed, queued;
-    ELSE
-        -- Nothing to start: the statement of migration 23.
-        WITH src AS (
-            SELECT x.r, x.o FROM jsonb_array_elements(p_runs) WITH ORDINALITY AS x(r, o)),
-        ins AS (
-            INSERT INTO swf.runs (run_id, goal, input, idempotency_key, decomposer, submitted_by,
-                                  submitted_region, remaining_steps, priority)
-            SELECT (src.r->>'run_id')::uuid, src.r->>'goal', src.r->'input',
-                   src.r->>'idempotency_key', src.r->>'decomposer', src.r->>'submitted_by',
-                   src.r->>'submitted_region', jsonb_array_length(src.r->'steps'),
-                   coalesce((src.r->>'priority')::int, 0)
-              FROM src ORDER BY src.o
-            ON CONFLICT DO NOTHING
-            RETURNING run_id),
-        st AS (
-            SELECT ins.run_id, src.o, x.*
-              FROM ins JOIN src ON (src.r->>'run_id')::uuid = ins.run_id,
-                   ROWS FROM (jsonb_to_recordset(src.r->'steps')
-                       AS (id text, handler text, queue text, region text, input jsonb,
-                           max_attempts int, timeout_ms int, priority int, map_max int,
-                           wait_timeout_ms int))
-                   WITH ORDINALITY AS x(id, handler, queue, region, input, max_attempts,
-                                        timeout_ms, priority, map_max, wait_timeout_ms, ord)),
-        sent AS (
-            INSERT INTO pgmq.%2$I (vt, message)
-            SELECT clock_timestamp(),
-                   jsonb_build_object('run_id', st.run_id, 'step_id', st.id)
-                   || CASE WHEN coalesce(st.priority, 0) = 0 THEN '{}'::jsonb
-                           ELSE jsonb_build_object('p', st.priority) END
-                   || CASE WHEN st.handler IN ('noop', 'echo', 'sleep', 'fail') THEN '{}'::jsonb
-                           ELSE jsonb_build_object('h', st.handler) END
-              FROM st ORDER BY st.o, st.ord
-            RETURNING msg_id, (message->>'run_id')::uuid AS run_id, message->>'step_id' AS step_id),
-        steps AS (
-            INSERT INTO swf.steps (run_id, step_id, ordinal, handler, queue, region, mq, input,
-                                   max_attempts, timeout_ms, remaining_deps, priority, map_max,
-                                   wait_timeout_ms, status, msg_id)
-            SELECT st.run_id, st.id, st.ord::int, st.handler, st.queue, st.region, %3$L, st.input,
-                   st.max_attempts, st.timeout_ms, 0, coalesce(st.priority, 0), st.map_max,
-                   st.wait_timeout_ms, 'queued', sent.msg_id
-              FROM st JOIN sent ON sent.run_id = st.run_id AND sent.step_id = st.id)
-        SELECT coalesce(array_agg(ins.run_id), '{}'), '[]'::jsonb,
-               (SELECT count(*) FROM st)
-          INTO created, claimed, queued FROM ins;
-    END IF;
+    WITH src AS (
+        SELECT x.r, x.o FROM jsonb_array_elements(p_runs) WITH ORDINALITY AS x(r, o)),
+    ins AS (
+        INSERT INTO swf.runs (run_id, goal, input, idempotency_key, decomposer, submitted_by,
+                              submitted_region, remaining_steps, priority)
+        SELECT (src.r->>'run_id')::uuid, src.r->>'goal', src.r->'input',
+               src.r->>'idempotency_key', src.r->>'decomposer', src.r->>'submitted_by',
+               src.r->>'submitted_region', jsonb_array_length(src.r->'steps'),
+               coalesce((src.r->>'priority')::int, 0)
+          FROM src ORDER BY src.o
+        ON CONFLICT DO NOTHING
+        RETURNING run_id, input),
+    each AS (
+        SELECT ins.run_id, ins.input AS run_input, src.o, x.*,
+               x.handler IN ('noop', 'echo', 'sleep', 'fail')
+               OR coalesce(p_handlers, '') = ''
+               OR x.handler = ANY (string_to_array(p_handlers, ',')) AS runs_here
+          FROM ins JOIN src ON (src.r->>'run_id')::uuid = ins.run_id,
+               ROWS FROM (jsonb_to_recordset(src.r->'steps')
+                   AS (id text, handler text, queue text, region text, input jsonb,
+                       max_attempts int, timeout_ms int, priority int, map_max int,
+                       wait_timeout_ms int))
+               WITH ORDINALITY AS x(id, handler, queue, region, input, max_attempts,
+                                    timeout_ms, priority, map_max, wait_timeout_ms, ord)),
+    -- The first p_qty steps whose handlers the claiming pool runs start
+    -- now, in claim order (priority, then submit order).
+    st AS (
+        SELECT e.*,
+               e.runs_here AND row_number() OVER (
+                   PARTITION BY e.runs_here
+                   ORDER BY coalesce(e.priority, 0) DESC, e.o, e.ord) <= p_qty AS go
+          FROM each e),
+    sent AS (
+        INSERT INTO pgmq.%2$I (vt, read_ct, message)
+        SELECT CASE WHEN st.go THEN clock_timestamp() + make_interval(
+                        secs => (least(st.timeout_ms, p_lease_ms) + p_margin_ms) / 1000.0)
+                    ELSE clock_timestamp() END,
+               CASE WHEN st.go THEN 1 ELSE 0 END,
+               jsonb_build_object('run_id', st.run_id, 'step_id', st.id)
+               || CASE WHEN coalesce(st.priority, 0) = 0 THEN '{}'::jsonb
+                       ELSE jsonb_build_object('p', st.priority) END
+               || CASE WHEN st.handler IN ('noop', 'echo', 'sleep', 'fail') THEN '{}'::jsonb
+                       ELSE jsonb_build_object('h', st.handler) END
+          FROM st ORDER BY st.o, st.ord
+        RETURNING msg_id, (message->>'run_id')::uuid AS run_id, message->>'step_id' AS step_id),
+    steps AS (
+        INSERT INTO swf.steps (run_id, step_id, ordinal, handler, queue, region, mq, input,
+                               max_attempts, timeout_ms, remaining_deps, priority, map_max,
+                               wait_timeout_ms, status, msg_id, attempts, started_at)
+        SELECT st.run_id, st.id, st.ord::int, st.handler, st.queue, st.region, %3$L, st.input,
+               st.max_attempts, st.timeout_ms, 0, coalesce(st.priority, 0), st.map_max,
+               st.wait_timeout_ms, CASE WHEN st.go THEN 'started' ELSE 'queued' END,
+               sent.msg_id, CASE WHEN st.go THEN 1 ELSE 0 END,
+               CASE WHEN st.go THEN now() END
+          FROM st JOIN sent ON sent.run_id = st.run_id AND sent.step_id = st.id),
+    att AS (
+        INSERT INTO swf.attempts (run_id, step_id, attempt, node_id, region, worker_pool,
+                                  started_at)
+        SELECT st.run_id, st.id, 1, p_node_id, p_region, p_pool, clock_timestamp()
+          FROM st WHERE st.go)
+    SELECT coalesce((SELECT array_agg(ins.run_id) FROM ins), '{}'),
+           coalesce((SELECT jsonb_agg(jsonb_build_array(
+                                st.run_id, st.id, 1, st.handler, st.timeout_ms,
+                                jsonb_build_object('run', st.run_input, 'step', st.input,
+                                                   'deps', '{}'::jsonb))
+                            ORDER BY st.o, st.ord)
+                       FROM st WHERE st.go), '[]'),
+           (SELECT count(*) FROM st WHERE NOT st.go)
+      INTO created, claimed, queued;
 END $b$
 $f$, 'submit@' || p_mq, 'q_' || p_mq, p_mq);
 $p$);
