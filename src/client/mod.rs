@@ -200,9 +200,10 @@ impl Client {
                     // under load the pool's own claims keep up while the
                     // serial submit stays short.
                     let eager = ex.as_ref().and_then(|e| {
-                        let steps = runs.iter().map(|r| r.steps.len()).sum();
-                        let starts = crate::store::plain_mq(runs)
-                            .and_then(|mq| e.eager_claim(Some((mq, steps))));
+                        let starts = crate::store::plain_mq(runs).and_then(|mq| {
+                            let steps = runs.iter().map(|r| r.steps.len()).sum();
+                            e.eager_claim(Some((mq, steps)))
+                        });
                         match arrival {
                             Arrival::Idle => starts.or_else(|| e.eager_claim(None)),
                             Arrival::Behind => starts,

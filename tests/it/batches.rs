@@ -798,6 +798,15 @@ async fn started_rows(pool: &sqlx::PgPool, run_id: uuid::Uuid) -> Value {
     rows
 }
 
+/// What another node's pool claims of the default queue (up to 10 tasks).
+async fn claim_elsewhere(store: &Store) -> Vec<singularity_workflow::store::ClaimedTask> {
+    let mqs = ["default".to_string()];
+    store
+        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
     use singularity_workflow::store::EagerClaim;
@@ -854,10 +863,7 @@ async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
     assert_eq!(c[0]["attempts"][0]["worker_pool"], "p1");
     assert_eq!(s, c, "the submit stored other rows than a claim");
     // Nothing is left for a claim.
-    let left = store
-        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
-        .await
-        .unwrap();
+    let left = claim_elsewhere(&store).await;
     assert!(
         left.is_empty(),
         "a started step was claimed again: {left:?}"
@@ -880,10 +886,7 @@ async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
         .unwrap();
     let got: Vec<_> = tasks.iter().map(|t| t.run_id).collect();
     assert_eq!(got, vec![runs[0].run_id, runs[2].run_id]);
-    let rest = store
-        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
-        .await
-        .unwrap();
+    let rest = claim_elsewhere(&store).await;
     let mut rest: Vec<_> = rest.iter().map(|t| t.run_id).collect();
     rest.sort();
     let mut want = vec![runs[1].run_id, runs[3].run_id];
@@ -907,10 +910,7 @@ async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
         .unwrap();
     let got: Vec<_> = tasks.iter().map(|t| t.run_id).collect();
     assert_eq!(got, vec![newer.run_id]);
-    let rest = store
-        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
-        .await
-        .unwrap();
+    let rest = claim_elsewhere(&store).await;
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].run_id, older.run_id);
     // A claim offer (not a start) claims through the queue, oldest first.
@@ -929,10 +929,7 @@ async fn a_plain_batch_with_an_offer_starts_its_steps_as_a_claim_would() {
         .unwrap();
     let got: Vec<_> = tasks.iter().map(|t| t.run_id).collect();
     assert_eq!(got, vec![older.run_id], "a claim offer passed older work");
-    store
-        .claim_tasks(&mqs, 10, "n2", "us-east", "p2", LEASES, 1, None)
-        .await
-        .unwrap();
+    claim_elsewhere(&store).await;
 
     // A paused queue starts nothing: its steps wait, queued.
     store
