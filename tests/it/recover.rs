@@ -251,10 +251,12 @@ async fn killed_drill_is_recovered(kind: &str, hold: &str, expect: &str) {
     assert_eq!(writable, [expect], "{report:#}");
     assert_eq!(cluster["write_region"], expect);
 
-    // Both nodes take writes (each finds the primary), and work runs.
+    // Both nodes take writes (each finds the primary), and work runs. The
+    // run is read with its submit's token: a node's local database may be
+    // a replica that has not replayed the submit yet.
     for i in 0..2 {
         let api = Api::new(&dev.url(i));
-        let run_id = wait_for("a submit to succeed", 60, || {
+        let (run_id, token) = wait_for("a submit to succeed", 60, || {
             let api = api.clone();
             async move {
                 let a = api
@@ -263,11 +265,18 @@ async fn killed_drill_is_recovered(kind: &str, hold: &str, expect: &str) {
                         &json!({"goal": "after", "steps": [{"id": "a", "handler": "noop"}]}),
                     )
                     .await;
-                (a.status == 201).then(|| a.body["run_id"].as_str().unwrap().to_string())
+                (a.status == 201).then(|| {
+                    let field = |k: &str| a.body[k].as_str().unwrap().to_string();
+                    (field("run_id"), field("consistency_token"))
+                })
             }
         })
         .await;
-        assert_eq!(api.wait_terminal(&run_id, 60).await["status"], "completed");
+        let reader = Api::with_client(api.client.with_token(Some(&token)));
+        assert_eq!(
+            reader.wait_terminal(&run_id, 60).await["status"],
+            "completed"
+        );
     }
     // The journal: the drill was recovered; the run before is still there.
     let list = dev.cli(&["drill", "list"]).await;
